@@ -1,0 +1,32 @@
+# regionlock — install, run, test. Needs only Python 3.11+ (Redis comes embedded).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install run test lint bench clean
+
+install: $(BIN)/regionlock
+
+$(BIN)/regionlock: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+# Serves on REGIONLOCK_BIND (127.0.0.1:8080); starts the embedded Redis unless
+# REGIONLOCK_REDIS_URL is set.
+run: install
+	$(BIN)/regionlock serve
+
+# The whole suite against a real Redis: the embedded one, or REGIONLOCK_REDIS_URL (flushed!).
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check service tests bench
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
