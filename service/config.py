@@ -1,0 +1,119 @@
+"""Typed settings, read once from defaults, the environment and an optional test mapping."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration value could not be understood."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service can be told; see the README's configuration table."""
+
+    redis_url: str | None = None
+    geoip_db: str | None = None
+    policies_dir: Path = ROOT / "policies"
+    bind: str = "127.0.0.1:8080"
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    var_dir: Path = ROOT / "var"
+    # How long recorded check-in facts are kept (SPEC §4 privacy: bounded, default 90 days).
+    facts_retention_days: int = 90
+    # Bounded per-device decision history and bounded stream of check-in facts.
+    decisions_kept: int = 20
+    facts_stream_maxlen: int = 2_000_000
+    # Seconds between checks for a newly published policy version (SPEC §6: within 1 s).
+    policy_poll_s: float = 0.5
+    # Seconds a verified token is cached in a worker (revocation takes at most this long).
+    token_cache_s: float = 2.0
+    # Redis socket timeouts: a check-in fails fast with 503 instead of hanging a worker.
+    redis_timeout_s: float = 0.5
+    retry_after_s: int = 5
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """The (host, port) of REGIONLOCK_BIND."""
+        return _parse_bind(self.bind)
+
+
+_ENV = {
+    "REGIONLOCK_REDIS_URL": "redis_url",
+    "REGIONLOCK_GEOIP_DB": "geoip_db",
+    "REGIONLOCK_POLICIES": "policies_dir",
+    "REGIONLOCK_BIND": "bind",
+    "REGIONLOCK_TRUSTED_PROXIES": "trusted_proxies",
+    "REGIONLOCK_VAR_DIR": "var_dir",
+    "REGIONLOCK_FACTS_RETENTION_DAYS": "facts_retention_days",
+}
+
+
+def _parse_bind(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"REGIONLOCK_BIND must be host:port, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _parse_proxies(value: Any) -> tuple:
+    if isinstance(value, tuple | list):
+        items = value
+    else:
+        items = [p.strip() for p in str(value).split(",") if p.strip()]
+    try:
+        return tuple(ipaddress.ip_network(p, strict=False) for p in items)
+    except ValueError as exc:
+        raise ConfigError(f"REGIONLOCK_TRUSTED_PROXIES: {exc}") from None
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name == "trusted_proxies":
+        return _parse_proxies(value)
+    if name in ("policies_dir", "var_dir"):
+        return Path(value)
+    if name in ("redis_url", "geoip_db"):
+        return str(value) if value not in (None, "") else None
+    if name in ("facts_retention_days", "decisions_kept", "facts_stream_maxlen", "retry_after_s"):
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+        if number <= 0:
+            raise ConfigError(f"{name} must be positive, got {number}")
+        return number
+    if name in ("policy_poll_s", "token_cache_s", "redis_timeout_s"):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    return value
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build Settings: defaults, then REGIONLOCK_* variables, then explicit overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for var, name in _ENV.items():
+        if var in environ:
+            values[name] = environ[var]
+    known = {f.name for f in fields(Settings)}
+    extra = {}
+    for key, value in (overrides or {}).items():
+        if key in known:
+            values[key] = value
+        else:
+            extra[key] = value
+    settings = replace(Settings(), **{k: _coerce(k, v) for k, v in values.items()}, extra=extra)
+    _parse_bind(settings.bind)
+    return settings
