@@ -1,0 +1,369 @@
+"""Compile a validated bundle into a :class:`CompiledPolicy` and decide check-ins with it.
+
+A bundle is checked and turned into lookup structures once (frozensets of regions and
+territories, a TAC dict and sorted ranges for allocations); :meth:`CompiledPolicy.decide` is then
+a tight loop over a handful of rules with no parsing and no I/O.
+
+Semantics (SPEC §4), with the choices made where it is silent:
+
+``sanctioned_region``
+    Counts the rule's signals whose place lies in *any* of its regions (a place is in ``CU`` when
+    its country is CU, in ``UA-43`` when its subdivision is UA-43). Hit at ``min_signals``. The
+    reason's ``region`` is the region matched by most of those signals (tie: first in the rule's
+    list) and ``signals`` the signals that put the device there.
+
+``distributor_territory``
+    Applies to devices of the listed ``distributors`` (all when unlisted); devices of other
+    distributors, and unknown devices when ``distributors`` is given, are not judged by it.
+    Unknown device (no allocation holds the IMEI): the rule's ``unknown_device`` action applies
+    at once (no evidence needed, no binding, no grace); ``allow`` gives no reason, ``warn``/``lock``
+    an ``outside_territory`` reason with ``distributor: null``.
+    Known device: *outside* when ``min_signals`` of the rule's signals put it outside every
+    territory; *inside* when not outside but ``min_signals`` of its signals are present; else
+    undecided. ``bind: activation`` stores the first decided answer in
+    ``DeviceState.bindings[rule_id]`` and uses it from then on (reason flagged ``bound: true``,
+    with the current signals, since the binding check-in's are not kept).
+    ``bind: every_checkin`` decides afresh each time.
+
+``grace_days`` (both kinds, rules whose action is ``lock``)
+    The first hit is stored in ``DeviceState.first_hits[rule_id]``; until first hit + N days the
+    hit is a ``warn`` with code ``grace_period`` and ``lock_at``, then the rule's action with its
+    own code. A check-in without a hit clears the rule's first hit. For ``warn``/``allow`` rules
+    grace is meaningless (there is no lock to postpone) and is ignored.
+
+``mode: observe``
+    Evaluated like an enforced rule, *including* its own bindings and first hits in the state,
+    so ``observed`` shows exactly what enforcing it would do (and switching it to ``enforce``
+    under the same id keeps what was learnt). Its hits never reach the verdict or ``lock_at``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from service.engine.bundle import AllocationIndex, validate_and_index
+from service.engine.model import (
+    SANCTIONED_REGION,
+    Decision,
+    DeviceState,
+    Facts,
+    Place,
+    Reason,
+    combine_actions,
+    earliest_lock_at,
+)
+
+__all__ = [
+    "CompiledPolicy",
+    "CompiledRule",
+    "DistributorInfo",
+    "combine_actions",
+    "compile_bundle",
+]
+
+_DAY_S = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """A rule with everything precomputed that :meth:`CompiledPolicy.decide` needs."""
+
+    id: str
+    kind: str
+    enforced: bool
+    signals: tuple[str, ...]
+    min_signals: int
+    action: str
+    #: Seconds of grace before a lock; 0 when none (or when the action is not ``lock``).
+    grace_s: float
+    #: Region code -> position in the rule's list (tie-break when reporting); sanctions only.
+    region_rank: Mapping[str, int]
+    regions: frozenset[str]
+    bind_activation: bool
+    unknown_device: str
+    #: None: every distributor.
+    distributors: frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class DistributorInfo:
+    """What the engine knows of a distributor."""
+
+    id: str
+    name: str
+    territories: tuple[str, ...]
+    territory_set: frozenset[str]
+
+
+def _compile_rule(rule: Mapping[str, Any]) -> CompiledRule:
+    regions = tuple(rule.get("regions") or ())
+    dists = rule.get("distributors")
+    grace = rule["grace_days"] * _DAY_S if rule["action"] == "lock" else 0.0
+    return CompiledRule(
+        id=rule["id"],
+        kind=rule["type"],
+        enforced=rule["mode"] == "enforce",
+        signals=tuple(rule["signals"]),
+        min_signals=rule["min_signals"],
+        action=rule["action"],
+        grace_s=grace,
+        region_rank={code: i for i, code in enumerate(regions)},
+        regions=frozenset(regions),
+        bind_activation=rule.get("bind", "activation") == "activation",
+        unknown_device=rule.get("unknown_device", "allow"),
+        distributors=frozenset(dists) if dists is not None else None,
+    )
+
+
+def _most_common_label(signals: Mapping[str, str]) -> str | None:
+    """Label given by most signals (tie: the earlier signal), None when there are none."""
+    if len(signals) < 3:  # with one or two signals the first one always wins (or ties)
+        return next(iter(signals.values()), None)
+    counts: dict[str, int] = {}
+    for label in signals.values():
+        counts[label] = counts.get(label, 0) + 1
+    best: str | None = None
+    for label, count in counts.items():  # dicts keep first-seen order: ties go to the earlier
+        if best is None or count > counts[best]:
+            best = label
+    return best
+
+
+class CompiledPolicy:
+    """A validated bundle ready to decide check-ins.
+
+    ``bundle`` is the normalised bundle dict; ``rules`` the compiled rules in bundle order.
+    """
+
+    __slots__ = (
+        "bundle",
+        "next_checkin_s",
+        "max_new_lock_ratio",
+        "rules",
+        "_index",
+        "_distributors",
+    )
+
+    def __init__(self, bundle: dict[str, Any], index: AllocationIndex):
+        self.bundle = bundle
+        self.next_checkin_s: int = bundle["next_checkin_s"]
+        self.max_new_lock_ratio: float = bundle["max_new_lock_ratio"]
+        self.rules: tuple[CompiledRule, ...] = tuple(_compile_rule(r) for r in bundle["rules"])
+        self._index = index
+        self._distributors: dict[str, DistributorInfo] = {
+            d["id"]: DistributorInfo(
+                id=d["id"],
+                name=d["name"],
+                territories=tuple(d["territories"]),
+                territory_set=frozenset(d["territories"]),
+            )
+            for d in bundle["distributors"]
+        }
+
+    def distributor_of(self, imei: str) -> str | None:
+        """Id of the distributor whose allocation holds ``imei``, or None (unknown device)."""
+        return self._index.owner_of(imei)
+
+    def distributor(self, distributor_id: str) -> DistributorInfo | None:
+        """Name and territories of a distributor, None for an unknown id."""
+        return self._distributors.get(distributor_id)
+
+    def decide(self, facts: Facts) -> Decision:
+        """Evaluate every rule for one check-in and combine the enforced hits into a verdict.
+
+        Pure: reads only ``facts`` and the compiled bundle; the new device state is returned in
+        ``Decision.state`` for the caller to persist.
+        """
+        places = facts.places
+        now = facts.now
+        old_bindings = facts.state.bindings
+        old_first_hits = facts.state.first_hits
+        # Copy-on-write: most check-ins change nothing, and then the old state is reused.
+        bindings: dict[str, bool] | None = None
+        first_hits: dict[str, float] | None = None
+        distributor_id = self._index.owner_of(facts.imei)
+        info = self._distributors.get(distributor_id) if distributor_id is not None else None
+        reasons: list[Reason] = []
+        observed: list[Reason] = []
+
+        for rule in self.rules:
+            bound = False
+            reason_distributor: str | None = None
+            territories: tuple[str, ...] = ()
+            if rule.kind == SANCTIONED_REGION:
+                code = "sanctioned_region"
+                matched = _sanction_signals(rule, places)
+                hit = matched is not None
+                if matched is not None:
+                    region, signals = _best_region(rule, matched, places)
+            else:
+                code = "outside_territory"
+                if rule.distributors is not None and distributor_id not in rule.distributors:
+                    continue
+                if info is None:
+                    # Unknown device: nothing to compare places with, the rule's
+                    # unknown_device action applies as is.
+                    if rule.unknown_device != "allow":
+                        reason = Reason(
+                            code,
+                            rule.id,
+                            rule.kind,
+                            rule.unknown_device,
+                            signals=_present(rule, places),
+                        )
+                        (reasons if rule.enforced else observed).append(reason)
+                    continue
+                outside, present = _territory_signals(rule, places, info.territory_set)
+                hit = len(outside) >= rule.min_signals
+                if rule.bind_activation:
+                    stored = old_bindings.get(rule.id)
+                    if stored is not None:
+                        bound, hit = True, stored
+                    elif hit or present >= rule.min_signals:  # the evidence decides it
+                        if bindings is None:
+                            bindings = dict(old_bindings)
+                        bindings[rule.id] = hit
+                if hit:
+                    # A bound hit may have no outside signal now (back home): report what the
+                    # device says now, flagged as bound.
+                    signals = _present(rule, places) if bound else outside
+                    region = _most_common_label(signals)
+                    reason_distributor, territories = info.id, info.territories
+
+            if not hit:
+                if rule.id in old_first_hits:  # a clean check-in restarts the grace period
+                    if first_hits is None:
+                        first_hits = dict(old_first_hits)
+                    del first_hits[rule.id]
+                continue
+
+            action = rule.action
+            lock_at: float | None = None
+            if rule.grace_s:
+                first = old_first_hits.get(rule.id)
+                if first is None:
+                    first = now
+                    if first_hits is None:
+                        first_hits = dict(old_first_hits)
+                    first_hits[rule.id] = now
+                if now < first + rule.grace_s:
+                    code, action, lock_at = "grace_period", "warn", first + rule.grace_s
+            reason = Reason(
+                code,
+                rule.id,
+                rule.kind,
+                action,
+                region,
+                signals,
+                reason_distributor,
+                territories,
+                lock_at,
+                bound,
+            )
+            (reasons if rule.enforced else observed).append(reason)
+
+        if bindings is None and first_hits is None:
+            state = facts.state
+        else:
+            state = DeviceState(
+                bindings=bindings if bindings is not None else dict(old_bindings),
+                first_hits=first_hits if first_hits is not None else dict(old_first_hits),
+            )
+        if not reasons:  # the common case: skip combining nothing
+            return Decision("allow", (), tuple(observed), None, distributor_id, state)
+        return Decision(
+            combine_actions([r.action for r in reasons]),
+            tuple(reasons),
+            tuple(observed),
+            earliest_lock_at(reasons),
+            distributor_id,
+            state,
+        )
+
+
+def _sanction_signals(rule: CompiledRule, places: Mapping[str, Place]) -> list[str] | None:
+    """Signals placing the device in one of the rule's regions, None below ``min_signals``."""
+    regions = rule.regions
+    matched: list[str] | None = None
+    for signal in rule.signals:
+        place = places.get(signal)
+        if place is not None and (place.country in regions or place.subdivision in regions):
+            if matched is None:
+                matched = [signal]
+            else:
+                matched.append(signal)
+    if matched is None or len(matched) < rule.min_signals:
+        return None
+    return matched
+
+
+def _best_region(
+    rule: CompiledRule, matched: list[str], places: Mapping[str, Place]
+) -> tuple[str, dict[str, str]]:
+    """The region matched by most of the ``matched`` signals (tie: listed first in the rule) and
+    the signal -> label map of the signals in that region."""
+    rank = rule.region_rank
+    if len(matched) == 1:  # the usual case, without the counting
+        signal = matched[0]
+        place = places[signal]
+        country_rank = rank.get(place.country)
+        sub = place.subdivision
+        sub_rank = rank.get(sub) if sub is not None else None
+        if (
+            sub is None
+            or sub_rank is None
+            or (country_rank is not None and country_rank < sub_rank)
+        ):
+            return place.country, {signal: place.label}
+        return sub, {signal: place.label}
+    counts: dict[str, int] = {}
+    for signal in matched:
+        place = places[signal]
+        # A place can lie in two listed regions (UA and UA-43): it counts for both.
+        if place.country in rank:
+            counts[place.country] = counts.get(place.country, 0) + 1
+        if place.subdivision in rank:
+            counts[place.subdivision] = counts.get(place.subdivision, 0) + 1
+    if len(counts) == 1:  # the usual case: every signal agrees
+        best = next(iter(counts))
+        return best, {s: places[s].label for s in matched}
+    best = min(counts, key=lambda code: (-counts[code], rank[code]))
+    signals = {
+        s: places[s].label
+        for s in matched
+        if places[s].country == best or places[s].subdivision == best
+    }
+    return best, signals
+
+
+def _territory_signals(
+    rule: CompiledRule, places: Mapping[str, Place], territories: frozenset[str]
+) -> tuple[dict[str, str], int]:
+    """(signal -> label for signals outside every territory, number of signals present)."""
+    outside: dict[str, str] = {}
+    present = 0
+    for signal in rule.signals:
+        place = places.get(signal)
+        if place is None:
+            continue
+        present += 1
+        if place.country not in territories and place.subdivision not in territories:
+            outside[signal] = place.label
+    return outside, present
+
+
+def _present(rule: CompiledRule, places: Mapping[str, Place]) -> dict[str, str]:
+    """signal -> label for each of the rule's signals that gave a place."""
+    return {s: places[s].label for s in rule.signals if s in places}
+
+
+def compile_bundle(bundle: Mapping[str, Any]) -> CompiledPolicy:
+    """Validate ``bundle`` (raw or already normalised) and compile it.
+
+    Raises :class:`~service.engine.bundle.BundleError` when invalid. Allocations are parsed and
+    sorted once, so a million of them compile in a few seconds and a lookup stays O(log n).
+    """
+    normalised, index = validate_and_index(bundle)
+    return CompiledPolicy(normalised, index)

@@ -1,0 +1,273 @@
+"""Value objects of the decision engine.
+
+Everything here is a frozen, slotted dataclass so a decision can be shared between threads and
+cached without defensive copies. Times are epoch seconds (``float``) inside the engine; the API
+form (``to_dict``) turns them into ISO-8601 UTC strings.
+
+The store keeps a :class:`DeviceState` per device between check-ins; the engine receives it inside
+:class:`Facts` and hands the next one back in :class:`Decision.state`. The engine never persists
+anything itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+#: Every signal that can place a device, in the order they are reported.
+SIGNALS: tuple[str, ...] = ("ip", "gps", "network", "sim")
+
+#: Verdict strength used by :func:`combine_actions`; higher wins.
+ACTION_RANK: Mapping[str, int] = {"allow": 0, "warn": 1, "lock": 2}
+
+#: Rule kinds (the ``type`` of a bundle rule).
+SANCTIONED_REGION = "sanctioned_region"
+DISTRIBUTOR_TERRITORY = "distributor_territory"
+RULE_KINDS: tuple[str, ...] = (SANCTIONED_REGION, DISTRIBUTOR_TERRITORY)
+
+
+def iso_utc(ts: float) -> str:
+    """Format epoch seconds as ISO-8601 UTC with a ``Z`` suffix (second precision)."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def combine_actions(actions: Iterable[str]) -> str:
+    """The conflict strategy: the strongest action wins (``lock`` > ``warn`` > ``allow``).
+
+    No actions at all means nothing objected, hence ``allow``. Kept as one named function (like
+    pycasbin's effectors) so the way hits combine is a decision, not an accident of rule order.
+    """
+    best = "allow"
+    for action in actions:
+        if ACTION_RANK[action] > ACTION_RANK[best]:
+            best = action
+            if best == "lock":  # cannot get stronger
+                break
+    return best
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where one signal puts a device: an ISO 3166-1 country and, when known, an ISO 3166-2
+    subdivision."""
+
+    country: str
+    subdivision: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The most specific code known: the subdivision when set, else the country."""
+        return self.subdivision or self.country
+
+    @classmethod
+    def parse(cls, code: str) -> Place:
+        """Build a place from a region code: ``"UA-43"`` -> ``Place("UA", "UA-43")``, ``"CU"`` ->
+        ``Place("CU")``. Case is normalised; the code is not checked against ISO lists here
+        (the bundle validator does that)."""
+        text = code.strip().upper()
+        country, sep, rest = text.partition("-")
+        if len(country) != 2 or not country.isalpha() or (sep and not rest):
+            raise ValueError(f"not a region code: {code!r}")
+        return cls(country, text if sep else None)
+
+    def in_region(self, region: str) -> bool:
+        """True when this place lies in ``region`` (a country code or a subdivision code)."""
+        return region == self.country or region == self.subdivision
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """What the store keeps for a device between check-ins.
+
+    ``bindings[rule_id]``: a ``bind: activation`` rule fixed the device as outside its territory
+    (True, a gray import) or inside (False). ``first_hits[rule_id]``: epoch second of the rule's
+    first hit, the start of its ``grace_days``.
+    """
+
+    bindings: Mapping[str, bool] = field(default_factory=dict)
+    first_hits: Mapping[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable form for the store."""
+        return {"bindings": dict(self.bindings), "first_hits": dict(self.first_hits)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> DeviceState:
+        """Inverse of :meth:`to_dict`; ``None`` or ``{}`` gives the empty state."""
+        data = data or {}
+        return cls(
+            bindings={str(k): bool(v) for k, v in (data.get("bindings") or {}).items()},
+            first_hits={str(k): float(v) for k, v in (data.get("first_hits") or {}).items()},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """Everything one decision depends on: the IMEI, the place each signal gave, the time and the
+    state carried from earlier check-ins. Signals with no place are simply absent."""
+
+    imei: str
+    places: Mapping[str, Place]
+    now: float
+    state: DeviceState = field(default_factory=DeviceState)
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why a rule (or an override) contributed to a decision.
+
+    ``kind`` is the rule type (``sanctioned_region`` / ``distributor_territory``) and is None for
+    override reasons (``manual_lock``, ``override_unlock``). ``action`` is what this reason asks
+    for (``lock``, ``warn`` or ``allow``). ``bound`` is True when a ``bind: activation`` rule
+    answered from the stored binding rather than from the current evidence; ``signals`` are then
+    the current check-in's places, not those of the binding check-in (those are not kept).
+    ``lifted`` (override_unlock only) names the rules the unlock set aside.
+    """
+
+    code: str
+    rule: str | None
+    kind: str | None
+    action: str
+    region: str | None = None
+    signals: Mapping[str, str] = field(default_factory=dict)
+    distributor: str | None = None
+    territories: tuple[str, ...] = ()
+    lock_at: float | None = None
+    bound: bool = False
+    lifted: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """API form: ``code, rule, region, signals`` always; ``distributor`` and ``territories``
+        for territory rules (``distributor`` may be null: unknown device); ``lock_at`` (ISO-8601
+        UTC), ``bound`` and ``lifted`` only when set."""
+        out: dict[str, Any] = {
+            "code": self.code,
+            "rule": self.rule,
+            "region": self.region,
+            "signals": dict(self.signals),
+        }
+        if self.kind == DISTRIBUTOR_TERRITORY or self.distributor is not None:
+            out["distributor"] = self.distributor
+            out["territories"] = list(self.territories)
+        if self.lock_at is not None:
+            out["lock_at"] = iso_utc(self.lock_at)
+        if self.bound:
+            out["bound"] = True
+        if self.lifted:
+            out["lifted"] = list(self.lifted)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A support action on one device: a manual ``lock`` or an ``unlock``.
+
+    ``lifts`` is the set of rule kinds an unlock sets aside; the caller derives it from the
+    author's role (agent: ``{"distributor_territory"}``; compliance/admin: both kinds).
+    ``expires_at`` None means until removed.
+    """
+
+    kind: str
+    lifts: frozenset[str] = frozenset()
+    reason: str = ""
+    ticket: str | None = None
+    actor: str | None = None
+    role: str | None = None
+    created_at: float = 0.0
+    expires_at: float | None = None
+
+    def active(self, now: float) -> bool:
+        """True until ``expires_at`` (exclusive); forever when it is None."""
+        return self.expires_at is None or now < self.expires_at
+
+    def to_dict(self) -> dict[str, Any]:
+        """API form, times as ISO-8601 UTC."""
+        return {
+            "kind": self.kind,
+            "lifts": sorted(self.lifts),
+            "reason": self.reason,
+            "ticket": self.ticket,
+            "actor": self.actor,
+            "role": self.role,
+            "created_at": iso_utc(self.created_at),
+            "expires_at": iso_utc(self.expires_at) if self.expires_at is not None else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The engine's answer to one check-in.
+
+    ``reasons`` are the enforced hits (plus override reasons), ``observed`` the hits of
+    ``mode: observe`` rules, ``lock_at`` the earliest ``lock_at`` among enforced ``warn`` reasons,
+    ``distributor`` the device's distributor id (None: unknown device), ``state`` the
+    :class:`DeviceState` to persist, ``override`` the override that shaped the verdict, if any.
+    """
+
+    verdict: str
+    reasons: tuple[Reason, ...]
+    observed: tuple[Reason, ...]
+    lock_at: float | None
+    distributor: str | None
+    state: DeviceState
+    override: Override | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The verdict part of the check-in response (``verdict, reasons, observed, lock_at,
+        override``); the API adds imei, policy version, timestamps and signature."""
+        return {
+            "verdict": self.verdict,
+            "reasons": [r.to_dict() for r in self.reasons],
+            "observed": [r.to_dict() for r in self.observed],
+            "lock_at": iso_utc(self.lock_at) if self.lock_at is not None else None,
+            "override": self.override.to_dict() if self.override is not None else None,
+        }
+
+
+def earliest_lock_at(reasons: Iterable[Reason]) -> float | None:
+    """Earliest ``lock_at`` among ``warn`` reasons (when the device will lock), else None."""
+    times = [r.lock_at for r in reasons if r.action == "warn" and r.lock_at is not None]
+    return min(times) if times else None
+
+
+def apply_override(decision: Decision, override: Override | None, now: float) -> Decision:
+    """Apply a support override to a policy decision.
+
+    - no override, or an expired one: the decision unchanged;
+    - ``lock``: verdict ``lock`` whatever the policy said, policy reasons kept and a
+      ``manual_lock`` reason appended (``lock_at`` cleared: the device is locked already);
+    - ``unlock``: enforced reasons whose rule kind is in ``override.lifts`` are removed, an
+      ``override_unlock`` reason (listing the lifted rules) is appended and the verdict is
+      recombined from what remains, so an agent's unlock leaves a sanctions lock in place.
+
+    ``observed`` and ``state`` are never touched: the policy keeps evaluating underneath, so
+    removing the override later falls back to exactly what the policy says.
+    """
+    if override is None or not override.active(now):
+        return decision
+    if override.kind == "lock":
+        manual = Reason(code="manual_lock", rule=None, kind=None, action="lock")
+        return replace(
+            decision,
+            verdict="lock",
+            reasons=(*decision.reasons, manual),
+            lock_at=None,
+            override=override,
+        )
+    if override.kind != "unlock":
+        raise ValueError(f"unknown override kind: {override.kind!r}")
+    kept = tuple(r for r in decision.reasons if r.kind not in override.lifts)
+    lifted = tuple(
+        r.rule for r in decision.reasons if r.kind in override.lifts and r.rule is not None
+    )
+    unlock = Reason(code="override_unlock", rule=None, kind=None, action="allow", lifted=lifted)
+    reasons = (*kept, unlock)
+    return replace(
+        decision,
+        verdict=combine_actions(r.action for r in reasons),
+        reasons=reasons,
+        lock_at=earliest_lock_at(reasons),
+        override=override,
+    )
