@@ -1,0 +1,83 @@
+"""Check-in request and verdict schemas (SPEC §4)."""
+
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates
+from stdnum import luhn
+
+from service.api.parsing import Digits
+
+
+class _Lenient(Schema):
+    class Meta:
+        # Newer firmware may send fields this version does not know: ignore them.
+        unknown = EXCLUDE
+
+
+def luhn_ok(digits: str) -> bool:
+    """True when the last digit is the Luhn check digit of the others."""
+    return luhn.is_valid(digits)
+
+
+class SimSchema(_Lenient):
+    imsi = Digits(6, 15, allow_none=True)
+    iccid = Digits(18, 22, allow_none=True)
+    network = Digits(5, 6, allow_none=True, metadata={"description": "serving MCC+MNC"})
+
+    @validates("iccid")
+    def _iccid_luhn(self, value, **_):
+        if value is not None and not luhn_ok(value):
+            raise ValidationError("has an invalid Luhn check digit")
+
+
+class GpsSchema(_Lenient):
+    lat = fields.Float(required=True, allow_nan=False, validate=validate.Range(-90, 90))
+    lon = fields.Float(required=True, allow_nan=False, validate=validate.Range(-180, 180))
+
+
+class CheckinSchema(_Lenient):
+    imei = Digits(15, 15, required=True, metadata={"example": "353879234252633"})
+    sim = fields.Nested(SimSchema, allow_none=True)
+    gps = fields.Nested(GpsSchema, allow_none=True)
+    model = fields.String(allow_none=True, validate=validate.Length(max=64))
+    firmware = fields.String(allow_none=True, validate=validate.Length(max=64))
+
+    @validates("imei")
+    def _imei_luhn(self, value, **_):
+        if not luhn_ok(value):
+            raise ValidationError("has an invalid Luhn check digit")
+
+
+class ReasonSchema(Schema):
+    code = fields.String(required=True)
+    rule = fields.String(allow_none=True)
+    region = fields.String(allow_none=True)
+    signals = fields.Dict(keys=fields.String(), values=fields.String())
+    distributor = fields.String(allow_none=True)
+    territories = fields.List(fields.String())
+    lock_at = fields.String(allow_none=True)
+    bound = fields.Boolean()
+    lifted = fields.List(fields.String())
+
+
+class OverrideSchema(Schema):
+    kind = fields.String()
+    lifts = fields.List(fields.String())
+    reason = fields.String()
+    ticket = fields.String(allow_none=True)
+    actor = fields.String(allow_none=True)
+    role = fields.String(allow_none=True)
+    created_at = fields.String()
+    expires_at = fields.String(allow_none=True)
+
+
+class VerdictSchema(Schema):
+    imei = fields.String(required=True)
+    verdict = fields.String(required=True, validate=validate.OneOf(["allow", "warn", "lock"]))
+    reasons = fields.List(fields.Nested(ReasonSchema), required=True)
+    observed = fields.List(fields.Nested(ReasonSchema), required=True)
+    lock_at = fields.String(allow_none=True)
+    override = fields.Nested(OverrideSchema, allow_none=True)
+    policy_version = fields.Integer(required=True)
+    next_checkin_s = fields.Integer(required=True)
+    decided_at = fields.String(required=True)

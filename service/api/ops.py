@@ -1,0 +1,33 @@
+"""Process health: /healthz (up) and /readyz (Redis reachable and a policy loaded)."""
+
+from __future__ import annotations
+
+import redis as redis_lib
+from flask import Blueprint, current_app, jsonify
+
+bp = Blueprint("ops", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    """The process is up."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    """Ready when Redis answers and a policy version is loaded."""
+    rl = current_app.extensions["regionlock"]
+    checks: dict[str, object] = {}
+    try:
+        rl.redis.ping()
+        checks["redis"] = "ok"
+        checks["policy_version"] = rl.policies.current().version
+    except redis_lib.RedisError as exc:
+        checks["redis"] = f"unreachable ({type(exc).__name__})"
+    ready = checks.get("redis") == "ok" and checks.get("policy_version") is not None
+    response = jsonify({"status": "ready" if ready else "not ready", "checks": checks})
+    response.status_code = 200 if ready else 503
+    if not ready:
+        response.headers["Retry-After"] = str(rl.settings.retry_after_s)
+    return response

@@ -1,0 +1,120 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis as redis_lib
+from flask import Flask
+from flask_smorest import Api
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from service.auth import TokenCache
+from service.checkin import CheckinService
+from service.config import ConfigError, Settings, load_settings
+from service.engine.bundle import load_bundle_dir
+from service.errors import register_error_handlers
+from service.evidence import Evidence, GeoIP, GpsGeocoder
+from service.evidence.mcc import mcc_mnc_of_imsi
+from service.policy_runtime import PolicyCache
+from service.store.audit import AuditStore
+from service.store.devices import DeviceStore
+from service.store.policy import PolicyStore
+from service.store.tokens import TokenStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Regionlock:
+    """The parts one app uses, made once per process."""
+
+    settings: Settings
+    redis: Any
+    evidence: Evidence
+    token_store: TokenStore
+    tokens: TokenCache
+    devices: DeviceStore
+    audit: AuditStore
+    policy_store: PolicyStore
+    policies: PolicyCache
+    checkin: CheckinService
+
+
+def connect_redis(url: str, settings: Settings):
+    """A Redis client that fails fast (bounded timeouts, one quick retry)."""
+    return redis_lib.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
+        health_check_interval=30,
+    )
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: settings from the environment, overridden by CONFIG (tests)."""
+    settings = load_settings(config)
+    if not settings.redis_url:
+        raise ConfigError(
+            "no Redis URL: set REGIONLOCK_REDIS_URL, or start with `regionlock serve` "
+            "(`make run`), which starts the embedded Redis"
+        )
+    # The seed bundle is read and checked now, so a bad one stops start-up naming its path.
+    seed_bundle = load_bundle_dir(settings.policies_dir)
+
+    app = Flask(__name__)
+    app.config.update(
+        SETTINGS=settings,
+        API_TITLE="regionlock",
+        API_VERSION="1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="v1/openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        MAX_CONTENT_LENGTH=settings.extra.get("max_content_length", 1 << 20),
+        JSON_SORT_KEYS=False,
+    )
+
+    client = connect_redis(settings.redis_url, settings)
+    evidence = Evidence(GeoIP(settings.geoip_db), GpsGeocoder())
+    token_store = TokenStore(client)
+    devices = DeviceStore(
+        client,
+        decisions_kept=settings.decisions_kept,
+        facts_maxlen=settings.facts_stream_maxlen,
+        retention_days=settings.facts_retention_days,
+    )
+    policy_store = PolicyStore(client)
+    policies = PolicyCache(policy_store, lambda: seed_bundle, poll_s=settings.policy_poll_s)
+    app.extensions["regionlock"] = Regionlock(
+        settings=settings,
+        redis=client,
+        evidence=evidence,
+        token_store=token_store,
+        tokens=TokenCache(token_store, settings.token_cache_s),
+        devices=devices,
+        audit=AuditStore(client),
+        policy_store=policy_store,
+        policies=policies,
+        checkin=CheckinService(evidence, devices, policies, mcc_mnc_of_imsi),
+    )
+
+    api = Api(app)
+    api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    from service.api import ops
+    from service.api.audit.routes import blp as audit_blp
+    from service.api.checkin.routes import blp as checkin_blp
+    from service.api.devices.routes import blp as devices_blp
+
+    for blueprint in (checkin_blp, devices_blp, audit_blp):
+        api.register_blueprint(blueprint)
+    app.register_blueprint(ops.bp)
+    register_error_handlers(app)
+    return app

@@ -1,0 +1,107 @@
+"""Bearer tokens and the permission table of SPEC §3."""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections.abc import Callable
+
+from flask import current_app, g, request
+
+from service.engine.model import DISTRIBUTOR_TERRITORY, SANCTIONED_REGION
+from service.errors import ApiError
+from service.store.tokens import Principal, TokenStore
+
+# permission -> roles that hold it (SPEC §3).
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "checkin": frozenset({"device", "admin"}),
+    "devices:read": frozenset({"agent", "compliance", "auditor", "admin"}),
+    "devices:write": frozenset({"agent", "compliance", "admin"}),
+    "sanctions:lift": frozenset({"compliance", "admin"}),
+    "policy:read": frozenset({"agent", "compliance", "editor", "auditor", "admin"}),
+    "policy:write": frozenset({"editor", "admin"}),
+    "audit:read": frozenset({"compliance", "auditor", "admin"}),
+}
+
+
+def allowed(role: str, permission: str) -> bool:
+    """True when ROLE holds PERMISSION."""
+    return role in PERMISSIONS[permission]
+
+
+def liftable_kinds(role: str) -> frozenset[str]:
+    """Rule kinds an unlock by ROLE sets aside: sanctions only for compliance and admin."""
+    if allowed(role, "sanctions:lift"):
+        return frozenset({DISTRIBUTOR_TERRITORY, SANCTIONED_REGION})
+    return frozenset({DISTRIBUTOR_TERRITORY})
+
+
+class TokenCache:
+    """Verified tokens kept briefly per worker, so a check-in costs no extra round trip.
+
+    A revoked token keeps working in a worker for at most ``ttl_s`` seconds.
+    """
+
+    def __init__(self, store: TokenStore, ttl_s: float):
+        self.store = store
+        self.ttl_s = ttl_s
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+        self._lock = threading.Lock()
+
+    def principal(self, token: str) -> Principal | None:
+        """The principal of TOKEN, from the cache while fresh."""
+        now = time.monotonic()
+        hit = self._entries.get(token)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        principal = self.store.verify(token)
+        if principal is not None and self.ttl_s > 0:
+            with self._lock:
+                if len(self._entries) > 10_000:
+                    self._entries.clear()
+                self._entries[token] = (now + self.ttl_s, principal)
+        return principal
+
+    def forget(self) -> None:
+        """Drop every cached token (after a revocation in this process)."""
+        with self._lock:
+            self._entries.clear()
+
+
+def bearer_token() -> str | None:
+    """The token of the Authorization header, if it is a Bearer one."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def authenticate() -> Principal:
+    """The caller, or 401."""
+    token = bearer_token()
+    if token is None:
+        raise ApiError(401, "a Bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+    principal = current_app.extensions["regionlock"].tokens.principal(token)
+    if principal is None:
+        raise ApiError(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
+    return principal
+
+
+def require(permission: str) -> Callable:
+    """View decorator: 401 without a valid token, 403 when its role lacks PERMISSION."""
+    roles = PERMISSIONS[permission]
+
+    def decorator(view: Callable) -> Callable:
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            principal = authenticate()
+            if principal.role not in roles:
+                raise ApiError(403, f"the {principal.role} role may not do this ({permission})")
+            g.principal = principal
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorator

@@ -1,0 +1,159 @@
+"""One check-in, end to end: evidence -> places, state from Redis, engine decision, record."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+
+import orjson
+
+from service.engine.model import DeviceState, Facts, Override, apply_override, iso_utc
+
+
+def client_ip(
+    peer: str | None,
+    forwarded_for: str | None,
+    trusted: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> str | None:
+    """The client address: the TCP peer, or, when the peer is a trusted proxy, the right-most
+    X-Forwarded-For address that is not itself trusted (SPEC §4)."""
+    if not peer or not trusted or not forwarded_for or not _is_trusted(peer, trusted):
+        return peer
+    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, trusted):
+            return hop
+    # Every hop is a proxy of ours: the left-most is the closest we have to a client.
+    return hops[0] if hops else peer
+
+
+def _is_trusted(address: str, trusted) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in trusted)
+
+
+def override_from_record(raw: dict | None) -> Override | None:
+    """The engine's Override from its stored form."""
+    if not raw:
+        return None
+    return Override(
+        kind=raw["kind"],
+        lifts=frozenset(raw.get("lifts", ())),
+        reason=raw.get("reason", ""),
+        ticket=raw.get("ticket"),
+        actor=raw.get("actor"),
+        role=raw.get("role"),
+        created_at=float(raw.get("created_at", 0.0)),
+        expires_at=raw.get("expires_at"),
+    )
+
+
+class CheckinService:
+    """Decides check-ins; the pieces are injected so tests and the simulator share them."""
+
+    def __init__(self, evidence, devices, policies, mcc_mnc_of_imsi):
+        self.evidence = evidence
+        self.devices = devices
+        self.policies = policies
+        self.mcc_mnc_of_imsi = mcc_mnc_of_imsi
+
+    def decide(self, body: dict, ip: str | None, now: float) -> dict:
+        """Decide and record one validated check-in body; returns the response document."""
+        imei = body["imei"]
+        sim = body.get("sim") or {}
+        gps = body.get("gps")
+        places = self.evidence.gather(
+            ip=ip,
+            gps=(gps["lat"], gps["lon"]) if gps else None,
+            network=sim.get("network"),
+            imsi=sim.get("imsi"),
+        )
+        active = self.policies.current()
+        snapshot = self.devices.snapshot(imei)
+        state = DeviceState.from_dict(snapshot.state)
+        policy_decision = active.policy.decide(
+            Facts(imei=imei, places=places, now=now, state=state)
+        )
+        decision = apply_override(policy_decision, override_from_record(snapshot.override), now)
+
+        labels = {signal: place.label for signal, place in places.items()}
+        verdict = decision.to_dict()
+        decided_at = iso_utc(now)
+        fields = {
+            "last_checkin": orjson.dumps(
+                {
+                    "at": decided_at,
+                    "places": labels,
+                    # MCC+MNC only: the full IMSI and ICCID are never stored (SPEC §4 privacy).
+                    "sim_operator": self.mcc_mnc_of_imsi(sim["imsi"]) if sim.get("imsi") else None,
+                    "model": body.get("model"),
+                    "firmware": body.get("firmware"),
+                }
+            ),
+            "verdict": decision.verdict,
+            "reasons": orjson.dumps(verdict["reasons"]),
+            "observed": orjson.dumps(verdict["observed"]),
+            "lock_at": verdict["lock_at"] or "",
+            # What the policy alone says, so support can tell which locks an unlock would lift.
+            "policy_reasons": orjson.dumps(
+                [
+                    {"code": r.code, "rule": r.rule, "kind": r.kind, "action": r.action}
+                    for r in policy_decision.reasons
+                ]
+            ),
+            "state": orjson.dumps(decision.state.to_dict()),
+            "distributor": decision.distributor or "",
+            "policy_version": active.version,
+            "facts": orjson.dumps({"at": now, "places": labels}),
+        }
+        activation = _activation(snapshot.activation, state, decision.state, decided_at, labels)
+        if activation is not None:
+            fields["activation"] = orjson.dumps(activation)
+        self.devices.record_checkin(
+            imei,
+            now=now,
+            fields=fields,
+            decision_entry={
+                "at": decided_at,
+                "verdict": decision.verdict,
+                "reasons": verdict["reasons"],
+                "observed": verdict["observed"],
+                "places": labels,
+                "policy_version": active.version,
+            },
+            facts={"places": labels, "policy_version": active.version},
+        )
+        return {
+            "imei": imei,
+            **verdict,
+            "policy_version": active.version,
+            "next_checkin_s": active.policy.next_checkin_s,
+            "decided_at": decided_at,
+        }
+
+
+def _activation(
+    current: dict | None,
+    before: DeviceState,
+    after: DeviceState,
+    at: str,
+    places: dict[str, str],
+) -> dict | None:
+    """The activation record to store, or None to leave it as it is.
+
+    The first check-in activates the device; its territory answer (``in_territory``) stays
+    null until a ``bind: activation`` rule decides it, and the check-in that decides it becomes
+    the activation (its time and places are the ones that fixed the answer).
+    """
+    decided = {
+        rule: outside for rule, outside in after.bindings.items() if rule not in before.bindings
+    }
+    if current is not None and (current.get("in_territory") is not None or not decided):
+        return None
+    in_territory = (not any(decided.values())) if decided else None
+    return {"at": at, "places": places, "in_territory": in_territory}

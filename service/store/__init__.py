@@ -1,0 +1,1 @@
+"""Redis-backed stores; each takes a redis client, none opens one itself."""

@@ -1,0 +1,91 @@
+"""The audit trail: an append-only Redis Stream the service never edits or trims."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+import orjson
+
+from service.store import keys
+
+
+def iso(ts: float) -> str:
+    """Epoch seconds as ISO-8601 UTC with a Z."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class AuditStore:
+    """Writes and reads audit entries: at, actor, role, action, imei, detail."""
+
+    def __init__(self, redis):
+        self.redis = redis
+
+    def entry_fields(
+        self, actor: str, role: str, action: str, imei: str | None, detail: dict | None
+    ) -> dict:
+        """The stream fields of one entry (for callers that add it inside their own MULTI)."""
+        return {
+            "at": repr(time.time()),
+            "actor": actor,
+            "role": role,
+            "action": action,
+            "imei": imei or "",
+            "detail": orjson.dumps(detail or {}),
+        }
+
+    def append(
+        self,
+        actor: str,
+        role: str,
+        action: str,
+        imei: str | None = None,
+        detail: dict | None = None,
+        pipeline=None,
+    ) -> None:
+        """Append one entry, inside ``pipeline`` when given."""
+        target = pipeline if pipeline is not None else self.redis
+        target.xadd(keys.AUDIT, self.entry_fields(actor, role, action, imei, detail))
+
+    def query(
+        self,
+        imei: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+        batch: int = 500,
+    ) -> tuple[list[dict], str | None]:
+        """Entries newest first matching every given filter, and the cursor of the next page."""
+        results: list[dict] = []
+        upper = f"({before}" if before else "+"
+        while len(results) < limit:
+            chunk = self.redis.xrevrange(keys.AUDIT, max=upper, min="-", count=batch)
+            if not chunk:
+                return results, None
+            for entry_id, fields in chunk:
+                upper = f"({entry_id}"
+                if imei and fields.get("imei") != imei:
+                    continue
+                if actor and fields.get("actor") != actor:
+                    continue
+                if action and fields.get("action") != action:
+                    continue
+                results.append(_entry(entry_id, fields))
+                if len(results) == limit:
+                    return results, entry_id
+            if len(chunk) < batch:
+                return results, None
+        return results, None
+
+
+def _entry(entry_id: str, fields: dict) -> dict:
+    return {
+        "id": entry_id,
+        "at": iso(float(fields["at"])),
+        "actor": fields["actor"],
+        "role": fields["role"],
+        "action": fields["action"],
+        "imei": fields["imei"] or None,
+        "detail": orjson.loads(fields["detail"]),
+    }

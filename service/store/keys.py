@@ -1,0 +1,48 @@
+"""Every Redis key regionlock uses, in one place.
+
+One prefix (``rl:``). Per-device keys carry the hash tag ``{imei}`` so that all of a
+device's keys live in one Redis Cluster slot and can be written in one MULTI. Keys that
+are written together elsewhere share a tag too (``{policy}``, ``{tokens}``).
+"""
+
+PREFIX = "rl:"
+
+
+def device(imei: str) -> str:
+    """Hash: the device's record (first seen, activation, last check-in, verdict, state)."""
+    return f"{PREFIX}dev:{{{imei}}}"
+
+
+def device_decisions(imei: str) -> str:
+    """List: the device's most recent decisions, newest first (bounded)."""
+    return f"{PREFIX}dev:{{{imei}}}:decisions"
+
+
+def device_override(imei: str) -> str:
+    """String (JSON): the device's active override; a time-boxed unlock carries a TTL."""
+    return f"{PREFIX}dev:{{{imei}}}:override"
+
+
+# SCAN pattern matching only the device record hashes (their names end with the tag).
+DEVICE_SCAN_PATTERN = f"{PREFIX}dev:{{*}}"
+
+
+def imei_of_device_key(key: str) -> str:
+    """The IMEI inside a device record key."""
+    return key[len(PREFIX) + 5 : -1]
+
+
+# Stream: check-in facts (places per signal, no raw evidence), bounded by count and age.
+CHECKIN_FACTS = f"{PREFIX}checkin-facts"
+
+# Stream: the audit trail (append-only; never trimmed by the service).
+AUDIT = f"{PREFIX}audit"
+
+# Tokens: both hashes are written together, so they share a tag.
+TOKENS_BY_HASH = f"{PREFIX}{{tokens}}:by-hash"
+TOKENS_BY_NAME = f"{PREFIX}{{tokens}}:by-name"
+
+# Policy versions: the active version number and the append-only history, one tag.
+POLICY_ACTIVE = f"{PREFIX}{{policy}}:active"
+POLICY_VERSIONS = f"{PREFIX}{{policy}}:versions"
+POLICY_CHANNEL = f"{PREFIX}{{policy}}:published"
