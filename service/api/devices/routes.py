@@ -1,0 +1,182 @@
+"""/v1/devices: what support agents see and do (SPEC §5)."""
+
+from __future__ import annotations
+
+import orjson
+from flask import current_app, g
+from flask.views import MethodView
+
+from service.api.devices.schemas import (
+    BulkResultSchema,
+    BulkUnlockSchema,
+    DeviceSchema,
+    LockSchema,
+    OverrideOutSchema,
+    UnlockResultSchema,
+    UnlockSchema,
+)
+from service.api.parsing import ApiBlueprint
+from service.auth import require
+from service.engine.model import iso_utc
+from service.errors import ApiError
+from service.overrides import OverrideService, SanctionsScopeError, normalise_imei
+
+blp = ApiBlueprint("devices", __name__, url_prefix="/v1/devices", description="Support agents")
+
+
+def _imei(raw: str) -> str:
+    try:
+        return normalise_imei(raw)
+    except ValueError as exc:
+        raise ApiError(422, "the IMEI is not valid", fields={"imei": [str(exc)]}) from None
+
+
+def _service() -> OverrideService:
+    rl = current_app.extensions["regionlock"]
+    return OverrideService(rl.devices, rl.audit)
+
+
+def override_out(override: dict | None) -> dict | None:
+    """The API form of a stored override (times as ISO-8601 UTC)."""
+    if override is None:
+        return None
+    out = dict(override)
+    out["created_at"] = iso_utc(override["created_at"])
+    out["expires_at"] = iso_utc(override["expires_at"]) if override.get("expires_at") else None
+    return out
+
+
+def _json(record: dict, name: str, default=None):
+    raw = record.get(name)
+    return orjson.loads(raw) if raw else default
+
+
+def device_document(imei: str) -> dict | None:
+    """The device's record as support sees it, or None when never seen nor overridden."""
+    rl = current_app.extensions["regionlock"]
+    snapshot = rl.devices.snapshot(imei)
+    record, override = snapshot.record, snapshot.override
+    if not record and override is None:
+        return None
+    policy = rl.policies.current().policy
+    distributor_id = record.get("distributor") or policy.distributor_of(imei)
+    distributor = None
+    if distributor_id:
+        info = policy.distributor(distributor_id)
+        distributor = {
+            "id": distributor_id,
+            "name": info.name if info else None,
+            "territories": list(info.territories) if info else [],
+        }
+    first_seen = record.get("first_seen")
+    return {
+        "imei": imei,
+        "tac": imei[:8],
+        "distributor": distributor,
+        "activation": snapshot.activation,
+        "first_seen": iso_utc(float(first_seen)) if first_seen else None,
+        "last_checkin": _json(record, "last_checkin"),
+        "verdict": record.get("verdict"),
+        "reasons": _json(record, "reasons", []),
+        "observed": _json(record, "observed", []),
+        "lock_at": record.get("lock_at") or None,
+        "policy_version": int(record["policy_version"]) if record.get("policy_version") else None,
+        "override": override_out(override),
+        "decisions": rl.devices.decisions(imei),
+    }
+
+
+@blp.route("/<imei>")
+class Device(MethodView):
+    @blp.doc(security=[{"bearer": []}])
+    @blp.response(200, DeviceSchema)
+    @blp.alt_response(404, description="never seen and never overridden")
+    @require("devices:read")
+    def get(self, imei):
+        """A device's record: verdict, why, evidence, activation, override, history."""
+        document = device_document(_imei(imei))
+        if document is None:
+            raise ApiError(404, "this device has never checked in and has no override")
+        return document
+
+
+@blp.route("/<imei>/unlock")
+class Unlock(MethodView):
+    @blp.doc(security=[{"bearer": []}])
+    @blp.response(201, UnlockResultSchema)
+    @blp.alt_response(403, description="the only lock is one this role cannot lift")
+    @require("devices:write")
+    @blp.arguments(UnlockSchema)
+    def post(self, body, imei):
+        """Unlock the device (scoped by role; optionally time-boxed)."""
+        imei = _imei(imei)
+        try:
+            outcome = _service().unlock(
+                imei, g.principal, body["reason"], body.get("ticket"), body.get("expires_in_s")
+            )
+        except SanctionsScopeError as exc:
+            raise ApiError(
+                403, str(exc), code="sanctions_scope", extra={"rules": exc.rules}
+            ) from None
+        still_locked = bool(outcome.still_locked_by)
+        return {
+            "imei": imei,
+            "override": override_out(outcome.override),
+            "still_locked": still_locked,
+            "still_locked_by": outcome.still_locked_by,
+            "message": (
+                "unlocked, but a sanctioned_region lock remains: only a compliance officer "
+                "can lift it"
+                if still_locked
+                else "unlocked from the next check-in"
+            ),
+        }
+
+
+@blp.route("/<imei>/lock")
+class Lock(MethodView):
+    @blp.doc(security=[{"bearer": []}])
+    @blp.response(201, OverrideOutSchema)
+    @require("devices:write")
+    @blp.arguments(LockSchema)
+    def post(self, body, imei):
+        """Lock the device whatever the policy says, until the override is removed."""
+        return override_out(
+            _service().lock(_imei(imei), g.principal, body["reason"], body.get("ticket"))
+        )
+
+
+@blp.route("/<imei>/override")
+class RemoveOverride(MethodView):
+    @blp.doc(security=[{"bearer": []}])
+    @blp.response(204)
+    @blp.alt_response(404, description="the device has no override")
+    @require("devices:write")
+    def delete(self, imei):
+        """Remove the device's override; the next check-in follows the policy again."""
+        if not _service().remove(_imei(imei), g.principal):
+            raise ApiError(404, "this device has no override")
+        return None
+
+
+@blp.route("/unlock")
+class BulkUnlock(MethodView):
+    @blp.doc(security=[{"bearer": []}])
+    @blp.response(200, BulkResultSchema)
+    @require("devices:write")
+    @blp.arguments(BulkUnlockSchema)
+    def post(self, body):
+        """Unlock many devices at once; invalid IMEIs are reported, valid ones applied."""
+        results = list(
+            _service().bulk_unlock(
+                enumerate(body["imeis"], start=1),
+                g.principal,
+                body["reason"],
+                body.get("ticket"),
+                body.get("expires_in_s"),
+            )
+        )
+        counts = {s: 0 for s in ("applied", "unchanged", "refused", "invalid")}
+        for row in results:
+            counts[row["status"]] += 1
+        return {**counts, "results": [r for r in results if r["status"] != "applied"]}

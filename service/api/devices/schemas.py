@@ -1,0 +1,80 @@
+"""Schemas of the support-agent API (SPEC §5)."""
+
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, Schema, fields, validate
+
+TEN_YEARS_S = 10 * 365 * 86_400
+
+
+class _Body(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+class UnlockSchema(_Body):
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=500))
+    ticket = fields.String(allow_none=True, validate=validate.Length(max=100))
+    expires_in_s = fields.Integer(
+        strict=True,
+        allow_none=True,
+        validate=validate.Range(min=1, max=TEN_YEARS_S),
+        metadata={"description": "time-boxed unlock; absent means until removed"},
+    )
+
+
+class LockSchema(_Body):
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=500))
+    ticket = fields.String(allow_none=True, validate=validate.Length(max=100))
+
+
+class BulkUnlockSchema(UnlockSchema):
+    imeis = fields.List(
+        fields.String(),
+        required=True,
+        validate=validate.Length(min=1, max=100_000),
+        metadata={"description": "IMEIs, one per item; invalid ones are reported, not fatal"},
+    )
+
+
+class OverrideOutSchema(Schema):
+    kind = fields.String()
+    lifts = fields.List(fields.String())
+    reason = fields.String()
+    ticket = fields.String(allow_none=True)
+    actor = fields.String()
+    role = fields.String()
+    created_at = fields.String()
+    expires_at = fields.String(allow_none=True)
+
+
+class UnlockResultSchema(Schema):
+    imei = fields.String()
+    override = fields.Nested(OverrideOutSchema)
+    still_locked = fields.Boolean()
+    still_locked_by = fields.List(fields.Dict())
+    message = fields.String()
+
+
+class DeviceSchema(Schema):
+    imei = fields.String()
+    tac = fields.String()
+    distributor = fields.Dict(allow_none=True)
+    activation = fields.Dict(allow_none=True)
+    first_seen = fields.String(allow_none=True)
+    last_checkin = fields.Dict(allow_none=True)
+    verdict = fields.String(allow_none=True)
+    reasons = fields.List(fields.Dict())
+    observed = fields.List(fields.Dict())
+    lock_at = fields.String(allow_none=True)
+    policy_version = fields.Integer(allow_none=True)
+    override = fields.Nested(OverrideOutSchema, allow_none=True)
+    decisions = fields.List(fields.Dict())
+
+
+class BulkResultSchema(Schema):
+    applied = fields.Integer()
+    unchanged = fields.Integer()
+    refused = fields.Integer()
+    invalid = fields.Integer()
+    results = fields.List(fields.Dict())

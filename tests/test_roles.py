@@ -1,0 +1,56 @@
+"""The permission table of SPEC §3, as a table of (role, endpoint, status)."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.auth import PERMISSIONS
+from service.store.tokens import ROLES
+from tests.conftest import bearer
+
+IMEI = "353879234252633"
+
+# endpoint -> (method, path, body, permission, status when allowed)
+ENDPOINTS = {
+    "checkin": ("POST", "/v1/checkin", {"imei": IMEI}, "checkin", 200),
+    "device": ("GET", f"/v1/devices/{IMEI}", None, "devices:read", 200),
+    "unlock": ("POST", f"/v1/devices/{IMEI}/unlock", {"reason": "r"}, "devices:write", 201),
+    "lock": ("POST", f"/v1/devices/{IMEI}/lock", {"reason": "r"}, "devices:write", 201),
+    "bulk": ("POST", "/v1/devices/unlock", {"imeis": [IMEI], "reason": "r"}, "devices:write", 200),
+    "audit": ("GET", "/v1/audit", None, "audit:read", 200),
+}
+
+EXPECTED = {
+    #            device agent compliance editor auditor admin
+    "checkin":  (True, False, False, False, False, True),
+    "device":   (False, True, True, False, True, True),
+    "unlock":   (False, True, True, False, False, True),
+    "lock":     (False, True, True, False, False, True),
+    "bulk":     (False, True, True, False, False, True),
+    "audit":    (False, False, True, False, True, True),
+}
+
+TABLE = [
+    (role, endpoint, allowed)
+    for endpoint, row in EXPECTED.items()
+    for role, allowed in zip(ROLES, row, strict=True)
+]
+
+
+def test_table_matches_the_permissions_in_code():
+    for endpoint, row in EXPECTED.items():
+        permission = ENDPOINTS[endpoint][3]
+        assert tuple(role in PERMISSIONS[permission] for role in ROLES) == row, endpoint
+
+
+@pytest.mark.parametrize(("role", "endpoint", "allowed"), TABLE)
+def test_role_endpoint_status(app, client, tokens, role, endpoint, allowed):
+    method, path, body, _, ok_status = ENDPOINTS[endpoint]
+    if endpoint == "device":
+        # A device record exists once it has checked in.
+        client.post("/v1/checkin", json={"imei": IMEI}, headers=bearer(tokens["device"]))
+    response = client.open(path, method=method, json=body, headers=bearer(tokens[role]))
+    expected = ok_status if allowed else 403
+    assert response.status_code == expected, response.get_json()
+    if not allowed:
+        assert response.get_json()["error"]["code"] == "forbidden"
