@@ -53,6 +53,10 @@ def override_from_record(raw: dict | None) -> Override | None:
     )
 
 
+# The only parts of a device record a check-in needs to decide.
+CHECKIN_FIELDS = ("state", "activation")
+
+
 class CheckinService:
     """Decides check-ins; the pieces are injected so tests and the simulator share them."""
 
@@ -74,7 +78,7 @@ class CheckinService:
             imsi=sim.get("imsi"),
         )
         active = self.policies.current()
-        snapshot = self.devices.snapshot(imei)
+        snapshot = self.devices.snapshot(imei, CHECKIN_FIELDS)
         state = DeviceState.from_dict(snapshot.state)
         policy_decision = active.policy.decide(
             Facts(imei=imei, places=places, now=now, state=state)

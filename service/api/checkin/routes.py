@@ -12,6 +12,7 @@ from service.api.checkin.schemas import CheckinSchema, VerdictSchema
 from service.api.parsing import ApiBlueprint
 from service.auth import require
 from service.checkin import client_ip
+from service.metrics import DECISION_SECONDS, record_verdict
 
 blp = ApiBlueprint("checkin", __name__, url_prefix="/v1", description="Device check-ins")
 
@@ -24,7 +25,7 @@ class Checkin(MethodView):
     @blp.alt_response(403, description="the token's role may not check in")
     @blp.alt_response(503, description="Redis unreachable; retry after Retry-After seconds")
     @require("checkin")
-    @blp.arguments(CheckinSchema)
+    @blp.arguments(CheckinSchema())
     def post(self, body):
         """Decide whether this device may be used where it is."""
         rl = current_app.extensions["regionlock"]
@@ -33,6 +34,16 @@ class Checkin(MethodView):
             request.headers.get("X-Forwarded-For"),
             rl.settings.trusted_proxies,
         )
+        started = time.perf_counter()
         document = rl.checkin.decide(body, ip, time.time())
-        # Serialised with orjson directly: the schema above documents the shape.
-        return Response(orjson.dumps(document), status=200, mimetype="application/json")
+        DECISION_SECONDS.observe(time.perf_counter() - started)
+        record_verdict(document)
+        document["nonce"] = body.get("nonce")
+        signed = rl.keys.sign(document)
+        # Serialised with orjson directly (the schema above documents the shape), keys sorted
+        # so the body reads like the canonical form the signature covers.
+        return Response(
+            orjson.dumps(signed, option=orjson.OPT_SORT_KEYS),
+            status=200,
+            mimetype="application/json",
+        )
