@@ -13,11 +13,6 @@ def device(imei: str) -> str:
     return f"{PREFIX}dev:{{{imei}}}"
 
 
-def device_decisions(imei: str) -> str:
-    """List: the device's most recent decisions, newest first (bounded)."""
-    return f"{PREFIX}dev:{{{imei}}}:decisions"
-
-
 def device_override(imei: str) -> str:
     """String (JSON): the device's active override; a time-boxed unlock carries a TTL."""
     return f"{PREFIX}dev:{{{imei}}}:override"
@@ -30,6 +25,15 @@ DEVICE_SCAN_PATTERN = f"{PREFIX}dev:{{*}}"
 def imei_of_device_key(key: str) -> str:
     """The IMEI inside a device record key."""
     return key[len(PREFIX) + 5 : -1]
+
+
+# SCAN pattern matching only the override keys (the simulation reads them in a pass of their own).
+DEVICE_OVERRIDE_SCAN_PATTERN = f"{PREFIX}dev:{{*}}:override"
+
+
+def imei_of_override_key(key: str) -> str:
+    """The IMEI inside an override key."""
+    return key[len(PREFIX) + 5 : -len("}:override")]
 
 
 # Stream: check-in facts (places per signal, no raw evidence), bounded by count and age.
@@ -45,4 +49,10 @@ TOKENS_BY_NAME = f"{PREFIX}{{tokens}}:by-name"
 # Policy versions: the active version number and the append-only history, one tag.
 POLICY_ACTIVE = f"{PREFIX}{{policy}}:active"
 POLICY_VERSIONS = f"{PREFIX}{{policy}}:versions"
+# Hash: version number -> its metadata alone, so listing the history never loads bundles
+# (a bundle with a million allocations is tens of megabytes).
+POLICY_VERSION_META = f"{PREFIX}{{policy}}:version-meta"
 POLICY_CHANNEL = f"{PREFIX}{{policy}}:published"
+
+# Prefix of flask-limiter's counters (per token name or client IP; never the token itself).
+RATE_LIMITS_PREFIX = f"{PREFIX}limits"

@@ -36,11 +36,7 @@ class PolicyStore:
 
     def versions(self) -> list[dict]:
         """Every version's metadata (no bundle), oldest first."""
-        rows = []
-        for raw in self.redis.hvals(keys.POLICY_VERSIONS):
-            entry = orjson.loads(raw)
-            entry.pop("bundle", None)
-            rows.append(entry)
+        rows = [orjson.loads(raw) for raw in self.redis.hvals(keys.POLICY_VERSION_META)]
         return sorted(rows, key=lambda e: e["version"])
 
     def publish(
@@ -71,6 +67,8 @@ class PolicyStore:
                     }
                     pipe.multi()
                     pipe.hset(keys.POLICY_VERSIONS, str(number), orjson.dumps(entry))
+                    meta = {k: v for k, v in entry.items() if k != "bundle"}
+                    pipe.hset(keys.POLICY_VERSION_META, str(number), orjson.dumps(meta))
                     pipe.set(keys.POLICY_ACTIVE, number)
                     pipe.execute()
                     break

@@ -1,0 +1,154 @@
+"""Impact simulation at scale: replay N recorded devices under two bundles.
+
+    python -m bench.bench_simulate --devices 1000000
+
+Starts its own embedded Redis (temporary folder, append-only off), writes N device records
+through a pipeline as check-ins would have left them, then times
+
+- the baseline: SCAN + pipelined HMGET of the same fields, without deciding anything, and
+- the simulation: the same reads plus two decisions per device (active and candidate bundle),
+
+and prints both, devices per second and their ratio (the cost of deciding on top of reading).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+import redis as redis_lib
+
+from service.engine.bundle import load_bundle_dir
+from service.engine.compiler import compile_bundle
+from service.engine.model import Facts, Place
+from service.redis_server import EmbeddedRedis
+from service.simulate import device_batches, load_overrides, simulate
+from service.store import keys
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# TACs of the seed bundle's distributors and one nobody holds (unknown devices).
+TACS = ("35387923", "35332211", "35875421", "49015420", "86012345")
+# Where devices last checked in: mostly at home, some travelling, a few in sanctioned regions.
+PLACE_SETS = (
+    {"ip": "HK", "gps": "HK", "network": "HK"},
+    {"ip": "US", "gps": "US-NY", "network": "US"},
+    {"ip": "FR", "network": "FR"},
+    {"ip": "DE", "gps": "DE-BE", "network": "DE", "sim": "DE"},
+    {"network": "BR"},
+    {"ip": "RU", "network": "RU"},
+    {"ip": "CU", "gps": "CU"},
+    {"gps": "UA-43"},
+    {"sim": "HK"},
+    {},
+)
+
+
+def luhn_digit(body: str) -> str:
+    """The Luhn check digit of a 14-digit IMEI body."""
+    total = 0
+    for i, ch in enumerate(reversed(body)):
+        d = int(ch)
+        if i % 2 == 0:  # doubled: the check digit will sit to the right of this one
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return str((10 - total % 10) % 10)
+
+
+def generate(client, count: int, seed: int = 1, batch: int = 10_000) -> None:
+    """Write COUNT device records and ~1% overrides, as check-ins under the seed bundle would
+    have left them."""
+    rng = random.Random(seed)
+    active = compile_bundle(load_bundle_dir(ROOT / "policies"))
+    now = time.time()
+    pipe = client.pipeline(transaction=False)
+    for i in range(count):
+        body = f"{TACS[i % len(TACS)]}{i // len(TACS):06d}"
+        imei = body + luhn_digit(body)
+        labels = PLACE_SETS[rng.randrange(len(PLACE_SETS))]
+        at = now - rng.randrange(90 * 86_400)
+        places = {signal: Place.parse(label) for signal, label in labels.items()}
+        decision = active.decide(Facts(imei=imei, places=places, now=at))
+        reasons = orjson.dumps([r.to_dict() for r in decision.reasons])
+        # The fields a check-in leaves (service/checkin.py); only facts and state are read back.
+        pipe.hset(
+            keys.device(imei),
+            mapping={
+                "first_seen": repr(at),
+                "facts": orjson.dumps({"at": at, "places": labels}),
+                "device": orjson.dumps({"model": "M2101K6G", "firmware": "14.0.3"}),
+                "verdict": decision.verdict,
+                "reasons": reasons,
+                "observed": b"[]",
+                "state": orjson.dumps({k: v for k, v in decision.state.to_dict().items() if v}),
+                "distributor": decision.distributor or "",
+                "policy_version": 1,
+                "history": f"sig|{at}|1|".encode() + reasons,
+            },
+        )
+        if rng.random() < 0.01:
+            override = {"kind": "unlock", "lifts": ["distributor_territory"], "reason": "bench"}
+            pipe.set(keys.device_override(imei), orjson.dumps(override))
+        if (i + 1) % batch == 0:
+            pipe.execute()
+    pipe.execute()
+
+
+def candidate_bundle() -> dict:
+    """The seed bundle with Russia added to the sanctioned regions."""
+    bundle = load_bundle_dir(ROOT / "policies")
+    bundle["rules"][0]["regions"].append("RU")
+    return bundle
+
+
+def run(count: int, batch: int) -> dict[str, float]:
+    """Generate COUNT devices in a fresh embedded Redis and time baseline and simulation."""
+    with tempfile.TemporaryDirectory(prefix="regionlock-bench-") as folder:
+        with EmbeddedRedis(Path(folder), appendonly=False) as server:
+            client = redis_lib.Redis.from_url(server.url, decode_responses=True)
+            started = time.perf_counter()
+            generate(client, count)
+            print(f"generated {count} devices in {time.perf_counter() - started:.1f} s")
+
+            started = time.perf_counter()
+            active = compile_bundle(load_bundle_dir(ROOT / "policies"))
+            candidate = compile_bundle(candidate_bundle())
+            compile_s = time.perf_counter() - started
+
+            started = time.perf_counter()
+            load_overrides(client, batch=batch)
+            read = sum(len(rows) for rows in device_batches(client, batch=batch))
+            baseline_s = time.perf_counter() - started
+
+            started = time.perf_counter()
+            report = simulate(client, candidate, active, batch=batch)
+            simulate_s = time.perf_counter() - started
+            client.close()
+    assert read == count and report.evaluated == count, (read, report.evaluated)
+    print(f"compiled both bundles in {compile_s:.3f} s")
+    print(
+        f"baseline (SCAN + HMGET, no decisions): {baseline_s:.2f} s, "
+        f"{count / baseline_s:,.0f} devices/s"
+    )
+    print(f"simulation: {simulate_s:.2f} s, {count / simulate_s:,.0f} devices/s")
+    print(f"ratio simulation / baseline: {simulate_s / baseline_s:.2f}")
+    print(f"changes: {report.changes}")
+    return {"baseline_s": baseline_s, "simulate_s": simulate_s}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=100_000, help="recorded devices")
+    parser.add_argument("--batch", type=int, default=1_000, help="devices per pipelined read")
+    args = parser.parse_args(argv)
+    print(f"== bench_simulate: {args.devices} devices")
+    run(args.devices, args.batch)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Schemas of the policy editors' API (SPEC §6).
+
+The bundle itself is a plain ``Dict`` here: the engine validates it (every error with its
+path), so its schema is written once, in ``service/engine/bundle.py``.
+"""
+
+from __future__ import annotations
+
+from marshmallow import EXCLUDE, Schema, fields, validate
+
+
+class _Body(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+class BundleBodySchema(_Body):
+    bundle = fields.Dict(
+        required=True, metadata={"description": "a policy bundle (the schema of SPEC §6)"}
+    )
+
+
+class PublishSchema(BundleBodySchema):
+    note = fields.String(required=True, validate=validate.Length(min=1, max=1000))
+    expected_version = fields.Integer(
+        strict=True,
+        required=True,
+        validate=validate.Range(min=1),
+        metadata={"description": "the active version the bundle was edited from"},
+    )
+    force = fields.Boolean(
+        load_default=False, metadata={"description": "publish even if the safety brake trips"}
+    )
+
+
+class RollbackSchema(_Body):
+    version = fields.Integer(strict=True, required=True, validate=validate.Range(min=1))
+    note = fields.String(required=True, validate=validate.Length(min=1, max=1000))
+
+
+class VersionMetaSchema(Schema):
+    version = fields.Integer()
+    published_at = fields.String(metadata={"description": "ISO-8601 UTC"})
+    published_by = fields.String()
+    note = fields.String()
+
+
+class PolicySchema(VersionMetaSchema):
+    """A version's metadata and, alongside it, every field of its (normalised) bundle."""
+
+    name = fields.String()
+    next_checkin_s = fields.Integer()
+    max_new_lock_ratio = fields.Float()
+    rules = fields.List(fields.Dict())
+    distributors = fields.List(fields.Dict())
+
+
+class VersionListSchema(Schema):
+    active_version = fields.Integer()
+    versions = fields.List(
+        fields.Nested(VersionMetaSchema), metadata={"description": "newest first"}
+    )
+
+
+class ValidSchema(Schema):
+    valid = fields.Boolean()
+
+
+class SimulationSchema(Schema):
+    evaluated = fields.Integer(metadata={"description": "recorded devices replayed"})
+    skipped = fields.Integer(metadata={"description": "device records without replayable facts"})
+    changes = fields.Dict(
+        keys=fields.String(), values=fields.Integer(), metadata={"example": {"allow->lock": 12}}
+    )
+    samples = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+    verdicts = fields.Dict(metadata={"description": "verdict counts under active and candidate"})
+    allow_to_lock_ratio = fields.Float()
+    max_new_lock_ratio = fields.Float()
+    would_brake = fields.Boolean()
+    active_version = fields.Integer(allow_none=True)
+
+
+class PublishedSchema(VersionMetaSchema):
+    forced = fields.Boolean()
+    simulation = fields.Nested(SimulationSchema)
+
+
+class RolledBackSchema(VersionMetaSchema):
+    rolled_back_to = fields.Integer()

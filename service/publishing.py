@@ -1,0 +1,181 @@
+"""Publishing policy versions safely: expected version, impact simulation, safety brake, audit.
+
+Shared by the policy API and the ``regionlock policy`` / ``regionlock distributors`` commands, so
+both publish the same way and write the same audit entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from service.engine.compiler import CompiledPolicy, compile_bundle
+from service.engine.model import iso_utc
+from service.simulate import SimulationReport, simulate
+from service.store.audit import AuditStore
+from service.store.policy import PolicyStore, VersionConflict
+
+__all__ = [
+    "Publisher",
+    "SafetyBrake",
+    "UnknownVersion",
+    "VersionConflict",
+    "version_metadata",
+]
+
+#: Attempts of a rollback racing other publishes (each re-reads the active version).
+_ROLLBACK_ATTEMPTS = 3
+
+
+class SafetyBrake(Exception):
+    """The candidate would lock too many recorded devices that are allowed now."""
+
+    def __init__(self, report: SimulationReport):
+        super().__init__(
+            f"{report.changes.get('allow->lock', 0)} of {report.evaluated} recorded devices "
+            f"({report.allow_to_lock_ratio:.1%}) would go from allow to lock; the limit is "
+            f"{report.max_new_lock_ratio:.1%} (max_new_lock_ratio)"
+        )
+        self.report = report
+
+
+class UnknownVersion(LookupError):
+    """No published version has this number."""
+
+
+def version_metadata(entry: dict) -> dict[str, Any]:
+    """A stored version's metadata in API form (times as ISO-8601 UTC), without the bundle."""
+    return {
+        "version": entry["version"],
+        "published_at": iso_utc(entry["published_at"]),
+        "published_by": entry["published_by"],
+        "note": entry["note"],
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """Outcome of a publish or rollback: the new version's stored entry and, for a publish,
+    the simulation it passed."""
+
+    entry: dict
+    report: SimulationReport | None
+    forced: bool = False
+
+
+class Publisher:
+    """Publishes candidates and rollbacks through PolicyStore's optimistic transaction."""
+
+    def __init__(
+        self,
+        redis,
+        store: PolicyStore,
+        audit: AuditStore,
+        compiled_active: Callable[[int], CompiledPolicy | None] | None = None,
+    ):
+        self.redis = redis
+        self.store = store
+        self.audit = audit
+        # Lets the API reuse the policy its worker already compiled (a million allocations
+        # take seconds to compile); returns None when it holds another version.
+        self.compiled_active = compiled_active
+
+    def active_policy(self) -> tuple[int | None, CompiledPolicy | None]:
+        """The active version number and its compiled policy (None, None before any publish)."""
+        number = self.store.active_version()
+        if number is None:
+            return None, None
+        policy = self.compiled_active(number) if self.compiled_active else None
+        if policy is None:
+            entry = self.store.version(number)
+            if entry is None:
+                raise UnknownVersion(f"active version {number} is missing from the history")
+            policy = compile_bundle(entry["bundle"])
+        return number, policy
+
+    def simulate(self, candidate: CompiledPolicy) -> SimulationReport:
+        """Impact of CANDIDATE on the recorded devices, against the active version."""
+        number, active = self.active_policy()
+        if active is None:  # nothing published: every device is compared with the candidate
+            active = candidate
+        return simulate(self.redis, candidate, active, active_version=number)
+
+    def publish(
+        self,
+        bundle: dict,
+        *,
+        note: str,
+        expected_version: int | None,
+        actor: str,
+        role: str,
+        force: bool = False,
+    ) -> Published:
+        """Validate, simulate and publish BUNDLE as the version after EXPECTED_VERSION.
+
+        Raises BundleError (invalid), VersionConflict (stale expected_version) or SafetyBrake
+        (too many new locks, unless FORCE). Writes one ``policy.publish`` audit entry.
+        """
+        # The cheap check first: a stale editor learns it before seconds of compiling.
+        active_number = self.store.active_version()
+        if active_number != expected_version:
+            raise VersionConflict(active_number)
+        candidate = compile_bundle(bundle)
+        report = self.simulate(candidate)
+        if report.brakes and not force:
+            raise SafetyBrake(report)
+        number = (expected_version or 0) + 1
+        audit_fields = self.audit.entry_fields(
+            actor,
+            role,
+            "policy.publish",
+            None,
+            {"version": number, "note": note, "forced": force, "changes": report.changes},
+        )
+        # The normalised bundle is stored, so versions diff cleanly whatever form was posted.
+        entry = self.store.publish(
+            candidate.bundle,
+            published_by=actor,
+            note=note,
+            expected_version=expected_version,
+            audit_fields=audit_fields,
+        )
+        return Published(entry=entry, report=report, forced=force)
+
+    def rollback(self, version: int, *, note: str, actor: str, role: str) -> Published:
+        """Publish a new version equal to VERSION's bundle (no safety brake, no simulation).
+
+        Raises UnknownVersion, BundleError (the old bundle no longer validates) or, when other
+        publishes keep racing it, VersionConflict. Writes one ``policy.rollback`` audit entry.
+        """
+        entry = self.store.version(version)
+        if entry is None:
+            raise UnknownVersion(f"there is no version {version}")
+        # Checked before it is made active: a bundle every worker fails to compile would leave
+        # them serving the old version forever.
+        bundle = compile_bundle(entry["bundle"]).bundle
+        conflict: VersionConflict | None = None
+        for _ in range(_ROLLBACK_ATTEMPTS):
+            active = self.store.active_version()
+            number = (active or 0) + 1
+            audit_fields = self.audit.entry_fields(
+                actor,
+                role,
+                "policy.rollback",
+                None,
+                {"version": number, "rolled_back_to": version, "note": note},
+            )
+            try:
+                published = self.store.publish(
+                    bundle,
+                    published_by=actor,
+                    note=note,
+                    expected_version=active,
+                    audit_fields=audit_fields,
+                )
+            except VersionConflict as exc:  # someone published meanwhile: restore on top of it
+                conflict = exc
+                continue
+            return Published(entry=published, report=None)
+        assert conflict is not None
+        raise conflict
