@@ -11,7 +11,7 @@ from flask import current_app, g, request
 
 from service.engine.model import DISTRIBUTOR_TERRITORY, SANCTIONED_REGION
 from service.errors import ApiError
-from service.store.tokens import Principal, TokenStore
+from service.store.tokens import Principal, TokenStore, digest
 
 # permission -> roles that hold it (SPEC §3).
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -51,16 +51,18 @@ class TokenCache:
 
     def principal(self, token: str) -> Principal | None:
         """The principal of TOKEN, from the cache while fresh."""
+        # Keyed by digest, like the store: the process never keeps presented secrets around.
+        token_digest = digest(token)
         now = time.monotonic()
-        hit = self._entries.get(token)
+        hit = self._entries.get(token_digest)
         if hit is not None and hit[0] > now:
             return hit[1]
-        principal = self.store.verify(token)
+        principal = self.store.verify_digest(token_digest)
         if principal is not None and self.ttl_s > 0:
             with self._lock:
                 if len(self._entries) > 10_000:
                     self._entries.clear()
-                self._entries[token] = (now + self.ttl_s, principal)
+                self._entries[token_digest] = (now + self.ttl_s, principal)
         return principal
 
     def forget(self) -> None:
@@ -78,12 +80,22 @@ def bearer_token() -> str | None:
     return token.strip()
 
 
+def current_principal() -> Principal | None:
+    """The caller of this request (None: no token, or an unknown one), looked up once per
+    request: the rate limiter and the permission check share the answer."""
+    if "_principal" not in g:
+        token = bearer_token()
+        g._principal = (
+            current_app.extensions["regionlock"].tokens.principal(token) if token else None
+        )
+    return g._principal
+
+
 def authenticate() -> Principal:
     """The caller, or 401."""
-    token = bearer_token()
-    if token is None:
+    if bearer_token() is None:
         raise ApiError(401, "a Bearer token is required", headers={"WWW-Authenticate": "Bearer"})
-    principal = current_app.extensions["regionlock"].tokens.principal(token)
+    principal = current_principal()
     if principal is None:
         raise ApiError(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
     return principal

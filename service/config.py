@@ -11,6 +11,19 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Generous on purpose: a maker usually ships one device token in all of its firmware, so the
+# device limit is a fleet-wide circuit breaker, not a per-phone quota. People get less.
+DEFAULT_RATE_LIMITS: Mapping[str, str] = {
+    "device": "60000/minute",
+    "agent": "600/minute",
+    "compliance": "600/minute",
+    "editor": "300/minute",
+    "auditor": "600/minute",
+    "admin": "3000/minute",
+    # Requests to /v1 without a valid token, counted per client IP.
+    "anonymous": "300/minute",
+}
+
 
 class ConfigError(ValueError):
     """A configuration value could not be understood."""
@@ -29,8 +42,8 @@ class Settings:
     # How long recorded check-in facts are kept (SPEC §4 privacy: bounded, default 90 days).
     facts_retention_days: int = 90
     # Bounded per-device decision history and bounded stream of check-in facts.
-    decisions_kept: int = 20
-    facts_stream_maxlen: int = 2_000_000
+    decisions_kept: int = 10
+    facts_stream_maxlen: int = 1_000_000
     # Seconds between checks for a newly published policy version (SPEC §6: within 1 s).
     policy_poll_s: float = 0.5
     # Seconds a verified token is cached in a worker (revocation takes at most this long).
@@ -38,7 +51,18 @@ class Settings:
     # Redis socket timeouts: a check-in fails fast with 503 instead of hanging a worker.
     redis_timeout_s: float = 0.5
     retry_after_s: int = 5
+    # Ed25519 key ring that signs verdicts; None means var_dir/keys (outside the repository).
+    keys_dir: Path | None = None
+    # Per-role request limits (flask-limiter syntax, ";" between several), "anonymous" per IP.
+    rate_limits: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    # Largest request body accepted (413 beyond it).
+    max_body_bytes: int = 1 << 20
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key_ring_dir(self) -> Path:
+        """Where the signing keys live: REGIONLOCK_KEYS_DIR, else var/keys."""
+        return self.keys_dir if self.keys_dir is not None else self.var_dir / "keys"
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -54,6 +78,9 @@ _ENV = {
     "REGIONLOCK_TRUSTED_PROXIES": "trusted_proxies",
     "REGIONLOCK_VAR_DIR": "var_dir",
     "REGIONLOCK_FACTS_RETENTION_DAYS": "facts_retention_days",
+    "REGIONLOCK_KEYS_DIR": "keys_dir",
+    "REGIONLOCK_RATE_LIMITS": "rate_limits",
+    "REGIONLOCK_MAX_BODY_BYTES": "max_body_bytes",
 }
 
 
@@ -75,14 +102,55 @@ def _parse_proxies(value: Any) -> tuple:
         raise ConfigError(f"REGIONLOCK_TRUSTED_PROXIES: {exc}") from None
 
 
+def _parse_rate_limits(value: Any) -> dict[str, str]:
+    """``role=limit,role=limit`` (or a mapping) merged over the defaults, each limit checked."""
+    from limits import parse_many
+
+    if isinstance(value, Mapping):
+        given = {str(k): str(v) for k, v in value.items()}
+    else:
+        given = {}
+        for item in (p.strip() for p in str(value).split(",")):
+            role, sep, limit = item.partition("=")
+            if not item:
+                continue
+            if not sep:
+                raise ConfigError(f"REGIONLOCK_RATE_LIMITS: expected role=limit, got {item!r}")
+            given[role.strip()] = limit.strip()
+    merged = dict(DEFAULT_RATE_LIMITS)
+    for role, limit in given.items():
+        if role not in DEFAULT_RATE_LIMITS:
+            known = ", ".join(DEFAULT_RATE_LIMITS)
+            raise ConfigError(f"REGIONLOCK_RATE_LIMITS: unknown role {role!r} (one of: {known})")
+        try:
+            if not parse_many(limit):
+                raise ValueError(limit)
+        except ValueError:
+            raise ConfigError(
+                f"REGIONLOCK_RATE_LIMITS: {role}: {limit!r} is not a limit like 600/minute"
+            ) from None
+        merged[role] = limit
+    return merged
+
+
 def _coerce(name: str, value: Any) -> Any:
     if name == "trusted_proxies":
         return _parse_proxies(value)
+    if name == "rate_limits":
+        return _parse_rate_limits(value)
+    if name == "keys_dir":
+        return Path(value) if value not in (None, "") else None
     if name in ("policies_dir", "var_dir"):
         return Path(value)
     if name in ("redis_url", "geoip_db"):
         return str(value) if value not in (None, "") else None
-    if name in ("facts_retention_days", "decisions_kept", "facts_stream_maxlen", "retry_after_s"):
+    if name in (
+        "facts_retention_days",
+        "decisions_kept",
+        "facts_stream_maxlen",
+        "retry_after_s",
+        "max_body_bytes",
+    ):
         try:
             number = int(value)
         except (TypeError, ValueError):

@@ -6,7 +6,10 @@ import logging
 
 import redis
 from flask import Flask, current_app, jsonify
+from marshmallow import INCLUDE, Schema, fields
 from werkzeug.exceptions import HTTPException
+
+from service.metrics import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,27 @@ _CODES = {
     429: "rate_limited",
     503: "unavailable",
 }
+
+
+class ErrorBodySchema(Schema):
+    class Meta:
+        # Some errors add context (the sanctions rules, a simulation report).
+        unknown = INCLUDE
+
+    code = fields.String(required=True, metadata={"example": "invalid_request"})
+    message = fields.String(required=True)
+    fields_ = fields.Dict(
+        data_key="fields",
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={"description": "bad fields by path (sim.imsi) and what is wrong with each"},
+    )
+
+
+class ErrorSchema(Schema):
+    """The one error payload (documented for every error status in the OpenAPI document)."""
+
+    error = fields.Nested(ErrorBodySchema, required=True)
 
 
 class ApiError(Exception):
@@ -87,6 +111,25 @@ def flatten_fields(messages, prefix: str = "") -> dict[str, list[str]]:
     return out
 
 
+# Errors that mean "Redis cannot serve right now" (down, unreachable, loading, failing over,
+# out of memory, cluster reconfiguring), as opposed to a command Redis refused.
+_OUTAGES: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.RedisClusterException,
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when EXC means Redis is (for now) unable to serve: answered with 503."""
+    return isinstance(exc, _OUTAGES)
+
+
 def register_error_handlers(app: Flask) -> None:
     """Install the handlers that give every error the one payload."""
 
@@ -111,7 +154,14 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(status, message)
 
     @app.errorhandler(redis.exceptions.RedisError)
-    def _redis_down(exc: redis.exceptions.RedisError):
+    @app.errorhandler(redis.exceptions.RedisClusterException)
+    def _redis_down(exc: Exception):
+        REDIS_ERRORS.labels(type(exc).__name__).inc()
+        if not is_outage(exc):
+            # Redis refused a command (WRONGTYPE, a bad argument…): a bug of ours, not an
+            # outage, so no "try again later".
+            log.error("redis refused a command", exc_info=exc)
+            return error_response(500, "internal error")
         log.warning("redis unavailable: %s", type(exc).__name__)
         retry = str(current_app.config["SETTINGS"].retry_after_s)
         return error_response(

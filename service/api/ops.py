@@ -1,9 +1,11 @@
-"""Process health: /healthz (up) and /readyz (Redis reachable and a policy loaded)."""
+"""Operations: /healthz (up), /readyz (Redis reachable and a policy loaded), /metrics."""
 
 from __future__ import annotations
 
 import redis as redis_lib
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify
+
+from service import metrics
 
 bp = Blueprint("ops", __name__)
 
@@ -23,7 +25,8 @@ def readyz():
         rl.redis.ping()
         checks["redis"] = "ok"
         checks["policy_version"] = rl.policies.current().version
-    except redis_lib.RedisError as exc:
+    except (redis_lib.RedisError, redis_lib.exceptions.RedisClusterException) as exc:
+        metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
         checks["redis"] = f"unreachable ({type(exc).__name__})"
     ready = checks.get("redis") == "ok" and checks.get("policy_version") is not None
     response = jsonify({"status": "ready" if ready else "not ready", "checks": checks})
@@ -31,3 +34,10 @@ def readyz():
     if not ready:
         response.headers["Retry-After"] = str(rl.settings.retry_after_s)
     return response
+
+
+@bp.get("/metrics")
+def prometheus_metrics():
+    """Prometheus exposition: requests, verdicts, decision latency, Redis errors."""
+    body, content_type = metrics.render()
+    return Response(body, content_type=content_type)

@@ -58,6 +58,11 @@ class AuditStore:
     ) -> tuple[list[dict], str | None]:
         """Entries newest first matching every given filter, and the cursor of the next page."""
         results: list[dict] = []
+        if before:
+            ms, _, seq = before.partition("-")
+            before = f"{int(ms)}-{int(seq or 0)}"  # "0007-01" is 7-1 to Redis, but not below
+            if before == "0-0":
+                return results, None  # nothing is older than the first id ("(0-0" errs)
         upper = f"({before}" if before else "+"
         while len(results) < limit:
             chunk = self.redis.xrevrange(keys.AUDIT, max=upper, min="-", count=batch)

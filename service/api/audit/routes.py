@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import current_app
 from flask.views import MethodView
-from marshmallow import EXCLUDE, Schema, fields, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
 
 from service.api.parsing import ApiBlueprint
 from service.auth import require
@@ -14,7 +14,8 @@ blp = ApiBlueprint("audit", __name__, url_prefix="/v1", description="Audit trail
 
 class AuditQueryArgsSchema(Schema):
     class Meta:
-        unknown = EXCLUDE
+        # A misspelt filter (?imie=) must be a 422, not the whole trail unfiltered.
+        unknown = RAISE
 
     imei = fields.String(validate=validate.Length(max=32))
     actor = fields.String(validate=validate.Length(max=100))
@@ -24,6 +25,12 @@ class AuditQueryArgsSchema(Schema):
         validate=validate.Regexp(r"^\d{1,20}-\d{1,20}$"),
         metadata={"description": "paging cursor: the `next` of the previous page"},
     )
+
+    @validates("before")
+    def _stream_id(self, value: str, **_) -> None:
+        # Redis stream ids are two unsigned 64-bit numbers; a larger one is a Redis error.
+        if any(int(part) >= 1 << 64 for part in value.split("-")):
+            raise ValidationError("is not a cursor given by this API")
 
 
 class AuditEntrySchema(Schema):
@@ -46,7 +53,7 @@ class Audit(MethodView):
     @blp.doc(security=[{"bearer": []}])
     @blp.response(200, AuditPageSchema)
     @require("audit:read")
-    @blp.arguments(AuditQueryArgsSchema, location="query")
+    @blp.arguments(AuditQueryArgsSchema, location="query", unknown=RAISE)
     def get(self, args):
         """Audit entries newest first, filtered by imei, actor and action; paged by `before`."""
         imei = args.get("imei")

@@ -41,6 +41,11 @@ class CheckinSchema(_Lenient):
     gps = fields.Nested(GpsSchema, allow_none=True)
     model = fields.String(allow_none=True, validate=validate.Length(max=64))
     firmware = fields.String(allow_none=True, validate=validate.Length(max=64))
+    nonce = fields.String(
+        allow_none=True,
+        validate=validate.Length(min=1, max=128),
+        metadata={"description": "echoed inside the signed verdict, so a replay is detectable"},
+    )
 
     @validates("imei")
     def _imei_luhn(self, value, **_):
@@ -81,3 +86,16 @@ class VerdictSchema(Schema):
     policy_version = fields.Integer(required=True)
     next_checkin_s = fields.Integer(required=True)
     decided_at = fields.String(required=True)
+    nonce = fields.String(
+        required=True, allow_none=True, metadata={"description": "the request's nonce, or null"}
+    )
+    kid = fields.String(
+        required=True, metadata={"description": "the key that signed (see GET /v1/keys)"}
+    )
+    signature = fields.String(
+        required=True,
+        metadata={
+            "description": "Ed25519 over the canonical JSON (keys sorted, no spaces, UTF-8) of "
+            "every other field, base64url without padding"
+        },
+    )

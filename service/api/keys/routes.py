@@ -1,0 +1,45 @@
+"""GET /v1/keys: the public keys that verify signed verdicts, as a JWK set (SPEC §4).
+
+Public on purpose: public keys are not secrets, and firmware needs them before (and without)
+being provisioned with a token.
+"""
+
+from __future__ import annotations
+
+import orjson
+from flask import Response, current_app, request
+from flask.views import MethodView
+from marshmallow import Schema, fields
+
+from service.api.parsing import ApiBlueprint
+
+blp = ApiBlueprint("keys", __name__, url_prefix="/v1", description="Verdict signing keys")
+
+
+class JwkSchema(Schema):
+    kty = fields.String(required=True, metadata={"example": "OKP"})
+    crv = fields.String(required=True, metadata={"example": "Ed25519"})
+    x = fields.String(required=True, metadata={"description": "public key, base64url"})
+    kid = fields.String(required=True, metadata={"example": "2026-11-a"})
+    use = fields.String(required=True, metadata={"example": "sig"})
+    alg = fields.String(required=True, metadata={"example": "EdDSA"})
+
+
+class JwkSetSchema(Schema):
+    keys = fields.List(fields.Nested(JwkSchema), required=True)
+
+
+@blp.route("/keys")
+class Keys(MethodView):
+    @blp.doc(security=[])
+    @blp.response(200, JwkSetSchema)
+    @blp.alt_response(304, description="unchanged since the ETag given in If-None-Match")
+    def get(self):
+        """Public keys of the signing key and of retired keys still in their grace period."""
+        document = current_app.extensions["regionlock"].keys.jwks()
+        response = Response(orjson.dumps(document), status=200, mimetype="application/json")
+        # Revalidate every time (cheap with the ETag): after a rotation, firmware that meets an
+        # unknown kid must get the new set at once, not a cached copy.
+        response.headers["Cache-Control"] = "no-cache"
+        response.add_etag()
+        return response.make_conditional(request)

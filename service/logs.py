@@ -1,0 +1,117 @@
+"""Structured logs: one JSON object per line, and one line per request.
+
+Every line has ``ts``, ``level``, ``logger``, ``msg``; lines written while a request is handled
+also carry its ``request_id``. The request line adds ``method``, ``path`` (no query string),
+``status`` and ``duration_ms``. Headers are never logged, so neither is a token.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from flask import Flask, g, has_request_context, request
+from gunicorn import glogging
+
+log = logging.getLogger("regionlock.request")
+
+# A caller's X-Request-Id is kept when it looks like an id; anything else could forge log
+# lines or smuggle data, so a fresh one replaces it.
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+# LogRecord attributes that are not extra fields.
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON object (extras included) on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The JSON line for RECORD."""
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if has_request_context() and "request_id" in g:
+            entry["request_id"] = g.request_id
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+def configure_logging(level: int | str = logging.INFO) -> None:
+    """JSON lines on stderr for the root logger (the server; tests keep pytest's handlers)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+class GunicornJsonLogger(glogging.Logger):
+    """gunicorn's own lines (start, workers, errors) as JSON too; its access log stays off
+    (the app writes one line per request itself)."""
+
+    def setup(self, cfg) -> None:
+        """gunicorn's set-up, then the JSON formatter on its handlers."""
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(JsonFormatter())
+
+
+def request_id_for(header: str | None) -> str:
+    """The caller's request id when sane, else a new one."""
+    if header and _SANE_REQUEST_ID.match(header):
+        return header
+    return uuid.uuid4().hex
+
+
+def init_request_logging(app: Flask, observe=None) -> None:
+    """Give every request an id (echoed as X-Request-Id) and log one line when it is answered.
+
+    OBSERVE(endpoint, method, status) is called for each answered request (metrics).
+    """
+
+    @app.before_request
+    def _start() -> None:
+        g.request_id = request_id_for(request.headers.get("X-Request-Id"))
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response):
+        started = g.get("request_started")
+        request_id = g.get("request_id") or request_id_for(None)
+        response.headers["X-Request-Id"] = request_id
+        duration_ms = round((time.perf_counter() - started) * 1000, 2) if started else None
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        if observe is not None:
+            observe(endpoint, request.method, response.status_code)
+        status = response.status_code
+        # An outage (503) is expected and already reported by the Redis error handler.
+        level = logging.ERROR if status >= 500 and status != 503 else logging.INFO
+        log.log(
+            level,
+            "request",
+            extra={
+                "request_id": request_id,
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": duration_ms,
+            },
+        )
+        return response

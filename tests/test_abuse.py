@@ -1,0 +1,239 @@
+"""Abuse resistance: per-token rate limits, request size, security headers, secrets in logs."""
+
+from __future__ import annotations
+
+import io
+import logging
+import secrets
+
+import pytest
+
+from service.config import DEFAULT_RATE_LIMITS, ConfigError, load_settings
+from service.logs import JsonFormatter
+from service.store import keys
+from tests.conftest import bearer
+from tests.imeis import HK, UNKNOWN
+
+
+def _checkin(client, token, **kwargs):
+    return client.post("/v1/checkin", json={"imei": HK}, headers=bearer(token), **kwargs)
+
+
+# --- rate limits -------------------------------------------------------------------------
+
+def test_token_over_its_limit_gets_429_with_retry_after(make_app, tokens):
+    app = make_app(rate_limits={"device": "3/minute"})
+    client = app.test_client()
+    assert [_checkin(client, tokens["device"]).status_code for _ in range(3)] == [200] * 3
+    limited = _checkin(client, tokens["device"])
+    assert limited.status_code == 429
+    assert 0 < int(limited.headers["Retry-After"]) <= 60
+    error = limited.get_json()["error"]
+    assert error["code"] == "rate_limited" and error["message"]
+    # Another token (here an admin) has its own budget.
+    assert _checkin(client, tokens["admin"]).status_code == 200
+
+
+def test_one_budget_per_token_across_endpoints(make_app, tokens):
+    app = make_app(rate_limits={"admin": "3/minute"})
+    client = app.test_client()
+    admin = bearer(tokens["admin"])
+    assert _checkin(client, tokens["admin"]).status_code == 200
+    assert client.get(f"/v1/devices/{HK}", headers=admin).status_code == 200
+    assert client.get("/v1/audit", headers=admin).status_code == 200
+    assert client.get("/v1/policy", headers=admin).status_code == 429
+
+
+def test_limits_are_per_role(make_app, tokens):
+    app = make_app(rate_limits={"agent": "1/minute"})
+    client = app.test_client()
+    for role in ("agent", "compliance"):
+        assert client.get(f"/v1/devices/{HK}", headers=bearer(tokens[role])).status_code == 404
+    assert client.get(f"/v1/devices/{HK}", headers=bearer(tokens["agent"])).status_code == 429
+    assert client.get(f"/v1/devices/{HK}", headers=bearer(tokens["compliance"])).status_code == 404
+
+
+def test_requests_without_a_valid_token_are_limited_per_address(make_app, tokens):
+    app = make_app(rate_limits={"anonymous": "2/minute"})
+    client = app.test_client()
+    stranger = bearer("rl_" + secrets.token_urlsafe(32))
+    statuses = [
+        client.post("/v1/checkin", json={"imei": HK}, headers=stranger).status_code,
+        client.post("/v1/checkin", json={"imei": HK}).status_code,
+        client.post("/v1/checkin", json={"imei": HK}, headers=stranger).status_code,
+    ]
+    assert statuses == [401, 401, 429]
+    other_address = client.post(
+        "/v1/checkin", json={"imei": HK}, environ_base={"REMOTE_ADDR": "192.0.2.7"}
+    )
+    assert other_address.status_code == 401
+    # A valid token is not counted against the address.
+    assert _checkin(client, tokens["device"]).status_code == 200
+
+
+def test_keys_health_and_docs_are_never_limited(make_app):
+    app = make_app(rate_limits={"anonymous": "1/minute"})
+    client = app.test_client()
+    for _ in range(5):
+        assert client.get("/v1/keys").status_code == 200
+        assert client.get("/v1/openapi.json").status_code == 200
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200
+
+
+def test_counters_are_keyed_by_token_name_never_the_token(make_app, tokens, redis):
+    app = make_app()
+    client = app.test_client()
+    _checkin(client, tokens["device"])
+    limit_keys = redis.keys(f"{keys.RATE_LIMITS_PREFIX}*")
+    assert limit_keys and any("token:test-device" in key for key in limit_keys)
+    everything = " ".join(redis.keys("*"))
+    assert tokens["device"] not in everything
+
+
+def test_default_limits_are_generous_for_device_fleets():
+    settings = load_settings(environ={})
+    assert settings.rate_limits == dict(DEFAULT_RATE_LIMITS)
+    assert int(settings.rate_limits["device"].split("/")[0]) >= 10_000
+
+
+def test_rate_limits_from_the_environment():
+    settings = load_settings(
+        environ={"REGIONLOCK_RATE_LIMITS": "device=100/second;5000/minute, agent=10/minute"}
+    )
+    assert settings.rate_limits["device"] == "100/second;5000/minute"
+    assert settings.rate_limits["agent"] == "10/minute"
+    assert settings.rate_limits["admin"] == DEFAULT_RATE_LIMITS["admin"]
+
+
+@pytest.mark.parametrize(
+    "value", ["device", "robot=1/minute", "device=lots", "device=10/fortnight"]
+)
+def test_bad_rate_limits_stop_start_up(value):
+    with pytest.raises(ConfigError, match="REGIONLOCK_RATE_LIMITS"):
+        load_settings(environ={"REGIONLOCK_RATE_LIMITS": value})
+
+
+# --- request size ------------------------------------------------------------------------
+
+def test_body_over_the_limit_is_413_and_records_nothing(make_app, tokens, redis):
+    app = make_app(max_body_bytes=2048)
+    client = app.test_client()
+    body = b'{"imei": "%s", "model": "%s"}' % (HK.encode(), b"x" * 4096)
+    response = client.post(
+        "/v1/checkin", data=body, content_type="application/json",
+        headers=bearer(tokens["device"]),
+    )
+    assert response.status_code == 413
+    assert response.get_json()["error"]["code"] == "payload_too_large"
+    assert redis.keys("rl:dev:*") == []
+
+
+def test_default_body_limit_is_one_mebibyte(client, tokens):
+    huge = b'{"imei": "%s", "pad": "%s"}' % (HK.encode(), b"x" * (1 << 20))
+    response = client.post(
+        "/v1/checkin", data=huge, content_type="application/json",
+        headers=bearer(tokens["device"]),
+    )
+    assert response.status_code == 413
+
+
+def test_max_body_bytes_from_the_environment():
+    assert load_settings(environ={"REGIONLOCK_MAX_BODY_BYTES": "4096"}).max_body_bytes == 4096
+    with pytest.raises(ConfigError):
+        load_settings(environ={"REGIONLOCK_MAX_BODY_BYTES": "-1"})
+
+
+# --- security headers --------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("method", "path", "authorized"),
+    [
+        ("POST", "/v1/checkin", True),
+        ("POST", "/v1/checkin", False),
+        ("GET", f"/v1/devices/{UNKNOWN}", True),
+        ("GET", "/v1/keys", False),
+        ("GET", "/v1/openapi.json", False),
+        ("GET", "/healthz", False),
+        ("GET", "/readyz", False),
+        ("GET", "/metrics", False),
+        ("GET", "/docs", False),
+        ("GET", "/no/such/page", False),
+    ],
+)
+def test_security_headers_on_every_response(client, tokens, method, path, authorized):
+    headers = bearer(tokens["admin"]) if authorized else {}
+    response = client.open(path, method=method, json={"imei": HK}, headers=headers)
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    assert "Strict-Transport-Security" not in response.headers  # plain HTTP
+    if path.startswith("/v1/") and path != "/v1/keys":
+        assert response.headers["Cache-Control"] == "no-store"
+        assert response.headers["Content-Security-Policy"].startswith("default-src 'none'")
+
+
+def test_hsts_only_over_tls(client, tokens):
+    response = client.get("/healthz", base_url="https://regionlock.example")
+    assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+
+
+# --- secrets stay out of logs ------------------------------------------------------------
+
+@pytest.fixture
+def captured_logs():
+    """Everything logged (DEBUG and up), formatted as the server writes it."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(previous)
+
+
+def test_tokens_never_reach_the_logs(make_app, tokens, captured_logs, closed_port_url):
+    app = make_app(rate_limits={"device": "2/minute"})
+    client = app.test_client()
+    unknown = "rl_" + secrets.token_urlsafe(32)
+    _checkin(client, tokens["device"])                                 # 200
+    client.post("/v1/checkin", data=b"{bad", content_type="application/json",
+                headers=bearer(tokens["device"]))                      # 400
+    client.post("/v1/checkin", json={"imei": "1"}, headers=bearer(tokens["device"]))  # 429
+    _checkin(client, unknown)                                          # 401
+    _checkin(client, tokens["agent"])                                  # 403
+    client.post("/v1/checkin", json={"imei": "1"}, headers=bearer(tokens["admin"]))  # 422
+    client.post(f"/v1/devices/{HK}/unlock", json={"reason": "r"},
+                headers=bearer(tokens["compliance"]))                  # 201
+    down = make_app(redis_url=closed_port_url).test_client()
+    _checkin(down, tokens["device"])                                   # 503
+    text = captured_logs.getvalue()
+    for status in (200, 400, 429, 401, 403, 422, 201, 503):
+        assert f'"status":{status}' in text, status
+    for secret in (*tokens.values(), unknown):
+        assert secret not in text
+    assert "Authorization" not in text and "Bearer" not in text
+
+
+@pytest.fixture
+def closed_port_url():
+    """A Redis URL nothing listens on."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def test_the_token_cache_keeps_digests_not_tokens(make_app, tokens):
+    app = make_app(token_cache_s=60)
+    client = app.test_client()
+    assert _checkin(client, tokens["device"]).status_code == 200
+    cache = app.extensions["regionlock"].tokens._entries
+    assert len(cache) == 1
+    assert tokens["device"] not in cache and all(len(k) == 64 for k in cache)

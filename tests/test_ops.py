@@ -1,0 +1,228 @@
+"""Operations (SPEC §7): /metrics, structured JSON logs with request ids, /docs, and
+`regionlock serve` itself (several gunicorn workers, one metrics view)."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client import REGISTRY
+
+from service.logs import JsonFormatter, request_id_for
+from service.redis_server import free_port
+from service.store.tokens import TokenStore
+from tests.conftest import ROOT, bearer
+from tests.imeis import HK, UNKNOWN
+
+HAVANA = {"lat": 23.1136, "lon": -82.3666}
+
+
+def _sample(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def captured_logs():
+    """Every log line (INFO and up) as the server writes it."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(previous)
+
+
+def _lines(stream: io.StringIO) -> list[dict]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+# --- metrics -----------------------------------------------------------------------------
+
+def test_metrics_count_requests_verdicts_reasons_and_latency(client, tokens):
+    requests_before = _sample(
+        "regionlock_http_requests_total", endpoint="/v1/checkin", method="POST", status="200"
+    )
+    refused_before = _sample(
+        "regionlock_http_requests_total", endpoint="/v1/checkin", method="POST", status="401"
+    )
+    locks_before = _sample("regionlock_verdicts_total", verdict="lock")
+    sanctions_before = _sample("regionlock_verdict_reasons_total", code="sanctioned_region")
+    decisions_before = _sample("regionlock_decision_seconds_count")
+
+    device = bearer(tokens["device"])
+    client.post("/v1/checkin", json={"imei": UNKNOWN, "gps": HAVANA}, headers=device)
+    client.post("/v1/checkin", json={"imei": HK}, headers=device)
+    client.post("/v1/checkin", json={"imei": HK})
+
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/plain")
+    text = response.get_data(as_text=True)
+    assert "regionlock_decision_seconds_bucket" in text
+    assert _sample(
+        "regionlock_http_requests_total", endpoint="/v1/checkin", method="POST", status="200"
+    ) == requests_before + 2
+    assert _sample(
+        "regionlock_http_requests_total", endpoint="/v1/checkin", method="POST", status="401"
+    ) == refused_before + 1
+    assert _sample("regionlock_verdicts_total", verdict="lock") == locks_before + 1
+    assert _sample("regionlock_verdict_reasons_total", code="sanctioned_region") == (
+        sanctions_before + 1
+    )
+    assert _sample("regionlock_decision_seconds_count") == decisions_before + 2
+
+
+def test_metrics_label_unknown_paths_as_one_series(client):
+    before = _sample(
+        "regionlock_http_requests_total", endpoint="unmatched", method="GET", status="404"
+    )
+    for n in range(3):
+        client.get(f"/no/such/page/{n}")
+    after = _sample(
+        "regionlock_http_requests_total", endpoint="unmatched", method="GET", status="404"
+    )
+    assert after == before + 3
+
+
+def test_metrics_count_redis_errors(make_app, tokens):
+    app = make_app(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    before = _sample("regionlock_redis_errors_total", kind="ConnectionError")
+    response = app.test_client().post(
+        "/v1/checkin", json={"imei": HK}, headers=bearer(tokens["device"])
+    )
+    assert response.status_code == 503
+    assert _sample("regionlock_redis_errors_total", kind="ConnectionError") == before + 1
+
+
+# --- logs --------------------------------------------------------------------------------
+
+def test_one_json_line_per_request_with_its_id(client, tokens, captured_logs):
+    response = client.post(
+        "/v1/checkin?x=1",
+        json={"imei": HK},
+        headers={**bearer(tokens["device"]), "X-Request-Id": "fw-7f3a.2:b"},
+    )
+    assert response.headers["X-Request-Id"] == "fw-7f3a.2:b"
+    [line] = [e for e in _lines(captured_logs) if e["msg"] == "request"]
+    assert line["request_id"] == "fw-7f3a.2:b"
+    assert line["method"] == "POST" and line["path"] == "/v1/checkin"  # no query string
+    assert line["status"] == 200 and line["level"] == "info"
+    assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
+    assert line["ts"].endswith("Z")
+
+
+@pytest.mark.parametrize("given", ["", "has space", "x" * 129, "<script>", "ümlaut", "a;b", None])
+def test_insane_request_ids_are_replaced(client, given):
+    headers = {"X-Request-Id": given} if given is not None else {}
+    issued = client.get("/healthz", headers=headers).headers["X-Request-Id"]
+    assert issued != given and len(issued) == 32 and int(issued, 16) >= 0
+
+
+def test_other_lines_of_a_request_carry_its_id(make_app, tokens, captured_logs):
+    app = make_app(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    app.test_client().post(
+        "/v1/checkin", json={"imei": HK},
+        headers={**bearer(tokens["device"]), "X-Request-Id": "req-42"},
+    )
+    lines = _lines(captured_logs)
+    outage = [e for e in lines if e["msg"].startswith("redis unavailable")]
+    assert outage and all(e["request_id"] == "req-42" for e in outage)
+    assert [e["status"] for e in lines if e["msg"] == "request"] == [503]
+
+
+def test_request_id_helper():
+    assert request_id_for("abc-123") == "abc-123"
+    assert request_id_for("a b") != "a b"
+
+
+# --- docs --------------------------------------------------------------------------------
+
+def test_docs_page_and_openapi_document(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and b"swagger-ui" in page.data
+    spec = client.get("/v1/openapi.json").get_json()
+    assert "/v1/keys" in spec["paths"] and "/v1/checkin" in spec["paths"]
+    checkin = spec["paths"]["/v1/checkin"]["post"]
+    assert {"200", "400", "401", "403", "413", "422", "429", "503"} <= set(checkin["responses"])
+    assert "Retry-After" in checkin["responses"]["503"]["headers"]
+    assert spec["paths"]["/v1/keys"]["get"]["security"] == []
+
+
+# --- the real server ---------------------------------------------------------------------
+
+def _get(url: str, token: str | None = None, body: dict | None = None) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    if data:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_serve_with_several_workers(redis, redis_url, tmp_path: Path):
+    """`regionlock serve`: JSON logs on stderr without tokens, metrics summed over workers."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "REGIONLOCK_REDIS_URL": redis_url,
+        "REGIONLOCK_BIND": f"127.0.0.1:{port}",
+        "REGIONLOCK_VAR_DIR": str(tmp_path / "var"),
+        "REGIONLOCK_POLICIES": str(ROOT / "policies"),
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    token = TokenStore(redis).create(name="fw-serve", role="device")
+    stderr = tmp_path / "stderr.log"
+    with stderr.open("wb") as err:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--workers", "3", "--threads", "2"],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if _get(f"{base}/readyz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        statuses = [_get(f"{base}/v1/checkin", token, {"imei": HK})[0] for _ in range(30)]
+        assert statuses == [200] * 30
+        # Whichever worker answers, it reports all of them.
+        for _ in range(4):
+            status, text = _get(f"{base}/metrics")
+            assert status == 200
+            counted = [
+                line for line in text.decode().splitlines()
+                if line.startswith("regionlock_http_requests_total{")
+                and 'endpoint="/v1/checkin"' in line and 'status="200"' in line
+            ]
+            assert len(counted) == 1 and float(counted[0].rsplit(" ", 1)[1]) == 30.0
+        assert (tmp_path / "var" / "prometheus").is_dir()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    lines = [line for line in stderr.read_text().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert sum(1 for e in entries if e.get("path") == "/v1/checkin") == 30
+    assert any(e.get("logger") == "gunicorn.error" for e in entries)
+    assert token not in stderr.read_text()

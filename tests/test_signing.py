@@ -1,0 +1,270 @@
+"""Signed verdicts (SPEC §4): Ed25519 over canonical JSON, the JWK set at /v1/keys, rotation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import stat
+import time
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from service.signing import (
+    KeyRing,
+    b64url,
+    b64url_decode,
+    canonical_json,
+    next_kid,
+    signed_bytes,
+    verify_with_jwk,
+)
+from tests.conftest import bearer
+from tests.imeis import HK, UNKNOWN
+
+HAVANA = {"lat": 23.1136, "lon": -82.3666}
+
+
+def _checkin(client, token, **body):
+    response = client.post("/v1/checkin", json={"imei": UNKNOWN, **body}, headers=bearer(token))
+    assert response.status_code == 200, response.get_json()
+    return response
+
+
+def _jwks(client) -> dict[str, dict]:
+    response = client.get("/v1/keys")
+    assert response.status_code == 200
+    return {jwk["kid"]: jwk for jwk in response.get_json()["keys"]}
+
+
+def firmware_verifies(document: dict, jwks: dict[str, dict]) -> bool:
+    """What firmware does, with nothing of ours: a stock JSON canonicaliser and the JWK."""
+    jwk = jwks.get(document.get("kid"))
+    if jwk is None or jwk["kty"] != "OKP" or jwk["crv"] != "Ed25519" or jwk["alg"] != "EdDSA":
+        return False
+    body = {k: v for k, v in document.items() if k != "signature"}
+    message = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    public = Ed25519PublicKey.from_public_bytes(b64url_decode(jwk["x"]))
+    try:
+        public.verify(b64url_decode(document["signature"]), message.encode("utf-8"))
+    except Exception:
+        return False
+    return True
+
+
+def test_verdict_verifies_with_the_published_key(client, tokens):
+    answer = _checkin(client, tokens["device"], gps=HAVANA).get_json()
+    assert answer["verdict"] == "lock"
+    jwks = _jwks(client)
+    assert re.fullmatch(r"\d{4}-\d{2}-[a-z]+", answer["kid"])
+    assert set(jwks) == {answer["kid"]}
+    assert jwks[answer["kid"]]["use"] == "sig"
+    assert verify_with_jwk(answer, jwks[answer["kid"]])
+    assert firmware_verifies(answer, jwks)
+    # base64url without padding: 64 signature bytes are 86 characters, no '=', '+' or '/'.
+    assert re.fullmatch(r"[A-Za-z0-9_-]{86}", answer["signature"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("verdict", "allow"),
+        ("reasons", []),
+        ("imei", HK),
+        ("nonce", "other"),
+        ("next_checkin_s", 1),
+        ("decided_at", "2030-01-01T00:00:00Z"),
+        ("kid", "1999-01-a"),
+        ("extra", True),
+    ],
+)
+def test_tampered_verdict_fails(client, tokens, field, value):
+    answer = _checkin(client, tokens["device"], gps=HAVANA, nonce="n-1").get_json()
+    jwks = _jwks(client)
+    assert firmware_verifies(answer, jwks)
+    tampered = {**answer, field: value}
+    assert not firmware_verifies(tampered, jwks)
+    assert not verify_with_jwk(tampered, next(iter(jwks.values())))
+
+
+def test_signature_from_another_key_fails(client, tokens):
+    answer = _checkin(client, tokens["device"]).get_json()
+    body = {k: v for k, v in answer.items() if k != "signature"}
+    # Same kid, same canonical bytes, another private key.
+    forged = {**body, "signature": b64url(Ed25519PrivateKey.generate().sign(canonical_json(body)))}
+    assert not firmware_verifies(forged, _jwks(client))
+
+
+def test_body_is_the_canonical_form(client, tokens):
+    response = _checkin(client, tokens["device"], nonce="abc")
+    answer = response.get_json()
+    # What was sent is the signed canonical bytes with the signature as one more sorted key.
+    assert response.data == canonical_json(answer)
+    assert b" " not in signed_bytes(answer)
+    assert list(orjson.loads(signed_bytes(answer))) == sorted(k for k in answer if k != "signature")
+
+
+def test_nonce_is_echoed_and_signed(client, tokens):
+    answer = _checkin(client, tokens["device"], nonce="f3a9-c2").get_json()
+    assert answer["nonce"] == "f3a9-c2"
+    assert firmware_verifies(answer, _jwks(client))
+    replay = {**answer, "nonce": "another-request"}
+    assert not firmware_verifies(replay, _jwks(client))
+
+
+def test_non_ascii_stays_utf8_in_the_signed_form(client, tokens):
+    nonce = "ключ-é-日本-🔒"
+    answer = _checkin(client, tokens["device"], nonce=nonce).get_json()
+    assert answer["nonce"] == nonce
+    canonical = signed_bytes(answer)
+    assert nonce.encode("utf-8") in canonical and b"\\u" not in canonical
+    assert firmware_verifies(answer, _jwks(client))
+
+
+@pytest.mark.parametrize("nonce", ["", "x" * 129, 12, ["a"]])
+def test_bad_nonce_is_422(client, tokens, redis, nonce):
+    response = client.post(
+        "/v1/checkin", json={"imei": HK, "nonce": nonce}, headers=bearer(tokens["device"])
+    )
+    assert response.status_code == 422
+    assert set(response.get_json()["error"]["fields"]) == {"nonce"}
+    assert redis.keys("rl:dev:*") == []
+
+
+def test_nonce_of_128_characters_is_accepted(client, tokens):
+    assert _checkin(client, tokens["device"], nonce="n" * 128).get_json()["nonce"] == "n" * 128
+
+
+def test_keys_are_public_and_revalidated(client):
+    response = client.get("/v1/keys")  # no token
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "no-cache"
+    again = client.get("/v1/keys", headers={"If-None-Match": response.headers["ETag"]})
+    assert again.status_code == 304
+    [jwk] = response.get_json()["keys"]
+    assert set(jwk) == {"kty", "crv", "x", "kid", "use", "alg"}
+    assert len(b64url_decode(jwk["x"])) == 32
+
+
+def test_rotation_is_picked_up_and_old_key_stays_published(make_app, tokens, tmp_path):
+    keys_dir = tmp_path / "ring"
+    app = make_app(keys_dir=keys_dir)
+    client = app.test_client()
+    before = _checkin(client, tokens["device"], gps=HAVANA).get_json()
+
+    # Another process (the CLI) rotates: this worker notices within about a second.
+    new_kid = KeyRing(keys_dir).rotate(grace_days=7)
+    assert new_kid != before["kid"]
+    deadline = time.monotonic() + 10
+    after = before
+    while after["kid"] != new_kid and time.monotonic() < deadline:
+        time.sleep(0.1)
+        after = _checkin(client, tokens["device"], gps=HAVANA).get_json()
+    assert after["kid"] == new_kid
+
+    jwks = _jwks(client)
+    assert list(jwks) == [new_kid, before["kid"]]  # the signing key first
+    assert firmware_verifies(before, jwks) and firmware_verifies(after, jwks)
+
+
+def test_old_key_is_withdrawn_when_its_grace_ends(tmp_path):
+    ring = KeyRing(tmp_path / "ring").ensure(now=1_000_000.0)
+    first = ring.active_kid
+    second = ring.rotate(grace_days=1, now=1_000_100.0)
+    assert [j["kid"] for j in ring.jwks(now=1_000_200.0)["keys"]] == [second, first]
+    assert [j["kid"] for j in ring.jwks(now=1_000_100.0 + 86_401)["keys"]] == [second]
+    # The next rotation forgets it entirely, private file included.
+    ring.rotate(grace_days=1, now=1_000_100.0 + 86_401)
+    assert not (tmp_path / "ring" / f"{first}.pem").exists()
+    assert first not in {row["kid"] for row in ring.describe(now=1_000_100.0 + 86_401)}
+
+
+def test_zero_grace_withdraws_at_once(tmp_path):
+    ring = KeyRing(tmp_path / "ring").ensure()
+    first = ring.active_kid
+    second = ring.rotate(grace_days=0)
+    assert [j["kid"] for j in ring.jwks()["keys"]] == [second]
+    assert first != second
+
+
+def test_private_keys_are_owner_only_and_outside_the_repo(app, tmp_path):
+    ring_dir = app.extensions["regionlock"].settings.key_ring_dir
+    assert ring_dir == tmp_path / "var" / "keys"
+    assert stat.S_IMODE(os.stat(ring_dir).st_mode) == 0o700
+    files = list(ring_dir.iterdir())
+    assert any(f.suffix == ".pem" for f in files)
+    for path in files:
+        if path.suffix in (".pem", ".json"):
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
+
+
+def test_keys_dir_from_the_environment(monkeypatch, tmp_path):
+    from service.config import load_settings
+
+    settings = load_settings(environ={"REGIONLOCK_KEYS_DIR": str(tmp_path / "elsewhere")})
+    assert settings.key_ring_dir == tmp_path / "elsewhere"
+
+
+def test_a_broken_ring_edit_does_not_stop_signing(make_app, tokens, tmp_path, caplog):
+    keys_dir = tmp_path / "ring"
+    app = make_app(keys_dir=keys_dir)
+    client = app.test_client()
+    kid = _checkin(client, tokens["device"]).get_json()["kid"]
+    (keys_dir / "ring.json").write_text("{not json")
+    app.extensions["regionlock"].keys._next_check = 0  # re-read on the next use
+    answer = _checkin(client, tokens["device"]).get_json()
+    assert answer["kid"] == kid and firmware_verifies(answer, _jwks(client))
+    assert "key ring not reloaded" in caplog.text
+
+
+def test_private_keys_never_reach_logs_or_answers(make_app, tokens, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    keys_dir = tmp_path / "ring"
+    app = make_app(keys_dir=keys_dir)
+    client = app.test_client()
+    KeyRing(keys_dir).rotate(grace_days=1)
+    app.extensions["regionlock"].keys._next_check = 0
+    bodies = [_checkin(client, tokens["device"]).data, client.get("/v1/keys").data]
+    for pem in keys_dir.glob("*.pem"):
+        secret = b"".join(pem.read_bytes().splitlines()[1:-1]).decode()
+        assert secret not in caplog.text
+        assert all(secret.encode() not in body for body in bodies)
+
+
+def test_kids_name_the_month_and_never_repeat():
+    now = 1_795_000_000.0  # 2026-11
+    assert next_kid(set(), now) == "2026-11-a"
+    assert next_kid({"2026-11-a"}, now) == "2026-11-b"
+    taken = {f"2026-11-{chr(c)}" for c in range(ord("a"), ord("z") + 1)}
+    assert next_kid(taken, now) == "2026-11-aa"
+    assert next_kid(taken | {"2026-11-aa"}, now) == "2026-11-ab"
+    assert next_kid({"2026-10-a"}, now) == "2026-11-a"
+
+
+def test_cli_rotate_and_list(redis, redis_url, tmp_path, monkeypatch):
+    from service.cli import main
+    from service.store.audit import AuditStore
+
+    monkeypatch.setenv("REGIONLOCK_KEYS_DIR", str(tmp_path / "ring"))
+    monkeypatch.setenv("REGIONLOCK_REDIS_URL", redis_url)
+    runner = CliRunner()
+    first = runner.invoke(main, ["keys", "rotate"])
+    assert first.exit_code == 0, first.output
+    second = runner.invoke(main, ["keys", "rotate", "--grace-days", "3"])
+    assert second.exit_code == 0, second.output
+    kid_1, kid_2 = first.stdout.strip(), second.stdout.strip()
+    listed = runner.invoke(main, ["keys", "list"])
+    assert listed.exit_code == 0
+    rows = [line.split("\t") for line in listed.stdout.strip().splitlines()]
+    assert [(r[0], r[1]) for r in rows] == [(kid_2, "signing"), (kid_1, "published")]
+    entries, _ = AuditStore(redis).query(action="keys.rotate")
+    assert [e["detail"]["kid"] for e in entries] == [kid_2, kid_1]
+    assert entries[0]["detail"]["previous"] == kid_1
+    assert runner.invoke(main, ["keys", "rotate", "--grace-days", "-1"]).exit_code != 0
