@@ -1,0 +1,13 @@
+"""The web console (SPEC §8): server-rendered pages for agents, editors and auditors.
+
+``create_app`` registers :data:`bp`; registering it also configures the session (secret key,
+cookie flags), so the console needs no other line in the app factory.
+"""
+
+from __future__ import annotations
+
+# Importing the view modules attaches their routes to ``bp``.
+from service.console import audit, devices, errors, policy, session  # noqa: F401
+from service.console.blueprint import bp
+
+__all__ = ["bp"]

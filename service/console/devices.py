@@ -1,0 +1,235 @@
+"""Support pages: find a device by IMEI, see why it is locked, unlock / lock / remove override.
+
+The actions go through the same OverrideService (and so the same audit entries and role scope)
+as POST /v1/devices/<imei>/unlock; every action is a two-step form: the first POST checks the
+fields and shows what will happen, the second (``step=confirm``) does it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+
+from service.api.devices.routes import device_document
+from service.auth import liftable_kinds
+from service.console import present, security
+from service.console.blueprint import bp
+from service.engine.model import SANCTIONED_REGION
+from service.overrides import OverrideService, SanctionsScopeError, normalise_imei
+
+MAX_REASON = 500
+MAX_TICKET = 100
+_ACTIONS = ("unlock", "lock", "remove")
+
+
+def _rl() -> Any:
+    return current_app.extensions["regionlock"]
+
+
+def _service() -> OverrideService:
+    rl = _rl()
+    return OverrideService(rl.devices, rl.audit)
+
+
+def _canonical(raw: str) -> str:
+    try:
+        return normalise_imei(raw)
+    except ValueError:
+        abort(404, description=f"“{raw[:40]}” is not an IMEI (15 digits with a valid check digit).")
+
+
+def unlock_scope(imei: str, role: str, document: dict[str, Any] | None) -> dict[str, Any]:
+    """Which of the device's policy locks an unlock by ROLE lifts and which stay, with the
+    region each sanctions lock is about (for the explanation next to the unlock form)."""
+    lifts = liftable_kinds(role)
+    regions = {r.get("rule"): r.get("region") for r in (document or {}).get("reasons") or []}
+    locks = [
+        {**r, "region": regions.get(r.get("rule"))}
+        for r in _rl().devices.policy_reasons(imei)
+        if r.get("action") in ("lock", "warn")
+    ]
+    lifted = [r for r in locks if r.get("kind") in lifts]
+    kept = [r for r in locks if r.get("kind") not in lifts]
+    return {
+        "lifted": lifted,
+        "kept": kept,
+        # Nothing this role can lift, but something blocks: the unlock would be refused.
+        "refused": bool(kept) and not lifted,
+        "sanctions_kept": any(r.get("kind") == SANCTIONED_REGION for r in kept),
+    }
+
+
+def _read_form(action: str) -> tuple[dict[str, str], dict[str, str]]:
+    form = {
+        "reason": request.form.get("reason", "").strip(),
+        "ticket": request.form.get("ticket", "").strip(),
+        "expires": request.form.get("expires", ""),
+    }
+    errors: dict[str, str] = {}
+    if action in ("unlock", "lock"):
+        if not form["reason"]:
+            errors["reason"] = "Say why (it goes into the audit trail)."
+        elif len(form["reason"]) > MAX_REASON:
+            errors["reason"] = f"At most {MAX_REASON} characters."
+        if len(form["ticket"]) > MAX_TICKET:
+            errors["ticket"] = f"At most {MAX_TICKET} characters."
+    if action == "unlock" and form["expires"] not in dict(present.EXPIRY_CHOICES):
+        errors["expires"] = "Choose one of the listed durations."
+    return form, errors
+
+
+def render_device(
+    imei: str,
+    *,
+    forms: dict[str, dict[str, str]] | None = None,
+    errors: dict[str, dict[str, str]] | None = None,
+    status: int = 200,
+) -> ResponseReturnValue:
+    """The device page (or the not-found page), with any form values and errors to show."""
+    document = device_document(imei)
+    user = security.current_user()
+    assert user is not None
+    context: dict[str, Any] = {
+        "imei": imei,
+        "forms": forms or {},
+        "errors": errors or {},
+        "expiry_choices": present.EXPIRY_CHOICES,
+    }
+    if document is None:
+        return render_template("console/device_missing.html", **context), (
+            status if status != 200 else 404
+        )
+    context.update(
+        doc=document,
+        summary=present.verdict_summary(document),
+        reasons=[
+            {"reason": r, "text": present.explain_reason(r, document)} for r in document["reasons"]
+        ],
+        observed=[
+            {"reason": r, "text": present.explain_reason(r, document)}
+            for r in document["observed"]
+        ],
+        evidence=present.evidence_rows(document),
+        history=present.history_rows(document),
+        scope=unlock_scope(imei, user.role, document) if security.can("devices:write") else None,
+        when=present.when,
+        place_name=present.place_name,
+        places_text=present.places_text,
+    )
+    return render_template("console/device.html", **context), status
+
+
+@bp.get("/devices")
+@security.needs("devices:read")
+def devices() -> ResponseReturnValue:
+    """Search by IMEI (spaces and dashes allowed)."""
+    query = request.args.get("imei", "").strip()
+    error = None
+    if query:
+        try:
+            return redirect(url_for("console.device", imei=normalise_imei(query)))
+        except ValueError as exc:
+            error = f"This IMEI {exc}."
+    status = 422 if error else 200
+    return render_template("console/devices.html", query=query, error=error), status
+
+
+@bp.get("/devices/<imei>")
+@security.needs("devices:read")
+def device(imei: str) -> ResponseReturnValue:
+    """A device's verdict, why, evidence, distributor, activation, override and history."""
+    canonical = _canonical(imei)
+    if canonical != imei:
+        return redirect(url_for("console.device", imei=canonical))
+    return render_device(canonical)
+
+
+@bp.post("/devices/<imei>/<action>")
+@security.needs("devices:write")
+def device_action(imei: str, action: str) -> ResponseReturnValue:
+    """Unlock, lock or remove the override: check, then confirm, then do."""
+    if action not in _ACTIONS:
+        abort(404)
+    imei = _canonical(imei)
+    form, errors = _read_form(action)
+    user = security.current_user()
+    assert user is not None
+    if errors:
+        return render_device(imei, forms={action: form}, errors={action: errors}, status=422)
+
+    if action == "unlock":
+        scope = unlock_scope(imei, user.role, device_document(imei))
+        if scope["refused"]:
+            errors = {"scope": _scope_message(scope)}
+            return render_device(imei, forms={action: form}, errors={action: errors}, status=403)
+    if request.form.get("step") != "confirm":
+        document = device_document(imei)
+        if action == "remove" and (document is None or document.get("override") is None):
+            flash("This device has no override to remove.", "warning")
+            return redirect(url_for("console.device", imei=imei))
+        return render_template(
+            "console/device_confirm.html",
+            imei=imei,
+            action=action,
+            form=form,
+            doc=document,
+            scope=unlock_scope(imei, user.role, document) if action == "unlock" else None,
+            expiry_label=present.expiry_label(form["expires"]),
+            summary=present.verdict_summary(document) if document else None,
+            place_name=present.place_name,
+        )
+    return _perform(imei, action, form)
+
+
+def _scope_message(scope: dict[str, Any]) -> str:
+    rules = ", ".join(
+        f"“{r['rule']}”" + (f" ({r['region']}, {present.place_name(r['region'])})"
+                            if r.get("region") else "")
+        for r in scope["kept"]
+    )
+    return (
+        f"You cannot lift this lock: the device is locked by sanctions rule {rules}. Only a "
+        "compliance officer can lift a sanctioned-region lock: escalate the ticket to "
+        "compliance. Nothing was changed."
+    )
+
+
+def _perform(imei: str, action: str, form: dict[str, str]) -> ResponseReturnValue:
+    user = security.current_user()
+    assert user is not None
+    service = _service()
+    ticket = form["ticket"] or None
+    if action == "unlock":
+        expires = int(form["expires"]) if form["expires"] else None
+        try:
+            outcome = service.unlock(imei, user, form["reason"], ticket, expires)
+        except SanctionsScopeError:
+            # The device's state changed between the two steps (a new check-in): say why.
+            scope = unlock_scope(imei, user.role, device_document(imei))
+            return render_device(
+                imei,
+                forms={action: form},
+                errors={action: {"scope": _scope_message(scope)}},
+                status=403,
+            )
+        until = f" until {present.when(outcome.override['expires_at'])}" if expires else ""
+        if outcome.still_locked_by:
+            rules = ", ".join(f"“{r['rule']}”" for r in outcome.still_locked_by)
+            flash(
+                f"Unlock recorded{until}, but the phone stays locked by sanctions rule {rules}: "
+                "only a compliance officer can lift a sanctioned-region lock.",
+                "warning",
+            )
+        else:
+            flash(f"Unlocked{until}: the phone is allowed from its next check-in.", "success")
+    elif action == "lock":
+        service.lock(imei, user, form["reason"], ticket)
+        flash("Locked: the phone locks at its next check-in, whatever the policy says.", "success")
+    elif service.remove(imei, user):
+        flash("Override removed: the next check-in follows the policy again.", "success")
+    else:
+        flash("This device had no override to remove.", "warning")
+    # Post/redirect/get: reloading the device page never repeats the action.
+    return redirect(url_for("console.device", imei=imei))

@@ -1,0 +1,216 @@
+"""Plain words for what the engine decided: verdicts, reasons, places and signals."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+import pycountry
+
+from service.engine.model import SIGNALS
+
+ROLE_LABELS = {
+    "device": "Device",
+    "agent": "Support agent",
+    "compliance": "Compliance officer",
+    "editor": "Policy editor",
+    "auditor": "Auditor",
+    "admin": "Administrator",
+}
+
+SIGNAL_LABELS = {
+    "ip": ("IP address", "where the client IP is, by the GeoIP database"),
+    "gps": ("GPS", "the phone's reported position, reverse-geocoded"),
+    "network": ("Mobile network", "the country of the network the phone is attached to"),
+    "sim": ("SIM card", "the SIM's home country (from its IMSI)"),
+}
+
+VERDICTS = {
+    "lock": ("Locked", "The phone may not be used where it is."),
+    "warn": ("Warning", "The phone works for now, but will lock unless the situation changes."),
+    "allow": ("Allowed", "The phone may be used where it is."),
+}
+
+# Expiry choices of the unlock form: (value in seconds or "", label).
+EXPIRY_CHOICES: tuple[tuple[str, str], ...] = (
+    ("", "No expiry (until removed)"),
+    ("86400", "1 day"),
+    ("604800", "7 days"),
+    ("2592000", "30 days"),
+)
+
+
+@cache
+def place_name(label: str | None) -> str:
+    """'CU' -> 'Cuba', 'UA-43' -> 'Avtonomna Respublika Krym (Ukraine)'; the code if unknown."""
+    if not label:
+        return ""
+    if "-" in label:
+        subdivision = pycountry.subdivisions.get(code=label)
+        country = pycountry.countries.get(alpha_2=label.split("-", 1)[0])
+        if subdivision is None:
+            return label
+        return f"{subdivision.name} ({_country_name(country) if country else label[:2]})"
+    country = pycountry.countries.get(alpha_2=label)
+    return _country_name(country) if country else label
+
+
+def _country_name(country: Any) -> str:
+    # "Iran, Islamic Republic of" reads worse than the common name where there is one.
+    return getattr(country, "common_name", None) or country.name
+
+
+def places_text(labels: list[str] | tuple[str, ...]) -> str:
+    """'HK (Hong Kong), MO (Macao)'."""
+    return ", ".join(f"{code} ({place_name(code)})" for code in labels)
+
+
+def when(value: str | float | None) -> str:
+    """An ISO-8601 UTC time or epoch seconds as '2026-11-21 10:00 UTC'."""
+    if value in (None, ""):
+        return ""
+    if isinstance(value, int | float):
+        moment = datetime.fromtimestamp(float(value), UTC)
+    else:
+        try:
+            moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError:
+            return str(value)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _signals_text(signals: dict[str, str]) -> str:
+    if not signals:
+        return "no signal"
+    return ", ".join(f"{SIGNAL_LABELS.get(s, (s,))[0]} ({place})" for s, place in signals.items())
+
+
+def explain_reason(reason: dict[str, Any], document: dict[str, Any] | None = None) -> str:
+    """One sentence saying why this reason applies."""
+    code = reason.get("code")
+    rule = reason.get("rule")
+    region = reason.get("region")
+    signals = reason.get("signals") or {}
+    if code == "sanctioned_region":
+        return (
+            f"Rule “{rule}”: {region} ({place_name(region)}) is a sanctioned region, and "
+            f"{_signals_text(signals)} put the phone there."
+        )
+    if code in ("outside_territory", "grace_period"):
+        distributor = reason.get("distributor")
+        territories = reason.get("territories") or []
+        if distributor is None:
+            text = (
+                f"Rule “{rule}”: no authorised distributor holds this IMEI, and the rule "
+                "treats unknown devices this way."
+            )
+        else:
+            name = _distributor_name(document, distributor)
+            text = (
+                f"Rule “{rule}”: sold through {name}, which may sell only in "
+                f"{', '.join(territories) or 'no territory'}; "
+            )
+            if reason.get("bound"):
+                text += (
+                    "it was activated outside those territories, and that answer is fixed for "
+                    f"good (it now reports {_signals_text(signals)})."
+                )
+            else:
+                text += f"{_signals_text(signals)} put it outside them."
+        if code == "grace_period" and reason.get("lock_at"):
+            text += f" Grace period: it locks on {when(reason['lock_at'])}."
+        return text
+    if code == "manual_lock":
+        override = (document or {}).get("override") or {}
+        who = override.get("actor") or "support"
+        why = override.get("reason")
+        return f"Locked by hand by {who}" + (f": “{why}”." if why else ".")
+    if code == "override_unlock":
+        override = (document or {}).get("override") or {}
+        who = override.get("actor") or "support"
+        lifted = reason.get("lifted") or []
+        text = f"Unlocked by {who}"
+        text += f", setting aside rule {', '.join(f'“{r}”' for r in lifted)}." if lifted else "."
+        return text
+    return f"{code} ({rule})" if rule else str(code)
+
+
+def _distributor_name(document: dict[str, Any] | None, distributor_id: str) -> str:
+    info = (document or {}).get("distributor") or {}
+    if info.get("id") == distributor_id and info.get("name"):
+        return f"{info['name']} ({distributor_id})"
+    return distributor_id
+
+
+def verdict_summary(document: dict[str, Any]) -> dict[str, str]:
+    """Headline and sentence for the device's current verdict."""
+    verdict = document.get("verdict")
+    if verdict is None:
+        override = document.get("override") or {}
+        if override.get("kind") == "lock":
+            return {
+                "verdict": "lock",
+                "title": "Locked at next check-in",
+                "text": "The phone has not checked in yet; a manual lock is waiting for it.",
+            }
+        return {
+            "verdict": "unknown",
+            "title": "Never checked in",
+            "text": "No verdict yet: the phone has not checked in.",
+        }
+    title, text = VERDICTS.get(verdict, (verdict, ""))
+    if verdict == "warn" and document.get("lock_at"):
+        text = f"The phone works for now, but locks on {when(document['lock_at'])}."
+    return {"verdict": verdict, "title": title, "text": text}
+
+
+def evidence_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per signal of the last check-in: where it put the phone, which rules cited it."""
+    last = document.get("last_checkin") or {}
+    places = last.get("places") or {}
+    cited: dict[str, list[str]] = {s: [] for s in SIGNALS}
+    for group, suffix in (("reasons", ""), ("observed", " (observe only)")):
+        for reason in document.get(group) or []:
+            for signal in (reason.get("signals") or {}):
+                if signal in cited and reason.get("rule"):
+                    cited[signal].append(f"{reason['rule']}{suffix}")
+    rows = []
+    for signal in SIGNALS:
+        label, help_text = SIGNAL_LABELS[signal]
+        place = places.get(signal)
+        rows.append(
+            {
+                "signal": signal,
+                "label": label,
+                "help": help_text,
+                "place": place,
+                "place_name": place_name(place) if place else "",
+                "rules": cited[signal],
+            }
+        )
+    return rows
+
+
+def history_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The decision history, newest first, with short reason labels."""
+    rows = []
+    for decision in document.get("decisions") or []:
+        rows.append(
+            {
+                "at": when(decision.get("at")),
+                "verdict": decision.get("verdict"),
+                "reasons": [
+                    r.get("rule") or r.get("code", "").replace("_", " ")
+                    for r in decision.get("reasons") or []
+                ],
+                "places": decision.get("places") or {},
+                "policy_version": decision.get("policy_version"),
+            }
+        )
+    return rows
+
+
+def expiry_label(seconds: str | None) -> str:
+    """The label of an expiry choice."""
+    return dict(EXPIRY_CHOICES).get(seconds or "", "")

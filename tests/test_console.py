@@ -1,0 +1,618 @@
+"""The web console with Flask's test client: sessions, CSRF, roles, support actions, audit
+trail, the policy editor's endpoints, publishing and the error pages (SPEC §8)."""
+
+from __future__ import annotations
+
+import re
+import stat
+import time
+
+import pytest
+
+from service.console import audit as console_audit
+from service.console.bundle_text import check_text, dump_bundle
+from service.console.security import SECRET_KEY_FILE, load_secret_key
+from service.engine.bundle import load_bundle_dir
+from service.store import keys
+from service.store.tokens import ROLES, TokenStore, digest
+from tests.conftest import ROOT, bearer
+from tests.imeis import HK, UNKNOWN
+
+CUBA_NETWORK = {"sim": {"network": "36801"}}
+US_NETWORK = {"sim": {"network": "310260"}}
+BELARUS_NETWORK = {"sim": {"network": "25701"}}
+COOKIE = "regionlock_console"
+
+
+def csrf_of(html: str) -> str:
+    """The CSRF token a page carries."""
+    match = re.search(r'<meta name="csrf-token" content="([^"]+)">', html)
+    assert match, "no CSRF token on the page"
+    return match.group(1)
+
+
+class Console:
+    """A test client that signs in through the form and posts with the page's CSRF token."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def csrf(self) -> str:
+        return csrf_of(self.client.get("/console/sign-in").get_data(as_text=True))
+
+    def sign_in(self, token: str, **extra):
+        return self.client.post(
+            "/console/sign-in", data={"token": token, "csrf_token": self.csrf(), **extra}
+        )
+
+    def page_csrf(self, path: str = "/console/devices") -> str:
+        response = self.client.get(path)
+        if response.status_code == 302:
+            response = self.client.get("/console/sign-in")
+        return csrf_of(response.get_data(as_text=True))
+
+    def post(self, path: str, data: dict | None = None, csrf: bool = True):
+        body = dict(data or {})
+        if csrf:
+            body["csrf_token"] = self.page_csrf()
+        return self.client.post(path, data=body)
+
+    def api(self, path: str, body: dict, csrf: bool = True):
+        headers = {"X-CSRF-Token": self.page_csrf()} if csrf else {}
+        return self.client.post(path, json=body, headers=headers)
+
+    def get(self, path: str, **kwargs):
+        return self.client.get(path, **kwargs)
+
+
+@pytest.fixture
+def console(app):
+    return Console(app.test_client())
+
+
+@pytest.fixture
+def as_role(app, tokens):
+    """A signed-in console per role."""
+
+    def make(role: str) -> Console:
+        session = Console(app.test_client())
+        assert session.sign_in(tokens[role]).status_code == 302
+        return session
+
+    return make
+
+
+@pytest.fixture
+def checkin(client, tokens):
+    def run(imei, **body):
+        response = client.post(
+            "/v1/checkin", json={"imei": imei, **body}, headers=bearer(tokens["device"])
+        )
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()
+
+    return run
+
+
+def text(response) -> str:
+    return response.get_data(as_text=True)
+
+
+def rows(page: str) -> int:
+    """Rows in the page's table body."""
+    body = re.search(r"<tbody>(.*?)</tbody>", page, re.S)
+    return body.group(1).count("<tr") if body else 0
+
+
+# --- signing in and out -----------------------------------------------------------------
+
+
+def test_sign_in_keeps_only_a_digest_in_a_safe_cookie(app, console, tokens):
+    response = console.sign_in(tokens["agent"])
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/console/devices"
+    cookie = next(h for h in response.headers.getlist("Set-Cookie") if h.startswith(COOKIE))
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
+    assert "Path=/console" in cookie
+    assert "Secure" not in cookie  # plain http on 127.0.0.1 by default; see the next test
+
+    value = console.client.get_cookie(COOKIE, path="/console").value
+    assert tokens["agent"] not in value
+    session = app.session_interface.get_signing_serializer(app).loads(value)
+    assert session["tok"] == digest(tokens["agent"])
+    assert session["name"] == "test-agent" and session["role"] == "agent"
+    assert tokens["agent"] not in repr(session)
+    assert len(session["csrf"]) >= 32
+
+
+def test_secure_cookie_flag_is_configurable(make_app, tokens):
+    app = make_app(secure_cookies=True)
+    response = Console(app.test_client()).sign_in(tokens["agent"])
+    cookie = next(h for h in response.headers.getlist("Set-Cookie") if h.startswith(COOKIE))
+    assert "Secure" in cookie
+
+
+def test_unknown_and_device_tokens_cannot_sign_in(console, tokens):
+    response = console.sign_in("rl_not-a-real-token")
+    assert response.status_code == 401
+    assert "not known" in text(response)
+    assert "rl_not-a-real-token" not in text(response)  # never echoed back
+
+    response = console.sign_in(tokens["device"])
+    assert response.status_code == 401
+    assert "cannot sign in to the console" in text(response)
+    assert console.get("/console/devices").status_code == 302
+
+    response = console.sign_in("")
+    assert response.status_code == 401 and "Paste your token" in text(response)
+
+
+def test_sign_in_goes_back_to_the_page_asked_for_but_never_off_site(console, tokens):
+    response = console.get("/console/audit?actor=x")
+    assert response.status_code == 302
+    assert "/console/sign-in?next=" in response.headers["Location"]
+    assert console.sign_in(tokens["auditor"], next="/console/audit?actor=x").headers[
+        "Location"
+    ] == "/console/audit?actor=x"
+
+    for target in ("https://evil.example/", "//evil.example/console", "/v1/audit"):
+        other = Console(console.client.application.test_client())
+        response = other.sign_in(tokens["auditor"], next=target)
+        assert response.headers["Location"] == "/console/audit", target
+
+
+def test_sign_out(as_role):
+    agent = as_role("agent")
+    assert agent.get("/console/devices").status_code == 200
+    response = agent.post("/console/sign-out")
+    assert response.status_code == 302
+    assert agent.get("/console/devices").status_code == 302
+    assert "Signed out" in text(agent.get("/console/sign-in"))
+
+
+def test_revoked_token_is_signed_out_at_the_next_request(as_role, redis):
+    agent = as_role("agent")
+    assert agent.get("/console/devices").status_code == 200
+    TokenStore(redis).revoke("test-agent")
+    response = agent.get("/console/devices")
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/console/sign-in")
+    assert "revoked" in text(agent.get("/console/sign-in"))
+
+
+def test_secret_key_is_made_once_with_mode_0600_and_shared(make_app, tmp_path, monkeypatch):
+    monkeypatch.delenv("REGIONLOCK_SECRET_KEY", raising=False)
+    first = make_app(var_dir=tmp_path / "shared")
+    second = make_app(var_dir=tmp_path / "shared")
+    key_file = tmp_path / "shared" / SECRET_KEY_FILE
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert first.secret_key == second.secret_key == key_file.read_text().strip()
+    assert len(first.secret_key) >= 40
+    assert load_secret_key(tmp_path / "other", {"REGIONLOCK_SECRET_KEY": "from-env"}) == "from-env"
+    assert not (tmp_path / "other").exists()
+
+
+# --- CSRF -------------------------------------------------------------------------------
+
+
+def test_every_form_needs_the_csrf_token(as_role, console, tokens, checkin, redis):
+    response = console.client.post("/console/sign-in", data={"token": tokens["agent"]})
+    assert response.status_code == 400
+    assert "security token" in text(response)
+
+    checkin(HK, **US_NETWORK)
+    agent = as_role("agent")
+    for data in ({}, {"csrf_token": "forged"}):
+        response = agent.client.post(
+            f"/console/devices/{HK}/unlock", data={"reason": "r", "step": "confirm", **data}
+        )
+        assert response.status_code == 400
+    assert redis.get(keys.device_override(HK)) is None
+
+    assert agent.post("/console/sign-out", csrf=False).status_code == 400
+    assert agent.get("/console/devices").status_code == 200  # still signed in
+
+    editor = as_role("editor")
+    response = editor.api("/console/api/policy/validate", {"text": "name: x"}, csrf=False)
+    assert response.status_code == 400
+
+
+# --- who sees what ----------------------------------------------------------------------
+
+PAGES = ("/console/devices", "/console/policy", "/console/policy/edit", "/console/audit")
+#            devices policy edit  audit     nav
+VISIBILITY = {
+    "agent": ((200, 200, 403, 403), ["Devices", "Policy"]),
+    "compliance": ((200, 200, 403, 200), ["Devices", "Policy", "Audit trail"]),
+    "editor": ((403, 200, 200, 403), ["Policy"]),
+    "auditor": ((200, 200, 403, 200), ["Devices", "Policy", "Audit trail"]),
+    "admin": ((200, 200, 200, 200), ["Devices", "Policy", "Audit trail"]),
+}
+
+
+def test_visibility_table_covers_every_console_role():
+    assert set(VISIBILITY) == set(ROLES) - {"device"}
+
+
+@pytest.mark.parametrize("role", sorted(VISIBILITY))
+def test_each_role_sees_only_what_it_may_do(as_role, checkin, role):
+    statuses, nav = VISIBILITY[role]
+    session = as_role(role)
+    for path, expected in zip(PAGES, statuses, strict=True):
+        assert session.get(path).status_code == expected, (role, path)
+    page = text(session.get("/console/policy"))
+    assert re.findall(r'<nav class="sections".*?</nav>', page, re.S)
+    assert re.findall(r">(Devices|Policy|Audit trail)</a>", page) == nav
+    assert ("Edit policy" in page) == (role in ("editor", "admin"))
+
+    checkin(HK, **US_NETWORK)
+    device_page = session.get(f"/console/devices/{HK}")
+    if statuses[0] == 403:
+        assert device_page.status_code == 403
+        assert "Not for your role" in text(device_page)
+        return
+    writes = role in ("agent", "compliance", "admin")
+    assert ('id="unlock"' in text(device_page)) == writes
+    assert ('id="lock"' in text(device_page)) == writes
+    post = session.post(f"/console/devices/{HK}/lock", {"reason": "r", "step": "confirm"})
+    assert post.status_code == (302 if writes else 403)
+
+
+# --- support: search, device page, actions --------------------------------------------
+
+
+def test_search_accepts_spaces_and_dashes_and_explains_bad_input(as_role):
+    agent = as_role("agent")
+    response = agent.get("/console/devices", query_string={"imei": f" {HK[:2]}-{HK[2:8]} {HK[8:]}"})
+    assert response.status_code == 302
+    assert response.headers["Location"] == f"/console/devices/{HK}"
+    response = agent.get("/console/devices", query_string={"imei": HK[:-1] + "0"})
+    assert response.status_code == 422
+    assert "invalid Luhn check digit" in text(response)
+    assert agent.get(f"/console/devices/{HK[:2]}-{HK[2:]}").headers["Location"] == (
+        f"/console/devices/{HK}"
+    )
+
+
+def test_unknown_device_and_bad_imei_get_404_pages(as_role):
+    agent = as_role("agent")
+    response = agent.get(f"/console/devices/{UNKNOWN}")
+    assert response.status_code == 404
+    assert "No record for" in text(response) and UNKNOWN in text(response)
+    response = agent.get("/console/devices/12345")
+    assert response.status_code == 404
+    assert "is not an IMEI" in text(response)
+
+
+def test_device_page_says_why_in_plain_words(as_role, checkin):
+    checkin(HK, model="M2101K6G", **US_NETWORK)
+    page = text(as_role("agent").get(f"/console/devices/{HK}"))
+    assert "Locked" in page and "The phone may not be used where it is." in page
+    assert "Rule “gray-market”: sold through Global Mobile HK Ltd (hk-global)" in page
+    assert "Mobile network (US) put it outside them" in page
+    evidence = re.search(r'<table class="evidence">.*?</table>', page, re.S).group(0)
+    network_row = re.search(r"<tr class=\"cited\">.*?</tr>", evidence, re.S).group(0)
+    assert "Mobile network" in network_row and "United States" in network_row
+    assert "gray-market" in network_row
+    assert evidence.count("no place") == 3
+    assert "outside territory" in page and "M2101K6G" in page
+
+
+def test_unlock_is_checked_then_confirmed_then_done(as_role, checkin, redis):
+    checkin(HK, **US_NETWORK)
+    agent = as_role("agent")
+    form = {"reason": "proof of purchase in HK", "ticket": "SUP-1", "expires": "604800"}
+
+    review = agent.post(f"/console/devices/{HK}/unlock", form)
+    assert review.status_code == 200
+    assert "Unlock" in text(review) and "Yes, unlock" in text(review)
+    assert "This lifts “gray-market”" in text(review) and "7 days" in text(review)
+    assert redis.get(keys.device_override(HK)) is None  # nothing happens before confirming
+
+    done = agent.post(f"/console/devices/{HK}/unlock", {**form, "step": "confirm"})
+    assert done.status_code == 302 and done.headers["Location"] == f"/console/devices/{HK}"
+    page = text(agent.get(f"/console/devices/{HK}"))
+    assert "Unlocked until" in page
+    assert "proof of purchase in HK" in page
+    ttl = redis.ttl(keys.device_override(HK))
+    assert 604_700 < ttl <= 604_800
+    [(_, entry)] = redis.xrange(keys.AUDIT)
+    assert entry["action"] == "device.unlock" and entry["actor"] == "test-agent"
+    assert checkin(HK, **US_NETWORK)["verdict"] == "allow"
+
+
+def test_action_form_errors_are_shown_next_to_the_fields(as_role, checkin, redis):
+    checkin(HK, **US_NETWORK)
+    agent = as_role("agent")
+    response = agent.post(
+        f"/console/devices/{HK}/unlock",
+        {"reason": "  ", "ticket": "T" * 101, "expires": "99", "step": "confirm"},
+    )
+    assert response.status_code == 422
+    page = text(response)
+    assert re.search(r'id="unlock-reason"[^>]*aria-invalid="true"', page)
+    assert "Say why" in page and "At most 100 characters" in page
+    assert "Choose one of the listed durations" in page
+    assert redis.get(keys.device_override(HK)) is None
+
+
+def test_lock_and_remove_override(as_role, checkin, redis):
+    checkin(UNKNOWN, **US_NETWORK)
+    agent = as_role("agent")
+    review = agent.post(f"/console/devices/{UNKNOWN}/lock", {"reason": "stolen", "ticket": "S-9"})
+    assert "Yes, lock" in text(review)
+    done = agent.post(
+        f"/console/devices/{UNKNOWN}/lock", {"reason": "stolen", "ticket": "S-9", "step": "confirm"}
+    )
+    assert done.status_code == 302
+    assert checkin(UNKNOWN, **US_NETWORK)["verdict"] == "lock"
+    page = text(agent.get(f"/console/devices/{UNKNOWN}"))
+    assert "Locked by hand" in page and "Remove override" in page
+
+    review = agent.post(f"/console/devices/{UNKNOWN}/remove")
+    assert "Yes, remove the override" in text(review)
+    done = agent.post(f"/console/devices/{UNKNOWN}/remove", {"step": "confirm"})
+    assert done.status_code == 302
+    assert redis.get(keys.device_override(UNKNOWN)) is None
+    assert "Override removed" in text(agent.get(f"/console/devices/{UNKNOWN}"))
+    assert checkin(UNKNOWN, **US_NETWORK)["verdict"] == "allow"
+    actions = [f["action"] for _, f in redis.xrange(keys.AUDIT)]
+    assert actions == ["device.lock", "device.override_removed"]
+
+
+def test_agent_sees_why_a_sanctions_lock_is_not_theirs_to_lift(as_role, checkin, redis):
+    checkin(UNKNOWN, **CUBA_NETWORK)
+    agent = as_role("agent")
+    page = text(agent.get(f"/console/devices/{UNKNOWN}"))
+    assert "Only a compliance officer can lift a sanctioned-region lock" in page
+
+    response = agent.post(
+        f"/console/devices/{UNKNOWN}/unlock", {"reason": "tourist", "step": "confirm"}
+    )
+    assert response.status_code == 403
+    scope_error = re.search(r'<p class="error scope-error"[^>]*>(.*?)</p>', text(response), re.S)
+    assert scope_error, "the scope message sits in the unlock form"
+    assert "sanctions rule “sanctions” (CU, Cuba)" in scope_error.group(1)
+    assert "escalate the ticket to compliance" in scope_error.group(1)
+    assert redis.get(keys.device_override(UNKNOWN)) is None
+
+    compliance = as_role("compliance")
+    done = compliance.post(
+        f"/console/devices/{UNKNOWN}/unlock", {"reason": "investigated", "step": "confirm"}
+    )
+    assert done.status_code == 302
+    assert checkin(UNKNOWN, **CUBA_NETWORK)["verdict"] == "allow"
+
+
+def test_agent_unlock_of_a_doubly_locked_device_says_sanctions_remain(as_role, checkin):
+    checkin(HK, **CUBA_NETWORK)  # a Hong Kong phone in Cuba: gray import and sanctions
+    agent = as_role("agent")
+    review = text(agent.post(f"/console/devices/{HK}/unlock", {"reason": "receipt"}))
+    assert "stays locked" in review
+    agent.post(f"/console/devices/{HK}/unlock", {"reason": "receipt", "step": "confirm"})
+    page = text(agent.get(f"/console/devices/{HK}"))
+    assert "stays locked by sanctions rule “sanctions”" in page
+    assert checkin(HK, **CUBA_NETWORK)["verdict"] == "lock"
+
+
+def test_what_people_typed_is_escaped(as_role, checkin):
+    checkin(HK, **US_NETWORK)
+    agent = as_role("agent")
+    reason = '<script>alert("x")</script>'
+    agent.post(f"/console/devices/{HK}/lock", {"reason": reason, "step": "confirm"})
+    page = text(agent.get(f"/console/devices/{HK}"))
+    assert reason not in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+
+
+# --- audit trail ------------------------------------------------------------------------
+
+
+def test_audit_trail_filters_and_pages(as_role, checkin, monkeypatch):
+    checkin(HK, **US_NETWORK)
+    agent, compliance = as_role("agent"), as_role("compliance")
+    for n in range(3):
+        agent.post(f"/console/devices/{HK}/unlock", {"reason": f"r{n}", "step": "confirm"})
+    compliance.post(f"/console/devices/{HK}/lock", {"reason": "fraud", "step": "confirm"})
+
+    auditor = as_role("auditor")
+    page = text(auditor.get("/console/audit"))
+    assert page.count("device.unlock</span>") == 3 and page.count("device.lock</span>") == 1
+
+    page = text(auditor.get("/console/audit", query_string={"actor": "test-compliance"}))
+    assert rows(page) == 1 and "fraud" in page
+    page = text(auditor.get("/console/audit", query_string={"action": "device.unlock"}))
+    assert rows(page) == 3
+    dashed = f"{HK[:2]}-{HK[2:8]}-{HK[8:]}"
+    assert rows(text(auditor.get("/console/audit", query_string={"imei": dashed}))) == 4
+    page = text(auditor.get("/console/audit", query_string={"actor": "nobody"}))
+    assert "No entries match these filters." in page
+
+    monkeypatch.setattr(console_audit, "PAGE_SIZE", 2)
+    first = text(auditor.get("/console/audit", query_string={"action": "device.unlock"}))
+    assert rows(first) == 2 and "r2" in first and "r0" not in first
+    older = re.search(r'href="(/console/audit\?[^"]*before=[^"]+)"', first).group(1)
+    second = text(auditor.get(older.replace("&amp;", "&")))
+    assert rows(second) == 1 and "r0" in second and "« Newest" in second
+    bad = auditor.get("/console/audit", query_string={"before": "nonsense"})
+    assert bad.status_code == 200 and "not valid" in text(bad)
+
+
+# --- policy editor ----------------------------------------------------------------------
+
+
+def test_validate_endpoint_reports_errors_at_their_lines(as_role):
+    editor = as_role("editor")
+    text_ = dump_bundle(load_bundle_dir(ROOT / "policies"))
+    line = text_.splitlines().index("  regions: [CU, IR, SY, KP, SD, UA-43, UA-40]") + 1
+    bad = text_.replace("regions: [CU, IR,", "regions: [CU, XX,")
+    body = editor.api("/console/api/policy/validate", {"text": bad}).get_json()
+    assert body["valid"] is False
+    [error] = body["errors"]
+    assert error["path"] == "rules.0.regions.1" and error["line"] == line
+    assert "XX" in error["messages"][0]
+
+    assert editor.api("/console/api/policy/validate", {"text": text_}).get_json() == {
+        "valid": True,
+        "errors": [],
+    }
+    broken = editor.api("/console/api/policy/validate", {"text": "rules: [\n  - id: x\n"})
+    [error] = broken.get_json()["errors"]
+    assert (error["line"], error["column"]) == (2, 3)
+    assert "not valid YAML" in error["messages"][0]
+
+    assert editor.api("/console/api/policy/validate", {"nope": 1}).status_code == 400
+    assert as_role("agent").api("/console/api/policy/validate", {"text": ""}).status_code == 403
+    signed_out = Console(editor.client.application.test_client())
+    assert signed_out.api("/console/api/policy/validate", {"text": ""}).status_code == 401
+
+
+def test_error_paths_map_to_the_lines_typed():
+    source = (
+        "name: test\n"
+        "rules:\n"
+        "  - id: r\n"  # no type: the rule's own line, 3
+        "    signals: [ip]\n"
+        "distributors:\n"
+        "  - id: a\n"
+        "    name: A\n"
+        "    territories: [HK]\n"
+        "    allocations:\n"
+        "      - {tac: '3538792'}\n"  # 7 digits: line 10
+        "  - id: b\n"
+        "    nmae: B\n"  # a typo: line 12
+        "    territories: [US]\n"
+        "    allocations: []\n"
+    )
+    errors = {e["path"]: e["line"] for e in check_text(source).errors}
+    assert errors == {
+        "rules.0.type": 3,
+        "distributors.0.allocations.0.tac": 10,
+        "distributors.1.nmae": 12,
+    }
+    aliased = check_text("a: &x [1]\nb: *x\n").errors
+    assert aliased[0]["line"] == 1 and "aliases" in aliased[0]["messages"][0]  # the anchor
+    assert check_text("").errors[0]["messages"] == ["the bundle is empty"]
+
+
+def test_simulate_endpoint(as_role, checkin):
+    checkin(UNKNOWN, **BELARUS_NETWORK)
+    editor = as_role("editor")
+    text_ = dump_bundle(load_bundle_dir(ROOT / "policies")).replace("[CU,", "[BY, CU,", 1)
+    body = editor.api("/console/api/policy/simulate", {"text": text_}).get_json()
+    assert body["report"]["changes"] == {"allow->lock": 1}
+    assert body["report"]["samples"]["allow->lock"] == [UNKNOWN]
+    assert body["report"]["would_brake"] is True
+    invalid = editor.api("/console/api/policy/simulate", {"text": "rules: 3"})
+    assert invalid.status_code == 422 and invalid.get_json()["errors"]
+
+
+def _edited(editor: Console, replace: tuple[str, str]) -> tuple[str, int]:
+    page = text(editor.get("/console/policy/edit"))
+    source = re.search(r'<textarea id="bundle-text"[^>]*>(.*?)</textarea>', page, re.S).group(1)
+    source = source.replace("&#39;", "'").replace("&#34;", '"').replace("&amp;", "&")
+    version = int(re.search(r'name="expected_version" value="(\d+)"', page).group(1))
+    return source.replace(*replace, 1), version
+
+
+def test_review_then_publish_with_expected_version(as_role, checkin, redis):
+    checkin(HK, **US_NETWORK)
+    editor = as_role("editor")
+    source, version = _edited(editor, ("next_checkin_s: 86400", "next_checkin_s: 43200"))
+    assert version == 1
+
+    invalid = editor.post("/console/policy/review", {"text": "rules: 3", "expected_version": 1})
+    assert invalid.status_code == 422 and "Line 1" in text(invalid)
+
+    review = editor.post("/console/policy/review", {"text": source, "expected_version": 1})
+    assert review.status_code == 200
+    page = text(review)
+    assert "setting next_checkin_s: 86400 -&gt; 43200" in page
+    assert "devices replayed" in page and "No recorded device changes verdict." in page
+
+    no_note = editor.post("/console/policy/publish", {"text": source, "expected_version": 1})
+    assert no_note.status_code == 422 and "Say what changes and why." in text(no_note)
+    done = editor.post(
+        "/console/policy/publish", {"text": source, "expected_version": 1, "note": "twice a day"}
+    )
+    assert done.status_code == 302
+    assert "Published version 2" in text(editor.get("/console/policy"))
+
+    stale = editor.post(
+        "/console/policy/publish", {"text": source, "expected_version": 1, "note": "again"}
+    )
+    assert stale.status_code == 409
+    assert "Version 2 was published while you were editing" in text(stale)
+    [entry] = [f for _, f in redis.xrange(keys.AUDIT) if f["action"] == "policy.publish"]
+    assert entry["actor"] == "test-editor"
+
+
+def test_safety_brake_then_publish_anyway(as_role, checkin, tokens, client):
+    checkin(UNKNOWN, **BELARUS_NETWORK)
+    editor = as_role("editor")
+    source, _ = _edited(editor, ("[CU,", "[BY, CU,"))
+    form = {"text": source, "expected_version": 1, "note": "sanction Belarus"}
+    braked = editor.post("/console/policy/publish", form)
+    assert braked.status_code == 409
+    assert "would go from allow to lock" in text(braked)
+    assert 'name="force"' in text(braked)
+    assert editor.post("/console/policy/publish", {**form, "force": "1"}).status_code == 302
+    policy = client.get("/v1/policy", headers=bearer(tokens["editor"])).get_json()
+    assert policy["version"] == 2 and policy["rules"][0]["regions"][0] == "BY"
+
+
+def test_versions_diff_and_rollback(as_role, tokens, client):
+    editor = as_role("editor")
+    source, _ = _edited(editor, ("[CU,", "[BY, CU,"))
+    editor.post("/console/policy/publish", {"text": source, "expected_version": 1, "note": "BY"})
+
+    compare = text(editor.get("/console/policy/compare", query_string={"a": 1, "b": 2}))
+    assert re.search(r'<td class="code add">\s*regions: \[BY, CU,', compare)
+    assert re.search(r'<td class="code del">\s*regions: \[CU,', compare)
+    assert "~ rule sanctions: regions" in compare
+
+    version_page = editor.get("/console/policy/versions/1")
+    assert "Roll back to version 1" in text(version_page)
+    refused = editor.post("/console/policy/rollback", {"version": "1", "note": ""})
+    assert refused.status_code == 422 and "Say why you roll back." in text(refused)
+    done = editor.post("/console/policy/rollback", {"version": "1", "note": "BY was a mistake"})
+    assert done.status_code == 302
+    policy = client.get("/v1/policy", headers=bearer(tokens["editor"])).get_json()
+    assert policy["version"] == 3 and "BY" not in policy["rules"][0]["regions"]
+    assert editor.get("/console/policy/versions/99").status_code == 404
+    # Readers see the history and diffs but no editing or rollback.
+    agent_page = text(as_role("agent").get("/console/policy/versions/1"))
+    assert "Roll back" not in agent_page and "Compared with the active version" in agent_page
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+def test_unknown_console_page_is_a_console_404(console):
+    response = console.get("/console/no/such/page")
+    assert response.status_code == 404
+    assert response.mimetype == "text/html" and "Not found" in text(response)
+    assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_redis_down_gives_a_friendly_503_page(make_app, app, tokens):
+    signed_in = Console(app.test_client())
+    signed_in.sign_in(tokens["agent"])
+    cookie = signed_in.client.get_cookie(COOKIE, path="/console").value
+
+    down = make_app(redis_url="redis://127.0.0.1:1/0", secret_key=app.secret_key)
+    client = down.test_client()
+    client.set_cookie(COOKIE, cookie, path="/console")
+    started = time.monotonic()
+    response = client.get("/console/devices")
+    assert response.status_code == 503
+    assert response.mimetype == "text/html"
+    assert "Temporarily unavailable" in text(response) and "Nothing was changed" in text(response)
+    assert response.headers["Retry-After"]
+    assert time.monotonic() - started < 5
+
+    api = client.post("/console/api/policy/validate", json={"text": ""},
+                      headers={"X-CSRF-Token": "x"})
+    assert api.status_code in (400, 503) and api.mimetype == "application/json"
