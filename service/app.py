@@ -9,10 +9,11 @@ from typing import Any
 
 import redis as redis_lib
 from flask import Flask
-from flask_smorest import Api
 from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
+from service.api.openapi import ErrorResponsesPlugin, RegionlockApi
 from service.auth import TokenCache
 from service.checkin import CheckinService
 from service.config import ConfigError, Settings, load_settings
@@ -21,6 +22,7 @@ from service.errors import register_error_handlers
 from service.evidence import Evidence, GeoIP, GpsGeocoder
 from service.evidence.mcc import mcc_mnc_of_imsi
 from service.policy_runtime import PolicyCache
+from service.signing import KeyRing
 from service.store.audit import AuditStore
 from service.store.devices import DeviceStore
 from service.store.policy import PolicyStore
@@ -43,18 +45,39 @@ class Regionlock:
     policy_store: PolicyStore
     policies: PolicyCache
     checkin: CheckinService
+    keys: KeyRing
 
 
 def connect_redis(url: str, settings: Settings):
-    """A Redis client that fails fast (bounded timeouts, one quick retry)."""
-    return redis_lib.Redis.from_url(
-        url,
+    """A Redis client that fails fast (bounded timeouts, one quick retry).
+
+    A Redis Cluster is recognised by asking the node at URL (``INFO cluster``); the client then
+    follows the cluster's slots from any node. A server that cannot be reached at start-up is
+    taken to be a standalone one.
+    """
+    options = dict(
         decode_responses=True,
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
         retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
-        health_check_interval=30,
     )
+    if _is_cluster_node(url, settings):
+        return RedisCluster.from_url(url, **options)
+    return redis_lib.Redis.from_url(url, health_check_interval=30, **options)
+
+
+def _is_cluster_node(url: str, settings: Settings) -> bool:
+    probe = redis_lib.Redis.from_url(
+        url, socket_timeout=settings.redis_timeout_s,
+        socket_connect_timeout=settings.redis_timeout_s,
+    )
+    try:
+        return bool(probe.info("cluster").get("cluster_enabled"))
+    except redis_lib.RedisError:
+        log.warning("Redis at start-up unreachable; assuming a standalone server")
+        return False
+    finally:
+        probe.close()
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -78,7 +101,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         OPENAPI_JSON_PATH="v1/openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
-        MAX_CONTENT_LENGTH=settings.extra.get("max_content_length", 1 << 20),
+        MAX_CONTENT_LENGTH=settings.extra.get("max_content_length", settings.max_body_bytes),
         JSON_SORT_KEYS=False,
     )
 
@@ -104,17 +127,43 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         policy_store=policy_store,
         policies=policies,
         checkin=CheckinService(evidence, devices, policies, mcc_mnc_of_imsi),
+        # Made on first start (var/keys, 0600); the private keys never leave that folder.
+        keys=KeyRing(settings.key_ring_dir).ensure(),
     )
+    _init_hardening(app, settings, cluster=isinstance(client, RedisCluster))
 
-    api = Api(app)
+    api = RegionlockApi(app, spec_kwargs={"extra_plugins": [ErrorResponsesPlugin()]})
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     from service.api import ops
     from service.api.audit.routes import blp as audit_blp
     from service.api.checkin.routes import blp as checkin_blp
     from service.api.devices.routes import blp as devices_blp
+    from service.api.keys.routes import blp as keys_blp
+    from service.api.policy.routes import blp as policy_blp
+    from service.console import bp as console_bp
 
-    for blueprint in (checkin_blp, devices_blp, audit_blp):
+    for blueprint in (checkin_blp, devices_blp, audit_blp, policy_blp):
         api.register_blueprint(blueprint)
+    api.register_blueprint(keys_blp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(console_bp)
     register_error_handlers(app)
     return app
+
+
+def _init_hardening(app: Flask, settings: Settings, cluster: bool) -> None:
+    """Request ids and JSON request logs, metrics, rate limits, security headers.
+
+    Order matters: the request timer starts before the rate limiter runs (hooks run in the
+    order they were added), so a 429 is logged and timed like any other answer.
+    """
+    from service.hardening import init_rate_limits, security_headers
+    from service.logs import init_request_logging
+    from service.metrics import REQUESTS
+
+    def observe(endpoint: str, method: str, status: int) -> None:
+        REQUESTS.labels(endpoint, method, status).inc()
+
+    init_request_logging(app, observe=observe)
+    init_rate_limits(app, settings, cluster=cluster)
+    app.after_request(security_headers)

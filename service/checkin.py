@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Sequence
 
@@ -88,17 +89,17 @@ class CheckinService:
         labels = {signal: place.label for signal, place in places.items()}
         verdict = decision.to_dict()
         decided_at = iso_utc(now)
+        # MCC+MNC only: the full IMSI and ICCID are never stored (SPEC §4 privacy).
+        device_info = {
+            "sim_operator": self.mcc_mnc_of_imsi(sim["imsi"]) if sim.get("imsi") else None,
+            "model": body.get("model"),
+            "firmware": body.get("firmware"),
+        }
+        # Empty values are removed from the record rather than stored: memory per device is
+        # what bounds a fleet's Redis (see docs/performance.md).
         fields = {
-            "last_checkin": orjson.dumps(
-                {
-                    "at": decided_at,
-                    "places": labels,
-                    # MCC+MNC only: the full IMSI and ICCID are never stored (SPEC §4 privacy).
-                    "sim_operator": self.mcc_mnc_of_imsi(sim["imsi"]) if sim.get("imsi") else None,
-                    "model": body.get("model"),
-                    "firmware": body.get("firmware"),
-                }
-            ),
+            "facts": orjson.dumps({"at": now, "places": labels}),
+            "device": orjson.dumps({k: v for k, v in device_info.items() if v is not None}),
             "verdict": decision.verdict,
             "reasons": orjson.dumps(verdict["reasons"]),
             "observed": orjson.dumps(verdict["observed"]),
@@ -110,26 +111,29 @@ class CheckinService:
                     for r in policy_decision.reasons
                 ]
             ),
-            "state": orjson.dumps(decision.state.to_dict()),
+            "state": orjson.dumps({k: v for k, v in decision.state.to_dict().items() if v}),
             "distributor": decision.distributor or "",
             "policy_version": active.version,
-            "facts": orjson.dumps({"at": now, "places": labels}),
         }
         activation = _activation(snapshot.activation, state, decision.state, decided_at, labels)
         if activation is not None:
             fields["activation"] = orjson.dumps(activation)
+        brief_reasons = [
+            {k: v for k, v in (("code", r.code), ("rule", r.rule), ("region", r.region)) if v}
+            for r in decision.reasons
+        ]
         self.devices.record_checkin(
             imei,
             now=now,
             fields=fields,
             decision_entry={
-                "at": decided_at,
+                "at": int(now),
                 "verdict": decision.verdict,
-                "reasons": verdict["reasons"],
-                "observed": verdict["observed"],
+                "reasons": brief_reasons,
                 "places": labels,
                 "policy_version": active.version,
             },
+            outcome=_outcome_signature(decision.verdict, brief_reasons, labels),
             facts={"places": labels, "policy_version": active.version},
         )
         return {
@@ -139,6 +143,12 @@ class CheckinService:
             "next_checkin_s": active.policy.next_checkin_s,
             "decided_at": decided_at,
         }
+
+
+def _outcome_signature(verdict: str, reasons: list[dict], places: dict[str, str]) -> str:
+    """A short digest of what a check-in concluded and from where (history run-length key)."""
+    text = orjson.dumps([verdict, reasons, places], option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(text, digest_size=8).hexdigest()
 
 
 def _activation(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from pathlib import Path
 
 import click
 
@@ -43,12 +44,19 @@ def serve(workers: int | None, threads: int) -> None:
     """Serve the API under gunicorn on REGIONLOCK_BIND (default 127.0.0.1:8080).
 
     Without REGIONLOCK_REDIS_URL an embedded redis-server is started (data under var/redis,
-    append-only file on) and stopped again on exit.
+    append-only file on) and stopped again on exit. Logs are JSON lines on stderr.
     """
-    from service.engine.bundle import BundleError
+    import logging
 
+    from service.engine.bundle import BundleError
+    from service.logs import configure_logging
+    from service.signing import KeyRingError
+
+    configure_logging()
+    log = logging.getLogger("regionlock.serve")
     try:
         settings = load_settings()
+        _prepare_metrics_dir(settings.var_dir / "prometheus")
         with redis_url_for(settings.redis_url, settings.var_dir / "redis") as url:
             os.environ["REGIONLOCK_REDIS_URL"] = url
             from service.app import create_app
@@ -57,14 +65,51 @@ def serve(workers: int | None, threads: int) -> None:
                 app = create_app({"redis_url": url})
             except BundleError as exc:
                 _fail(f"the seed bundle in {settings.policies_dir} is invalid:\n{exc}")
-            click.echo(f"regionlock: Redis at {url}; serving on http://{settings.bind}", err=True)
+            except KeyRingError as exc:
+                _fail(str(exc))
+            log.info(
+                "serving",
+                extra={"redis": _redacted(url), "bind": f"http://{settings.bind}",
+                       "keys_dir": str(settings.key_ring_dir)},
+            )
             _run_gunicorn(app, settings.bind, workers or 3, threads)
     except (ConfigError, EmbeddedRedisError) as exc:
         _fail(str(exc))
 
 
+def _prepare_metrics_dir(default: Path) -> None:
+    """Point prometheus-client's multiprocess mode at a fresh folder (PROMETHEUS_MULTIPROC_DIR,
+    else var/prometheus): every gunicorn worker writes its samples there, any worker's /metrics
+    sums them. Must run before prometheus_client is first imported."""
+    folder = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(default)))
+    folder.mkdir(parents=True, exist_ok=True)
+    # Samples of an earlier run would be added to this one's.
+    for stale in folder.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    if "prometheus_client" in sys.modules:  # pragma: no cover - a programming error
+        click.echo("regionlock: warning: metrics are per worker (imported too early)", err=True)
+
+
+def _redacted(url: str) -> str:
+    """URL without its password: start-up lines must not leak credentials."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _run_gunicorn(app, bind: str, workers: int, threads: int) -> None:
     from gunicorn.app.base import BaseApplication
+
+    from service.logs import GunicornJsonLogger
+    from service.metrics import mark_worker_dead
+
+    def child_exit(server, worker) -> None:
+        # A dead worker's live samples must not linger in the multiprocess files.
+        mark_worker_dead(worker.pid)
 
     class _Server(BaseApplication):
         def load_config(self):
@@ -75,8 +120,12 @@ def _run_gunicorn(app, bind: str, workers: int, threads: int) -> None:
             self.cfg.set("preload_app", True)
             self.cfg.set("timeout", 30)
             self.cfg.set("graceful_timeout", 10)
-            # Access logs would carry nothing secret (no headers), but are noisy at scale.
+            # The app logs one JSON line per request itself (never headers, so never a token).
             self.cfg.set("accesslog", None)
+            self.cfg.set("logger_class", GunicornJsonLogger)
+            self.cfg.set("child_exit", child_exit)
+            # Unused, and one fixed socket path would clash between two servers on a host.
+            self.cfg.set("control_socket_disable", True)
 
         def load(self):
             return app
@@ -200,6 +249,13 @@ def devices_unlock(path, reason, ticket, expires_in_s, actor, role) -> None:
     if counts["invalid"] or counts["refused"]:
         sys.exit(1)
 
+
+from service.cli_keys import keys_group  # noqa: E402
+from service.cli_policy import distributors, policy  # noqa: E402  (it imports _redis from here)
+
+main.add_command(policy)
+main.add_command(distributors)
+main.add_command(keys_group)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

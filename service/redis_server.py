@@ -81,6 +81,10 @@ class EmbeddedRedis:
             "everysec",
             "--save",
             "",
+            # Device records are small hashes whose largest value (the decision history) is a
+            # few KB at most: kept in the compact listpack encoding they take half the memory.
+            "--hash-max-ziplist-value",
+            "4096",
             "--daemonize",
             "no",
             "--protected-mode",

@@ -57,7 +57,8 @@ def test_phone_in_havana_is_locked(checkin, how, kwargs, signals):
     [reason] = answer["reasons"]
     assert reason["code"] == "sanctioned_region" and reason["rule"] == "sanctions"
     assert reason["region"] == "CU"
-    assert {k: v[:2] for k, v in reason["signals"].items()} == {k: v[:2] for k, v in signals.items()}
+    got = {k: v[:2] for k, v in reason["signals"].items()}
+    assert got == {k: v[:2] for k, v in signals.items()}
 
 
 @pytest.mark.parametrize(
@@ -82,7 +83,9 @@ def test_kyiv_is_not_crimea(checkin, kwargs):
 
 
 def test_iranian_sim_roaming_in_france_is_allowed(checkin):
-    answer = checkin(EU, ip="france", gps=PARIS, sim={"imsi": "432111234567890", "network": "20801"})
+    answer = checkin(
+        EU, ip="france", gps=PARIS, sim={"imsi": "432111234567890", "network": "20801"}
+    )
     assert answer["verdict"] == "allow"
     assert answer["reasons"] == []
 
@@ -110,8 +113,9 @@ def test_response_fields(checkin):
     answer = checkin(HK, ip="hong_kong")
     assert set(answer) == {
         "imei", "verdict", "reasons", "observed", "lock_at", "override", "policy_version",
-        "next_checkin_s", "decided_at",
+        "next_checkin_s", "decided_at", "nonce", "kid", "signature",
     }
+    assert answer["nonce"] is None
     assert answer["policy_version"] == 1
     assert answer["next_checkin_s"] == 86400
     assert answer["decided_at"].endswith("Z")
@@ -129,10 +133,10 @@ def test_what_is_stored_is_places_not_raw_evidence(checkin, redis, geo):
     for secret in ("454001234567890", "8985200000000000002", geo["ips"]["hong_kong"],
                    "22.3193", "114.1694"):
         assert secret not in everything, secret
-    last = orjson.loads(redis.hget(keys.device(HK), "last_checkin"))
-    assert {k: v[:2] for k, v in last["places"].items()} == {
+    facts = orjson.loads(redis.hget(keys.device(HK), "facts"))
+    assert {k: v[:2] for k, v in facts["places"].items()} == {
         "ip": "HK", "gps": "HK", "network": "HK", "sim": "HK"}
-    assert last["sim_operator"] == "45400"
+    assert orjson.loads(redis.hget(keys.device(HK), "device"))["sim_operator"] == "45400"
 
 
 def _read(redis, key):
@@ -148,13 +152,25 @@ def _read(redis, key):
     return kind
 
 
-def test_decision_history_is_bounded(make_app, tokens, redis):
+def test_decision_history_is_bounded_and_merges_repeats(make_app, tokens, redis):
     app = make_app(decisions_kept=3)
     client = app.test_client()
-    for _ in range(5):
-        client.post("/v1/checkin", json={"imei": HK}, headers=bearer(tokens["device"]))
-    assert redis.llen(keys.device_decisions(HK)) == 3
-    assert redis.xlen(keys.CHECKIN_FACTS) == 5
+
+    def checkin(network):
+        client.post("/v1/checkin", json={"imei": HK, "sim": {"network": network}},
+                    headers=bearer(tokens["device"]))
+
+    for network in ("45400", "45400", "45400"):  # the same outcome three times: one entry
+        checkin(network)
+    history = app.extensions["regionlock"].devices.decisions(HK)
+    assert [(d["places"], d["count"]) for d in history] == [({"network": "HK"}, 3)]
+    assert history[0]["since"] <= history[0]["at"]
+    for network in ("45500", "20801", "46000", "45400"):  # MO, FR, CN, HK: all different
+        checkin(network)
+    history = app.extensions["regionlock"].devices.decisions(HK)
+    assert [d["places"]["network"] for d in history] == ["HK", "CN", "FR"]
+    assert [d["count"] for d in history] == [1, 1, 1]
+    assert redis.xlen(keys.CHECKIN_FACTS) == 7
 
 
 def test_client_ip_from_trusted_proxy_only(make_app, tokens, geo):

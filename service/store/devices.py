@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import orjson
 
 from service.store import keys
+from service.store.audit import iso
 
 DAY_S = 86_400
 
@@ -38,18 +39,75 @@ class DeviceSnapshot:
         return orjson.loads(raw) if raw else None
 
 
-# KEYS: device hash, decisions list, [facts stream]. ARGV: now, decision entry, decisions kept,
-# facts maxlen, facts JSON, then field/value pairs for the device hash.
-_RECORD_CHECKIN = """
+# KEYS: device hash, [facts stream].
+# ARGV: now, decision entry (JSON), its outcome signature, decisions kept, facts maxlen,
+#       facts (JSON), the number D of fields to delete, D field names, then field/value pairs.
+# The decision history is one hash field, newest entry first, one "sig|since|count|json" line
+# each (no list key: a key of its own costs more memory than a small device's whole record).
+# It is run-length encoded: a check-in with the same outcome as the newest entry (same verdict,
+# reasons and places) updates that entry instead of adding one, so a phone that checks in from
+# home every day keeps one entry, not a month of identical ones.
+_RECORD_CHECKIN = r"""
 redis.call('HSETNX', KEYS[1], 'first_seen', ARGV[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-redis.call('LPUSH', KEYS[2], ARGV[2])
-redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
-if KEYS[3] then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'facts', ARGV[5])
+local deleted = tonumber(ARGV[7])
+if deleted > 0 then
+  redis.call('HDEL', KEYS[1], unpack(ARGV, 8, 7 + deleted))
 end
-return 1
+if #ARGV > 7 + deleted then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 8 + deleted))
+end
+local history = redis.call('HGET', KEYS[1], 'history')
+local entry = ARGV[3] .. '|' .. ARGV[1] .. '|1|' .. ARGV[2]
+local count = 1
+if history then
+  local newline = string.find(history, '\n', 1, true)
+  local head = newline and string.sub(history, 1, newline - 1) or history
+  local sig, since, n = string.match(head, '^([^|]*)|([^|]*)|(%d+)|')
+  if sig == ARGV[3] then
+    count = tonumber(n) + 1
+    entry = sig .. '|' .. since .. '|' .. count .. '|' .. ARGV[2]
+    if newline then
+      history = entry .. string.sub(history, newline)
+    else
+      history = entry
+    end
+  else
+    history = entry .. '\n' .. history
+    local kept, lines, position = tonumber(ARGV[4]), 1, 0
+    while true do
+      position = string.find(history, '\n', position + 1, true)
+      if not position then break end
+      if lines >= kept then
+        history = string.sub(history, 1, position - 1)
+        break
+      end
+      lines = lines + 1
+    end
+  end
+else
+  history = entry
+end
+redis.call('HSET', KEYS[1], 'history', history)
+if KEYS[2] then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'facts', ARGV[6])
+end
+return count
 """
+
+
+def parse_history(history: str | None, limit: int | None = None) -> list[dict]:
+    """Decision entries of a stored history field, newest first, times as ISO-8601 UTC."""
+    if not history:
+        return []
+    out = []
+    for line in history.split("\n")[:limit]:
+        _, since, count, body = line.split("|", 3)
+        entry = orjson.loads(body)
+        entry["at"] = iso(entry["at"])
+        entry["since"] = iso(float(since))
+        entry["count"] = int(count)
+        out.append(entry)
+    return out
 
 
 class DeviceStore:
@@ -59,7 +117,7 @@ class DeviceStore:
         self,
         redis,
         decisions_kept: int = 20,
-        facts_maxlen: int = 2_000_000,
+        facts_maxlen: int = 1_000_000,
         retention_days: int = 90,
     ):
         self.redis = redis
@@ -93,24 +151,32 @@ class DeviceStore:
         now: float,
         fields: dict,
         decision_entry: dict,
+        outcome: str,
         facts: dict,
     ) -> None:
-        """Write the outcome of one check-in: record fields, decision history, facts stream."""
-        # One script call (atomic, one reply) instead of a MULTI of seven commands: the write
+        """Write the outcome of one check-in: record fields (empty ones are removed), decision
+        history (merged with the newest entry when OUTCOME, its signature, is the same), facts
+        stream; one atomic script call."""
+        # One script call (atomic, one reply) instead of a MULTI of many commands: the write
         # half of a check-in is on the hot path.
+        deleted = [name for name, value in fields.items() if value in (None, "", b"[]", b"{}")]
         flat: list = []
         for name, value in fields.items():
-            flat.extend((name, value))
+            if value not in (None, "", b"[]", b"{}"):
+                flat.extend((name, value))
         facts_json = orjson.dumps({"imei": imei, "at": now, **facts})
         stream_keys = [] if self.cluster else [keys.CHECKIN_FACTS]
         self._record(
-            keys=[keys.device(imei), keys.device_decisions(imei), *stream_keys],
+            keys=[keys.device(imei), *stream_keys],
             args=[
                 repr(now),
                 orjson.dumps(decision_entry),
+                outcome.replace("|", "/"),
                 self.decisions_kept,
                 self.facts_maxlen,
                 facts_json,
+                len(deleted),
+                *deleted,
                 *flat,
             ],
         )
@@ -130,9 +196,10 @@ class DeviceStore:
         return self.redis.xtrim(keys.CHECKIN_FACTS, minid=f"{cutoff_ms}-0", approximate=False)
 
     def decisions(self, imei: str, limit: int | None = None) -> list[dict]:
-        """The device's recent decisions, newest first."""
-        end = -1 if limit is None else limit - 1
-        return [orjson.loads(raw) for raw in self.redis.lrange(keys.device_decisions(imei), 0, end)]
+        """The device's recent decisions, newest first; ``count`` check-ins with the same
+        outcome since ``since`` are merged into one entry."""
+        history = self.redis.hget(keys.device(imei), "history")
+        return parse_history(history, limit)
 
     def set_override(
         self, imei: str, override: dict, ttl_s: int | None, audit_fields: dict

@@ -75,7 +75,7 @@ def device_document(imei: str) -> dict | None:
         "distributor": distributor,
         "activation": snapshot.activation,
         "first_seen": iso_utc(float(first_seen)) if first_seen else None,
-        "last_checkin": _json(record, "last_checkin"),
+        "last_checkin": _last_checkin(record),
         "verdict": record.get("verdict"),
         "reasons": _json(record, "reasons", []),
         "observed": _json(record, "observed", []),
@@ -84,6 +84,13 @@ def device_document(imei: str) -> dict | None:
         "override": override_out(override),
         "decisions": rl.devices.decisions(imei),
     }
+
+
+def _last_checkin(record: dict) -> dict | None:
+    facts = _json(record, "facts")
+    if facts is None:
+        return None
+    return {"at": iso_utc(facts["at"]), "places": facts["places"], **_json(record, "device", {})}
 
 
 @blp.route("/<imei>")

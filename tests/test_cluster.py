@@ -1,0 +1,91 @@
+"""The service unchanged against a local 3-master Redis Cluster (keys hash-tagged per device)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from redis.cluster import RedisCluster
+
+from service.store import keys
+from service.store.tokens import TokenStore
+from tests.conftest import bearer
+from tests.imeis import HK, UNKNOWN
+from tests.redis_cluster import LocalCluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    with LocalCluster(tmp_path_factory.mktemp("cluster")) as local:
+        yield local
+
+
+@pytest.fixture
+def cluster_app(cluster, make_app):
+    app = make_app(redis_url=cluster.url)
+    client = app.extensions["regionlock"].redis
+    assert isinstance(client, RedisCluster)
+    for node in client.get_primaries():
+        client.flushdb(target_nodes=node)
+    store = TokenStore(client)
+    roles = ("device", "agent", "compliance", "editor", "auditor", "admin")
+    tokens = {role: store.create(f"c-{role}", role) for role in roles}
+    yield app, client, tokens
+
+
+def test_device_keys_share_one_slot_and_spread_across_nodes(cluster_app):
+    _, client, _ = cluster_app
+    slot = client.keyslot
+    assert slot(keys.device(HK)) == slot(keys.device_override(HK))
+    assert slot(keys.TOKENS_BY_HASH) == slot(keys.TOKENS_BY_NAME)
+    assert slot(keys.POLICY_ACTIVE) == slot(keys.POLICY_VERSIONS)
+    nodes = {client.get_node_from_key(keys.device(f"{i:015d}")).name for i in range(50)}
+    assert len(nodes) == 3
+
+
+def test_checkin_unlock_and_audit_on_a_cluster(cluster_app):
+    app, client, tokens = cluster_app
+    http = app.test_client()
+
+    def checkin(imei, network):
+        response = http.post("/v1/checkin", json={"imei": imei, "sim": {"network": network}},
+                             headers=bearer(tokens["device"]))
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()
+
+    assert checkin(HK, "310260")["verdict"] == "lock"           # gray import (US)
+    assert checkin(UNKNOWN, "36801")["verdict"] == "lock"       # Cuba
+    unlock = http.post(f"/v1/devices/{HK}/unlock", json={"reason": "ok", "ticket": "T"},
+                       headers=bearer(tokens["agent"]))
+    assert unlock.status_code == 201
+    assert checkin(HK, "310260")["verdict"] == "allow"
+    record = http.get(f"/v1/devices/{HK}", headers=bearer(tokens["agent"])).get_json()
+    assert [d["verdict"] for d in record["decisions"]] == ["allow", "lock"]
+    audit = http.get("/v1/audit", headers=bearer(tokens["auditor"])).get_json()["entries"]
+    assert [e["action"] for e in audit] == ["device.unlock"]
+    assert client.xlen(keys.CHECKIN_FACTS) == 3
+
+
+def test_publish_reaches_workers_on_a_cluster(cluster_app, make_app, cluster):
+    app, client, tokens = cluster_app
+    other_worker = make_app(redis_url=cluster.url)
+    http = app.test_client()
+    other = other_worker.test_client()
+    first = other.post("/v1/checkin", json={"imei": UNKNOWN, "sim": {"network": "20801"}},
+                       headers=bearer(tokens["device"])).get_json()
+    assert first["verdict"] == "allow" and first["policy_version"] == 1
+    current = http.get("/v1/policy", headers=bearer(tokens["editor"])).get_json()
+    bundle = {k: current[k] for k in ("name", "next_checkin_s", "rules", "distributors")}
+    bundle["rules"][0]["regions"].append("FR")
+    published = http.post("/v1/policy", json={"bundle": bundle, "note": "add FR",
+                                               "expected_version": 1, "force": True},
+                          headers=bearer(tokens["editor"]))
+    assert published.status_code == 201, published.get_json()
+    deadline = time.monotonic() + 1.0
+    while True:
+        answer = other.post("/v1/checkin", json={"imei": UNKNOWN, "sim": {"network": "20801"}},
+                            headers=bearer(tokens["device"])).get_json()
+        if answer["policy_version"] == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert answer["policy_version"] == 2 and answer["verdict"] == "lock"
