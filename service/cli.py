@@ -72,6 +72,10 @@ def serve(workers: int | None, threads: int) -> None:
                 extra={"redis": _redacted(url), "bind": f"http://{settings.bind}",
                        "keys_dir": str(settings.key_ring_dir)},
             )
+            from service.retention import start_sweeper
+
+            # In the master: one sweeper for the whole server, not one per worker.
+            start_sweeper(app.extensions["regionlock"].redis, settings.facts_retention_days)
             _run_gunicorn(app, settings.bind, workers or 3, threads)
     except (ConfigError, EmbeddedRedisError) as exc:
         _fail(str(exc))
@@ -256,6 +260,25 @@ from service.cli_policy import distributors, policy  # noqa: E402  (it imports _
 main.add_command(policy)
 main.add_command(distributors)
 main.add_command(keys_group)
+
+@main.group()
+def facts() -> None:
+    """Recorded check-in facts (privacy retention)."""
+
+
+@facts.command("sweep")
+def facts_sweep() -> None:
+    """Remove check-in facts older than REGIONLOCK_FACTS_RETENTION_DAYS (serve does it too)."""
+    from service.retention import sweep
+
+    settings = load_settings()
+    with _redis() as client:
+        report = sweep(client, settings.facts_retention_days)
+    click.echo(
+        f"devices {report.devices}, changed {report.devices_changed}, "
+        f"stream entries removed {report.stream_entries_removed}"
+    )
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -190,11 +190,6 @@ class DeviceStore:
                 approximate=True,
             )
 
-    def trim_facts(self, now: float) -> int:
-        """Drop check-in facts older than the retention period; returns how many went."""
-        cutoff_ms = int((now - self.retention_days * DAY_S) * 1000)
-        return self.redis.xtrim(keys.CHECKIN_FACTS, minid=f"{cutoff_ms}-0", approximate=False)
-
     def decisions(self, imei: str, limit: int | None = None) -> list[dict]:
         """The device's recent decisions, newest first; ``count`` check-ins with the same
         outcome since ``since`` are merged into one entry."""
