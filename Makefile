@@ -25,7 +25,11 @@ test: install
 lint: install
 	$(BIN)/ruff check service tests bench
 
+# Benchmarks print their figures (docs/performance.md); zen-engine is the engine's baseline,
+# wrk (Debian package) the HTTP load generator.
 bench: install
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	@command -v wrk >/dev/null || echo "wrk not found: the HTTP benchmark is skipped (apt-get install wrk)"
 	$(BIN)/python -m bench
 
 clean:

@@ -1,4 +1,6 @@
-"""`python -m bench` (`make bench`): every benchmark, each with small defaults, one after another.
+"""`python -m bench` (`make bench`): every benchmark, at the sizes of docs/performance.md.
+
+Takes about ten minutes on a 2-core machine (the million-device simulation is most of it).
 
 Add a benchmark by appending (module, arguments) to BENCHMARKS; each module has main(argv).
 """
@@ -9,8 +11,11 @@ import importlib
 import time
 
 BENCHMARKS: list[tuple[str, list[str]]] = [
-    ("bench.bench_simulate", ["--devices", "20000"]),
-    ("bench.bench_allocations", ["--sizes", "10,10000,100000", "--decisions", "50000"]),
+    ("bench.bench_engine", ["--decisions", "100000"]),
+    ("bench.bench_allocations", ["--sizes", "10,10000,1000000", "--decisions", "50000"]),
+    ("bench.bench_http", ["--seconds", "10"]),
+    ("bench.bench_simulate", ["--devices", "1000000"]),
+    ("bench.bench_memory", ["--devices", "5000"]),
 ]
 
 

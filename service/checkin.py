@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import orjson
 
 from service.engine.model import DeviceState, Facts, Override, apply_override, iso_utc
+from service.evidence.geoip import parse_address
 
 
 def client_ip(
@@ -29,13 +30,8 @@ def client_ip(
 
 
 def _is_trusted(address: str, trusted) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if ip.version == 6 and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in trusted)
+    ip = parse_address(address)
+    return ip is not None and any(ip in network for network in trusted)
 
 
 def override_from_record(raw: dict | None) -> Override | None:

@@ -97,3 +97,23 @@ def tokens(redis):
 def bearer(token: str) -> dict:
     """Authorization header for TOKEN."""
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def captured_logs():
+    """Every log line (DEBUG and up), formatted as the server writes it."""
+    import io
+    import logging
+
+    from service.logs import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(previous)

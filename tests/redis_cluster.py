@@ -28,6 +28,13 @@ class LocalCluster:
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
     def __enter__(self) -> LocalCluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.__exit__()  # never leave half a cluster running
+            raise
+
+    def _start(self) -> LocalCluster:
         binary = find_redis_server()
         for port in self.ports:
             node_dir = self.folder / str(port)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import io
-import logging
 import secrets
 
 import pytest
 
 from service.config import DEFAULT_RATE_LIMITS, ConfigError, load_settings
-from service.logs import JsonFormatter
 from service.store import keys
 from tests.conftest import bearer
 from tests.imeis import HK, UNKNOWN
@@ -181,19 +178,6 @@ def test_hsts_only_over_tls(client, tokens):
 
 # --- secrets stay out of logs ------------------------------------------------------------
 
-@pytest.fixture
-def captured_logs():
-    """Everything logged (DEBUG and up), formatted as the server writes it."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    previous = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    yield stream
-    root.removeHandler(handler)
-    root.setLevel(previous)
 
 
 def test_tokens_never_reach_the_logs(make_app, tokens, captured_logs, closed_port_url):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from service.logs import JsonFormatter, request_id_for
+from service.logs import request_id_for
 from service.redis_server import free_port
 from service.store.tokens import TokenStore
 from tests.conftest import ROOT, bearer
@@ -30,19 +29,6 @@ def _sample(name: str, **labels) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-@pytest.fixture
-def captured_logs():
-    """Every log line (INFO and up) as the server writes it."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    previous = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    yield stream
-    root.removeHandler(handler)
-    root.setLevel(previous)
 
 
 def _lines(stream: io.StringIO) -> list[dict]:

@@ -26,6 +26,7 @@ path does not accept is re-checked by :class:`AllocationSchema` for its exact er
 from __future__ import annotations
 
 import re
+from array import array
 from bisect import bisect_right
 from collections.abc import Mapping
 from functools import cache
@@ -375,8 +376,10 @@ class AllocationIndex:
 
     def __init__(self, tacs: dict[str, str], starts: list[int], ends: list[int], owners: list[str]):
         self._tacs = tacs
-        self._starts = starts
-        self._ends = ends
+        # Contiguous machine words rather than lists of int objects: a million ranges stay
+        # within a few MB and a bisect touches a few cache lines, not twenty scattered objects.
+        self._starts = array("Q", starts)
+        self._ends = array("Q", ends)
         self._owners = owners
 
     def __len__(self) -> int:

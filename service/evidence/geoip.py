@@ -37,6 +37,21 @@ def bundled_database_path() -> str:
     return str(geolite2.filename)
 
 
+def parse_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address in TEXT (None when it is not one), an IPv4-mapped IPv6 address as IPv4.
+
+    ::ffff:a.b.c.d is an IPv4 client seen through a dual-stack socket: it must be judged (and
+    looked up: not every database aliases the mapped range) as the IPv4 address it is.
+    """
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 class GeoIP:
     """Looks client IP addresses up in a GeoIP2/GeoLite2 database.
 
@@ -67,14 +82,9 @@ class GeoIP:
 
     def _lookup(self, ip: str) -> Place | None:
         """Uncached :meth:`place`."""
-        try:
-            address = ipaddress.ip_address(ip)
-        except ValueError:
+        address = parse_address(ip)
+        if address is None:
             return None
-        if address.version == 6 and address.ipv4_mapped is not None:
-            # ::ffff:a.b.c.d is an IPv4 client seen through a dual-stack socket; not every
-            # database aliases the mapped range, the IPv4 tree always answers.
-            address = address.ipv4_mapped
         # is_global is False for private, loopback, link-local, unspecified, documentation and
         # shared (CGNAT) space; multicast and some reserved IPv6 blocks still count as global.
         if not address.is_global or address.is_multicast or address.is_reserved:
