@@ -299,6 +299,16 @@ def test_device_page_says_why_in_plain_words(as_role, checkin):
     assert "outside territory" in page and "M2101K6G" in page
 
 
+def test_history_shows_repeated_outcomes_once_with_a_count(as_role, checkin):
+    for _ in range(3):
+        checkin(HK, **US_NETWORK)
+    page = text(as_role("agent").get(f"/console/devices/{HK}"))
+    history = re.search(r'<table class="history stack">.*?</table>', page, re.S).group(0)
+    body = history.split("<tbody>", 1)[1]
+    assert body.count("<tr") == 1
+    assert "3 check-ins since" in body
+
+
 def test_unlock_is_checked_then_confirmed_then_done(as_role, checkin, redis):
     checkin(HK, **US_NETWORK)
     agent = as_role("agent")

@@ -199,6 +199,9 @@ def history_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "at": when(decision.get("at")),
+                # Repeated identical outcomes are stored as one entry with a count.
+                "count": decision.get("count", 1),
+                "since": when(decision.get("since")) if decision.get("count", 1) > 1 else None,
                 "verdict": decision.get("verdict"),
                 "reasons": [
                     r.get("rule") or r.get("code", "").replace("_", " ")
