@@ -371,12 +371,17 @@ def policy_rollback() -> ResponseReturnValue:
 # --- JSON endpoints for the editor's scripts (session + X-CSRF-Token, checked by bp) ---------
 
 
-def _api_text() -> str | None:
+def _api_text() -> tuple[str | None, ResponseReturnValue | None]:
+    """The editor's {"text"} for a JSON endpoint, or the error answer to send instead."""
+    refused = _api_user_error()
+    if refused is not None:
+        return None, refused
     _allow_big_texts()
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("text"), str):
-        return None
-    return body["text"]
+        error = {"error": {"code": "bad_request", "message": 'send {"text": "..."}'}}
+        return None, (jsonify(error), 400)
+    return body["text"], None
 
 
 def _api_user_error() -> ResponseReturnValue | None:
@@ -390,24 +395,18 @@ def _api_user_error() -> ResponseReturnValue | None:
 @bp.post("/api/policy/validate")
 def api_policy_validate() -> ResponseReturnValue:
     """{"text"} -> {"valid", "errors": [{"path", "line", "column", "messages"}]}."""
-    refused = _api_user_error()
+    text, refused = _api_text()
     if refused is not None:
         return refused
-    text = _api_text()
-    if text is None:
-        return jsonify({"error": {"code": "bad_request", "message": 'send {"text": "..."}'}}), 400
     return jsonify(check_text(text).to_dict())
 
 
 @bp.post("/api/policy/simulate")
 def api_policy_simulate() -> ResponseReturnValue:
     """{"text"} -> the simulation report of the bundle, or 422 with its errors."""
-    refused = _api_user_error()
+    text, refused = _api_text()
     if refused is not None:
         return refused
-    text = _api_text()
-    if text is None:
-        return jsonify({"error": {"code": "bad_request", "message": 'send {"text": "..."}'}}), 400
     check = check_text(text)
     if not check.valid:
         return jsonify(check.to_dict()), 422
