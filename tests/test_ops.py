@@ -144,7 +144,7 @@ def test_docs_page_and_openapi_document(client):
     checkin = spec["paths"]["/v1/checkin"]["post"]
     assert {"200", "400", "401", "403", "413", "422", "429", "503"} <= set(checkin["responses"])
     assert "Retry-After" in checkin["responses"]["503"]["headers"]
-    assert spec["paths"]["/v1/keys"]["get"]["security"] == []
+    assert spec["paths"]["/v1/keys"]["get"]["security"] == [{"bearer": []}]
 
 
 # --- the real server ---------------------------------------------------------------------

@@ -71,9 +71,9 @@ def test_unreachable_redis_is_a_quick_503(make_app, request, where):
     assert took < BOUND_S
     ready, took = _timed(lambda: client.get("/readyz"))
     assert ready.status_code == 503 and took < BOUND_S
-    # What needs no Redis keeps answering: liveness and the public keys.
+    # What needs no Redis keeps answering: liveness, and a clear 401 for a missing token.
     assert client.get("/healthz").status_code == 200
-    assert client.get("/v1/keys").status_code == 200
+    assert client.get("/v1/keys").status_code == 401
 
 
 def test_redis_stopped_mid_run_then_back(make_app, private_redis):

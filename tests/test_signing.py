@@ -38,8 +38,8 @@ def _checkin(client, token, **body):
     return response
 
 
-def _jwks(client) -> dict[str, dict]:
-    response = client.get("/v1/keys")
+def _jwks(client, tokens) -> dict[str, dict]:
+    response = client.get("/v1/keys", headers=bearer(tokens["device"]))
     assert response.status_code == 200
     return {jwk["kid"]: jwk for jwk in response.get_json()["keys"]}
 
@@ -62,7 +62,7 @@ def firmware_verifies(document: dict, jwks: dict[str, dict]) -> bool:
 def test_verdict_verifies_with_the_published_key(client, tokens):
     answer = _checkin(client, tokens["device"], gps=HAVANA).get_json()
     assert answer["verdict"] == "lock"
-    jwks = _jwks(client)
+    jwks = _jwks(client, tokens)
     assert re.fullmatch(r"\d{4}-\d{2}-[a-z]+", answer["kid"])
     assert set(jwks) == {answer["kid"]}
     assert jwks[answer["kid"]]["use"] == "sig"
@@ -87,7 +87,7 @@ def test_verdict_verifies_with_the_published_key(client, tokens):
 )
 def test_tampered_verdict_fails(client, tokens, field, value):
     answer = _checkin(client, tokens["device"], gps=HAVANA, nonce="n-1").get_json()
-    jwks = _jwks(client)
+    jwks = _jwks(client, tokens)
     assert firmware_verifies(answer, jwks)
     tampered = {**answer, field: value}
     assert not firmware_verifies(tampered, jwks)
@@ -99,7 +99,7 @@ def test_signature_from_another_key_fails(client, tokens):
     body = {k: v for k, v in answer.items() if k != "signature"}
     # Same kid, same canonical bytes, another private key.
     forged = {**body, "signature": b64url(Ed25519PrivateKey.generate().sign(canonical_json(body)))}
-    assert not firmware_verifies(forged, _jwks(client))
+    assert not firmware_verifies(forged, _jwks(client, tokens))
 
 
 def test_body_is_the_canonical_form(client, tokens):
@@ -114,9 +114,9 @@ def test_body_is_the_canonical_form(client, tokens):
 def test_nonce_is_echoed_and_signed(client, tokens):
     answer = _checkin(client, tokens["device"], nonce="f3a9-c2").get_json()
     assert answer["nonce"] == "f3a9-c2"
-    assert firmware_verifies(answer, _jwks(client))
+    assert firmware_verifies(answer, _jwks(client, tokens))
     replay = {**answer, "nonce": "another-request"}
-    assert not firmware_verifies(replay, _jwks(client))
+    assert not firmware_verifies(replay, _jwks(client, tokens))
 
 
 def test_non_ascii_stays_utf8_in_the_signed_form(client, tokens):
@@ -125,7 +125,7 @@ def test_non_ascii_stays_utf8_in_the_signed_form(client, tokens):
     assert answer["nonce"] == nonce
     canonical = signed_bytes(answer)
     assert nonce.encode("utf-8") in canonical and b"\\u" not in canonical
-    assert firmware_verifies(answer, _jwks(client))
+    assert firmware_verifies(answer, _jwks(client, tokens))
 
 
 @pytest.mark.parametrize("nonce", ["", "x" * 129, 12, ["a"]])
@@ -142,11 +142,14 @@ def test_nonce_of_128_characters_is_accepted(client, tokens):
     assert _checkin(client, tokens["device"], nonce="n" * 128).get_json()["nonce"] == "n" * 128
 
 
-def test_keys_are_public_and_revalidated(client):
-    response = client.get("/v1/keys")  # no token
-    assert response.status_code == 200
+def test_keys_need_a_token_of_any_role_and_are_revalidated(client, tokens):
+    assert client.get("/v1/keys").status_code == 401
+    for role in ("device", "agent", "auditor"):
+        assert client.get("/v1/keys", headers=bearer(tokens[role])).status_code == 200
+    response = client.get("/v1/keys", headers=bearer(tokens["device"]))
     assert response.headers["Cache-Control"] == "no-cache"
-    again = client.get("/v1/keys", headers={"If-None-Match": response.headers["ETag"]})
+    again = client.get("/v1/keys", headers={
+        **bearer(tokens["device"]), "If-None-Match": response.headers["ETag"]})
     assert again.status_code == 304
     [jwk] = response.get_json()["keys"]
     assert set(jwk) == {"kty", "crv", "x", "kid", "use", "alg"}
@@ -169,7 +172,7 @@ def test_rotation_is_picked_up_and_old_key_stays_published(make_app, tokens, tmp
         after = _checkin(client, tokens["device"], gps=HAVANA).get_json()
     assert after["kid"] == new_kid
 
-    jwks = _jwks(client)
+    jwks = _jwks(client, tokens)
     assert list(jwks) == [new_kid, before["kid"]]  # the signing key first
     assert firmware_verifies(before, jwks) and firmware_verifies(after, jwks)
 
@@ -220,7 +223,7 @@ def test_a_broken_ring_edit_does_not_stop_signing(make_app, tokens, tmp_path, ca
     (keys_dir / "ring.json").write_text("{not json")
     app.extensions["regionlock"].keys._next_check = 0  # re-read on the next use
     answer = _checkin(client, tokens["device"]).get_json()
-    assert answer["kid"] == kid and firmware_verifies(answer, _jwks(client))
+    assert answer["kid"] == kid and firmware_verifies(answer, _jwks(client, tokens))
     assert "key ring not reloaded" in caplog.text
 
 
@@ -231,7 +234,8 @@ def test_private_keys_never_reach_logs_or_answers(make_app, tokens, tmp_path, ca
     client = app.test_client()
     KeyRing(keys_dir).rotate(grace_days=1)
     app.extensions["regionlock"].keys._next_check = 0
-    bodies = [_checkin(client, tokens["device"]).data, client.get("/v1/keys").data]
+    bodies = [_checkin(client, tokens["device"]).data,
+              client.get("/v1/keys", headers=bearer(tokens["device"])).data]
     for pem in keys_dir.glob("*.pem"):
         secret = b"".join(pem.read_bytes().splitlines()[1:-1]).decode()
         assert secret not in caplog.text

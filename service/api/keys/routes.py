@@ -1,7 +1,7 @@
 """GET /v1/keys: the public keys that verify signed verdicts, as a JWK set (SPEC §4).
 
-Public on purpose: public keys are not secrets, and firmware needs them before (and without)
-being provisioned with a token.
+Like every /v1 call it needs a token (SPEC §3), of any role: firmware fetches the keys with the
+device token it checks in with. The keys themselves are not secret.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from flask.views import MethodView
 from marshmallow import Schema, fields
 
 from service.api.parsing import ApiBlueprint
+from service.auth import authenticate
 
 blp = ApiBlueprint("keys", __name__, url_prefix="/v1", description="Verdict signing keys")
 
@@ -31,11 +32,12 @@ class JwkSetSchema(Schema):
 
 @blp.route("/keys")
 class Keys(MethodView):
-    @blp.doc(security=[])
+    @blp.doc(security=[{"bearer": []}])
     @blp.response(200, JwkSetSchema)
     @blp.alt_response(304, description="unchanged since the ETag given in If-None-Match")
     def get(self):
         """Public keys of the signing key and of retired keys still in their grace period."""
+        authenticate()  # any role
         document = current_app.extensions["regionlock"].keys.jwks()
         response = Response(orjson.dumps(document), status=200, mimetype="application/json")
         # Revalidate every time (cheap with the ETag): after a rotation, firmware that meets an
