@@ -15,7 +15,7 @@ import gc
 import random
 import time
 
-from service.engine.compiler import compile_bundle
+from service.engine.compiler import CompiledPolicy, compile_bundle
 from service.engine.model import Facts, Place
 
 DISTRIBUTORS = 10
@@ -102,12 +102,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"== bench_allocations: sizes {sizes}, {args.decisions} decisions each")
-    policies, compile_s, checkins = {}, {}, {}
+    policies, compile_s, checkins, load_s = {}, {}, {}, {}
     for count in sizes:
         bundle = bundle_with(count)
         started = time.perf_counter()
         policies[count] = compile_bundle(bundle)
         compile_s[count] = time.perf_counter() - started
+        snapshot = policies[count].to_snapshot()
+        started = time.perf_counter()
+        CompiledPolicy.from_snapshot(snapshot)
+        load_s[count] = (time.perf_counter() - started, len(snapshot))
         checkins[count] = facts_for(count, args.decisions)
         del bundle
     # What the service does after compiling (service/policy_runtime.py): the policies' objects
@@ -123,7 +127,9 @@ def main(argv: list[str] | None = None) -> None:
         rate = args.decisions / best[count]
         print(
             f"{count:>9} allocations: compile {compile_s[count]:7.3f} s, {rate:>10,.0f} "
-            f"decisions/s, {rate / baseline:.2f}x the {sizes[0]}-allocation rate"
+            f"decisions/s, {rate / baseline:.2f}x the {sizes[0]}-allocation rate; "
+            f"a worker loads its snapshot ({load_s[count][1] / 1e6:.1f} MB) in "
+            f"{load_s[count][0]:.3f} s"
         )
 
 

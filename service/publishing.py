@@ -139,6 +139,7 @@ class Publisher:
             note=note,
             expected_version=expected_version,
             audit_fields=audit_fields,
+            compiled=candidate.to_snapshot(),
         )
         return Published(entry=entry, report=report, forced=force)
 
@@ -153,7 +154,8 @@ class Publisher:
             raise UnknownVersion(f"there is no version {version}")
         # Checked before it is made active: a bundle every worker fails to compile would leave
         # them serving the old version forever.
-        bundle = compile_bundle(entry["bundle"]).bundle
+        restored = compile_bundle(entry["bundle"])
+        bundle, compiled = restored.bundle, restored.to_snapshot()
         conflict: VersionConflict | None = None
         for _ in range(_ROLLBACK_ATTEMPTS):
             active = self.store.active_version()
@@ -172,6 +174,7 @@ class Publisher:
                     note=note,
                     expected_version=active,
                     audit_fields=audit_fields,
+                    compiled=compiled,
                 )
             except VersionConflict as exc:  # someone published meanwhile: restore on top of it
                 conflict = exc

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from array import array
+from base64 import b64decode, b64encode
 from bisect import bisect_right
 from collections.abc import Mapping
 from functools import cache
@@ -384,6 +385,31 @@ class AllocationIndex:
 
     def __len__(self) -> int:
         return len(self._tacs) + len(self._starts)
+
+    def to_snapshot(self) -> dict[str, Any]:
+        """A JSON-able form that :meth:`from_snapshot` loads without parsing or sorting again:
+        the TAC map, the owner ids, and the range arrays as base64 of their machine words."""
+        ids = sorted(set(self._owners))
+        position = {owner: i for i, owner in enumerate(ids)}
+        return {
+            "tacs": self._tacs,
+            "ids": ids,
+            "starts": b64encode(self._starts.tobytes()).decode(),
+            "ends": b64encode(self._ends.tobytes()).decode(),
+            "owners": b64encode(array("I", (position[o] for o in self._owners)).tobytes()).decode(),
+        }
+
+    @classmethod
+    def from_snapshot(cls, data: Mapping[str, Any]) -> AllocationIndex:
+        """The index saved by :meth:`to_snapshot` (trusted: it was validated when saved)."""
+        starts, ends, owner_pos = array("Q"), array("Q"), array("I")
+        starts.frombytes(b64decode(data["starts"]))
+        ends.frombytes(b64decode(data["ends"]))
+        owner_pos.frombytes(b64decode(data["owners"]))
+        if not len(starts) == len(ends) == len(owner_pos):
+            raise ValueError("allocation snapshot: arrays of different lengths")
+        ids = data["ids"]
+        return cls(dict(data["tacs"]), starts, ends, [ids[i] for i in owner_pos])
 
     def owner_of(self, imei: str) -> str | None:
         """Distributor id holding ``imei`` (14 or 15 digits), or None."""

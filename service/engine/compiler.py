@@ -43,6 +43,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from service.engine.bundle import AllocationIndex, validate_and_index
 from service.engine.model import (
     SANCTIONED_REGION,
@@ -161,6 +163,25 @@ class CompiledPolicy:
             )
             for d in bundle["distributors"]
         }
+
+    def to_snapshot(self) -> bytes:
+        """The compiled policy as bytes that :meth:`from_snapshot` loads in a fraction of the
+        time a compile takes (no validation, no parsing or sorting of allocations): published
+        with each version so every worker can switch to it within a second, whatever its size.
+        ``bundle`` comes back without the distributors' allocations (the index holds them)."""
+        slim = dict(self.bundle)
+        slim["distributors"] = [
+            {k: v for k, v in d.items() if k != "allocations"} for d in self.bundle["distributors"]
+        ]
+        return orjson.dumps({"format": 1, "bundle": slim, "index": self._index.to_snapshot()})
+
+    @classmethod
+    def from_snapshot(cls, raw: bytes | str) -> CompiledPolicy:
+        """Load a policy saved by :meth:`to_snapshot` (trusted: validated when it was saved)."""
+        data = orjson.loads(raw)
+        if data.get("format") != 1:
+            raise ValueError(f"unknown compiled-policy snapshot format {data.get('format')!r}")
+        return cls(data["bundle"], AllocationIndex.from_snapshot(data["index"]))
 
     def distributor_of(self, imei: str) -> str | None:
         """Id of the distributor whose allocation holds ``imei``, or None (unknown device)."""

@@ -53,6 +53,8 @@ POLICY_VERSIONS = f"{PREFIX}{{policy}}:versions"
 # (a bundle with a million allocations is tens of megabytes).
 POLICY_VERSION_META = f"{PREFIX}{{policy}}:version-meta"
 POLICY_CHANNEL = f"{PREFIX}{{policy}}:published"
+# Hash: version number -> the compiled policy's snapshot (what workers load on a publish).
+POLICY_COMPILED = f"{PREFIX}{{policy}}:compiled"
 
 # Prefix of flask-limiter's counters (per token name or client IP; never the token itself).
 RATE_LIMITS_PREFIX = f"{PREFIX}limits"

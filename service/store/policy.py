@@ -34,6 +34,10 @@ class PolicyStore:
         raw = self.redis.hget(keys.POLICY_VERSIONS, str(number))
         return orjson.loads(raw) if raw is not None else None
 
+    def compiled(self, number: int) -> str | None:
+        """The stored snapshot of version NUMBER's compiled policy, if one was stored."""
+        return self.redis.hget(keys.POLICY_COMPILED, str(number))
+
     def versions(self) -> list[dict]:
         """Every version's metadata (no bundle), oldest first."""
         rows = [orjson.loads(raw) for raw in self.redis.hvals(keys.POLICY_VERSION_META)]
@@ -46,9 +50,13 @@ class PolicyStore:
         note: str,
         expected_version: int | None,
         audit_fields: dict | None = None,
+        compiled: bytes | None = None,
     ) -> dict:
         """Append BUNDLE as the next version and make it active, if the active version is still
-        EXPECTED_VERSION (None: nothing published yet). Raises VersionConflict otherwise."""
+        EXPECTED_VERSION (None: nothing published yet). Raises VersionConflict otherwise.
+
+        COMPILED, the policy's snapshot (CompiledPolicy.to_snapshot), is stored with it so
+        workers load the version without compiling it again."""
         with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -69,6 +77,8 @@ class PolicyStore:
                     pipe.hset(keys.POLICY_VERSIONS, str(number), orjson.dumps(entry))
                     meta = {k: v for k, v in entry.items() if k != "bundle"}
                     pipe.hset(keys.POLICY_VERSION_META, str(number), orjson.dumps(meta))
+                    if compiled is not None:
+                        pipe.hset(keys.POLICY_COMPILED, str(number), compiled)
                     pipe.set(keys.POLICY_ACTIVE, number)
                     pipe.execute()
                     break
