@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis as redis_lib
-from flask import Flask
+from flask import Flask, request
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
@@ -18,7 +18,7 @@ from service.auth import TokenCache
 from service.checkin import CheckinService
 from service.config import ConfigError, Settings, load_settings
 from service.engine.bundle import load_bundle_dir
-from service.errors import register_error_handlers
+from service.errors import OutageBreaker, register_error_handlers, unavailable_response
 from service.evidence import Evidence, GeoIP, GpsGeocoder
 from service.evidence.mcc import mcc_mnc_of_imsi
 from service.policy_runtime import PolicyCache
@@ -46,6 +46,7 @@ class Regionlock:
     policies: PolicyCache
     checkin: CheckinService
     keys: KeyRing
+    breaker: OutageBreaker = field(default_factory=OutageBreaker)
 
 
 def connect_redis(url: str, settings: Settings):
@@ -165,5 +166,16 @@ def _init_hardening(app: Flask, settings: Settings, cluster: bool) -> None:
         REQUESTS.labels(endpoint, method, status).inc()
 
     init_request_logging(app, observe=observe)
+
+    @app.before_request
+    def _fail_fast_while_redis_is_away():
+        # Before the rate limiter, which would otherwise be the first to wait on Redis.
+        # /v1/openapi.json needs no Redis; /readyz always probes for real.
+        path = request.path
+        if (path.startswith("/v1/") and path != "/v1/openapi.json"
+                and app.extensions["regionlock"].breaker.is_open()):
+            return unavailable_response()
+        return None
+
     init_rate_limits(app, settings, cluster=cluster)
     app.after_request(security_headers)

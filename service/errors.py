@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import redis
 from flask import Flask, current_app, jsonify
@@ -130,6 +131,34 @@ def is_outage(exc: BaseException) -> bool:
     return isinstance(exc, _OUTAGES)
 
 
+class OutageBreaker:
+    """After Redis was found unreachable, /v1 calls answer 503 at once for a short while
+    instead of each waiting out the socket timeouts; the first call after the pause tries
+    Redis again (and trips the breaker anew if it is still away)."""
+
+    def __init__(self, pause_s: float = 1.0):
+        self.pause_s = pause_s
+        self._until = 0.0
+
+    def trip(self) -> None:
+        """Redis was just found unreachable."""
+        self._until = time.monotonic() + self.pause_s
+
+    def is_open(self) -> bool:
+        """True while calls should not even try Redis."""
+        return time.monotonic() < self._until
+
+
+def unavailable_response():
+    """The one answer to any call while Redis is unreachable: 503 with Retry-After."""
+    retry = str(current_app.config["SETTINGS"].retry_after_s)
+    return error_response(
+        503,
+        "the decision store is unreachable; try again later",
+        headers={"Retry-After": retry},
+    )
+
+
 def register_error_handlers(app: Flask) -> None:
     """Install the handlers that give every error the one payload."""
 
@@ -163,12 +192,8 @@ def register_error_handlers(app: Flask) -> None:
             log.error("redis refused a command", exc_info=exc)
             return error_response(500, "internal error")
         log.warning("redis unavailable: %s", type(exc).__name__)
-        retry = str(current_app.config["SETTINGS"].retry_after_s)
-        return error_response(
-            503,
-            "the decision store is unreachable; try again later",
-            headers={"Retry-After": retry},
-        )
+        current_app.extensions["regionlock"].breaker.trip()
+        return unavailable_response()
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -62,6 +62,7 @@ def _assert_unavailable(response) -> None:
 def test_unreachable_redis_is_a_quick_503(make_app, request, where):
     url = request.getfixturevalue(where)
     app = make_app(redis_url=url)
+    app.extensions["regionlock"].breaker.pause_s = 60  # stays open for the whole test
     client = app.test_client()
     token = "rl_" + "x" * 43
     response, took = _timed(
@@ -71,9 +72,11 @@ def test_unreachable_redis_is_a_quick_503(make_app, request, where):
     assert took < BOUND_S
     ready, took = _timed(lambda: client.get("/readyz"))
     assert ready.status_code == 503 and took < BOUND_S
-    # What needs no Redis keeps answering: liveness, and a clear 401 for a missing token.
+    # Liveness needs no Redis; /v1 calls now fail fast (the outage breaker is open).
     assert client.get("/healthz").status_code == 200
-    assert client.get("/v1/keys").status_code == 401
+    response, took = _timed(lambda: client.get("/v1/keys"))
+    _assert_unavailable(response)
+    assert took < BOUND_S
 
 
 def test_redis_stopped_mid_run_then_back(make_app, private_redis):
@@ -154,3 +157,30 @@ def test_data_survives_a_restart_of_the_embedded_redis(tmp_path: Path):
 )
 def test_only_outages_are_503(exc, outage):
     assert is_outage(exc) is outage
+
+
+def test_after_an_outage_calls_fail_fast_then_probe_again(make_app, private_redis):
+    """Once Redis was found away, /v1 calls answer 503 without trying it for a short pause;
+    the first call after the pause tries Redis again."""
+    device = TokenStore(redis_lib.Redis.from_url(private_redis.url, decode_responses=True)).create(
+        name="fw", role="device")
+    app = make_app(redis_url=private_redis.url, token_cache_s=600)
+    breaker = app.extensions["regionlock"].breaker
+    breaker.pause_s = 30  # long enough that the pause cannot end during the check below
+    client = app.test_client()
+
+    def checkin():
+        return client.post("/v1/checkin", json={"imei": HK}, headers=bearer(device))
+
+    assert checkin().status_code == 200
+    private_redis.stop()
+    _assert_unavailable(checkin())
+    assert breaker.is_open()
+    private_redis.start()
+    # Redis is back, but the breaker is open: answered at once, Redis not even asked.
+    _assert_unavailable(checkin())
+    assert client.get("/readyz").status_code == 200  # readiness always probes for real
+    assert client.get("/v1/openapi.json").status_code == 200
+    breaker.pause_s = 0
+    breaker.trip()  # a pause of zero: the next call probes
+    assert checkin().status_code == 200
