@@ -74,6 +74,9 @@ def serve(workers: int | None, threads: int) -> None:
             )
             from service.retention import start_sweeper
 
+            # Built in the master before the workers fork: they share the GPS index
+            # copy-on-write, and no first check-in waits a second for it.
+            app.extensions["regionlock"].evidence.gps.warm()
             # In the master: one sweeper for the whole server, not one per worker.
             start_sweeper(app.extensions["regionlock"].redis, settings.facts_retention_days)
             _run_gunicorn(app, settings.bind, workers or 3, threads)

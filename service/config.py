@@ -64,11 +64,6 @@ class Settings:
         """Where the signing keys live: REGIONLOCK_KEYS_DIR, else var/keys."""
         return self.keys_dir if self.keys_dir is not None else self.var_dir / "keys"
 
-    @property
-    def host_port(self) -> tuple[str, int]:
-        """The (host, port) of REGIONLOCK_BIND."""
-        return _parse_bind(self.bind)
-
 
 _ENV = {
     "REGIONLOCK_REDIS_URL": "redis_url",
