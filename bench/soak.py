@@ -215,10 +215,18 @@ def _run_load(port: int, tokens: dict[str, str], stats: Stats, server_redis, arg
 
     def keys_for(kid: str) -> dict | None:
         with jwks_lock:
-            if kid not in jwks:
+            for _ in range(100):  # another worker may still answer 503 just after an outage
+                if kid in jwks:
+                    break
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                conn.request("GET", "/v1/keys")
-                for jwk in json.loads(conn.getresponse().read())["keys"]:
+                conn.request("GET", "/v1/keys",
+                             headers={"Authorization": f"Bearer {tokens['device']}"})
+                response = conn.getresponse()
+                body = response.read()
+                if response.status != 200:
+                    time.sleep(0.1)
+                    continue
+                for jwk in json.loads(body)["keys"]:
                     jwks[jwk["kid"]] = jwk
             return jwks.get(kid)
 

@@ -8,6 +8,7 @@ overrides, tokens, policy versions and the audit trail survive restarts.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -93,7 +94,11 @@ class EmbeddedRedis:
             str((self.data_dir / "redis.log").resolve()),
         ]
         self.process = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=_terminate_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -131,6 +136,19 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _terminate_with_parent() -> None:
+    """In the child, before exec: have Linux send SIGTERM when the parent dies, so a killed
+    `regionlock serve` never leaves an orphaned server holding var/redis (SIGTERM still lets
+    Redis flush its append-only file). Linux ties this to the thread that started the server:
+    start it from a thread that lives as long as it should (the main thread does). Elsewhere
+    nothing is done."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _answers_ping(port: int) -> bool:

@@ -184,3 +184,34 @@ def test_after_an_outage_calls_fail_fast_then_probe_again(make_app, private_redi
     breaker.pause_s = 0
     breaker.trip()  # a pause of zero: the next call probes
     assert checkin().status_code == 200
+
+
+def test_embedded_redis_does_not_outlive_a_killed_parent(tmp_path: Path):
+    """A `regionlock serve` killed with SIGKILL must not leave its redis-server running."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from service.redis_server import EmbeddedRedis\n"
+        f"server = EmbeddedRedis(Path({str(tmp_path / 'r')!r})).start()\n"
+        "print(server.process.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child_pid = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child_pid, signal.SIGKILL)
+        raise AssertionError("redis-server outlived its parent")
