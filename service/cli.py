@@ -185,7 +185,7 @@ def token_revoke(name: str) -> None:
 @token.command("list")
 def token_list() -> None:
     """List tokens: name, role, creation time (never the token)."""
-    from service.store.audit import iso
+    from service.engine.model import iso_utc as iso
     from service.store.tokens import TokenStore
 
     with _redis() as client:

@@ -59,7 +59,7 @@ def keys_rotate(grace_days: float) -> None:
 @keys_group.command("list")
 def keys_list() -> None:
     """List keys: kid, state (signing, published, expired), created, published until."""
-    from service.store.audit import iso
+    from service.engine.model import iso_utc as iso
 
     try:
         rows = _ring().describe()

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 import orjson
 import redis as redis_lib
 
+from service.engine.model import DAY_S
 from service.store import keys
 
 log = logging.getLogger(__name__)
 
-DAY_S = 86_400
 
 # Compare-and-set, so a check-in landing during the sweep is never undone. KEYS: device hash.
 # ARGV: facts value read, history value read, new history ("" to delete), drop facts (1/0).

@@ -31,11 +31,12 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from service.engine.model import DAY_S
+
 log = logging.getLogger(__name__)
 
 RING_FILE = "ring.json"
 LOCK_FILE = "ring.lock"
-DAY_S = 86_400
 DEFAULT_GRACE_DAYS = 30
 
 

@@ -8,7 +8,8 @@ import orjson
 from click.testing import CliRunner
 
 from service.cli import main
-from service.retention import DAY_S, sweep
+from service.engine.model import DAY_S
+from service.retention import sweep
 from service.store import keys
 from tests.imeis import HK, US
 

@@ -47,6 +47,7 @@ import orjson
 
 from service.engine.bundle import AllocationIndex, validate_and_index
 from service.engine.model import (
+    DAY_S,
     SANCTIONED_REGION,
     Decision,
     DeviceState,
@@ -65,7 +66,6 @@ __all__ = [
     "compile_bundle",
 ]
 
-_DAY_S = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +102,7 @@ class DistributorInfo:
 def _compile_rule(rule: Mapping[str, Any]) -> CompiledRule:
     regions = tuple(rule.get("regions") or ())
     dists = rule.get("distributors")
-    grace = rule["grace_days"] * _DAY_S if rule["action"] == "lock" else 0.0
+    grace = rule["grace_days"] * DAY_S if rule["action"] == "lock" else 0.0
     return CompiledRule(
         id=rule["id"],
         kind=rule["type"],

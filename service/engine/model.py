@@ -16,6 +16,9 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+#: Seconds in a day (grace periods, key grace, retention).
+DAY_S = 86_400
+
 #: Every signal that can place a device, in the order they are reported.
 SIGNALS: tuple[str, ...] = ("ip", "gps", "network", "sim")
 

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 import orjson
 
+from service.engine.model import iso_utc
 from service.store import keys
-
-
-def iso(ts: float) -> str:
-    """Epoch seconds as ISO-8601 UTC with a Z."""
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class AuditStore:
@@ -87,7 +82,7 @@ class AuditStore:
 def _entry(entry_id: str, fields: dict) -> dict:
     return {
         "id": entry_id,
-        "at": iso(float(fields["at"])),
+        "at": iso_utc(float(fields["at"])),
         "actor": fields["actor"],
         "role": fields["role"],
         "action": fields["action"],

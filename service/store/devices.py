@@ -6,10 +6,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from service.engine.model import iso_utc
 from service.store import keys
-from service.store.audit import iso
-
-DAY_S = 86_400
 
 
 def is_cluster(redis) -> bool:
@@ -103,8 +101,8 @@ def parse_history(history: str | None, limit: int | None = None) -> list[dict]:
     for line in history.split("\n")[:limit]:
         _, since, count, body = line.split("|", 3)
         entry = orjson.loads(body)
-        entry["at"] = iso(entry["at"])
-        entry["since"] = iso(float(since))
+        entry["at"] = iso_utc(entry["at"])
+        entry["since"] = iso_utc(float(since))
         entry["count"] = int(count)
         out.append(entry)
     return out
