@@ -23,7 +23,7 @@ from pathlib import Path
 
 from stdnum import luhn
 
-from service.redis_server import EmbeddedRedis, free_port
+from service.store.server import EmbeddedRedis, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

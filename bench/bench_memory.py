@@ -17,7 +17,7 @@ from pathlib import Path
 
 from stdnum import luhn
 
-from service.redis_server import EmbeddedRedis
+from service.store.server import EmbeddedRedis
 
 PLACES = [
     ("203.186.10.20", (22.3193, 114.1694), "45400", "454001234567890"),

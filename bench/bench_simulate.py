@@ -25,9 +25,9 @@ import redis as redis_lib
 from service.engine.bundle import load_bundle_dir
 from service.engine.compiler import compile_bundle
 from service.engine.model import Facts, Place
-from service.redis_server import EmbeddedRedis
-from service.simulate import device_batches, load_overrides, simulate
+from service.policy.simulate import device_batches, load_overrides, simulate
 from service.store import keys
+from service.store.server import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 

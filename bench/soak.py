@@ -35,8 +35,8 @@ from pathlib import Path
 import redis as redis_lib
 from stdnum import luhn
 
-from service.redis_server import EmbeddedRedis, free_port
-from service.signing import verify_with_jwk
+from service.crypto.signing import verify_with_jwk
+from service.store.server import EmbeddedRedis, free_port
 from service.store.tokens import TokenStore
 
 ROOT = Path(__file__).resolve().parent.parent

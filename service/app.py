@@ -7,26 +7,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis as redis_lib
 from flask import Flask, request
-from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
-from redis.retry import Retry
 
 from service.api.openapi import ErrorResponsesPlugin, RegionlockApi
-from service.auth import TokenCache
-from service.checkin import CheckinService
 from service.config import ConfigError, Settings, load_settings
+from service.crypto.signing import KeyRing
+from service.devices.checkin import CheckinService
 from service.engine.bundle import load_bundle_dir
-from service.errors import OutageBreaker, register_error_handlers, unavailable_response
 from service.evidence import Evidence, GeoIP, GpsGeocoder
 from service.evidence.mcc import mcc_mnc_of_imsi
-from service.policy_runtime import PolicyCache
-from service.signing import KeyRing
+from service.policy.runtime import PolicyCache
 from service.store.audit import AuditStore
+from service.store.client import connect_redis
 from service.store.devices import DeviceStore
 from service.store.policy import PolicyStore
 from service.store.tokens import TokenStore
+from service.web.auth import TokenCache
+from service.web.errors import OutageBreaker, register_error_handlers, unavailable_response
 
 log = logging.getLogger(__name__)
 
@@ -47,38 +45,6 @@ class Regionlock:
     checkin: CheckinService
     keys: KeyRing
     breaker: OutageBreaker = field(default_factory=OutageBreaker)
-
-
-def connect_redis(url: str, settings: Settings):
-    """A Redis client that fails fast (bounded timeouts, one quick retry).
-
-    A Redis Cluster is recognised by asking the node at URL (``INFO cluster``); the client then
-    follows the cluster's slots from any node. A server that cannot be reached at start-up is
-    taken to be a standalone one.
-    """
-    options = dict(
-        decode_responses=True,
-        socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
-    )
-    if _is_cluster_node(url, settings):
-        return RedisCluster.from_url(url, **options)
-    return redis_lib.Redis.from_url(url, health_check_interval=30, **options)
-
-
-def _is_cluster_node(url: str, settings: Settings) -> bool:
-    probe = redis_lib.Redis.from_url(
-        url, socket_timeout=settings.redis_timeout_s,
-        socket_connect_timeout=settings.redis_timeout_s,
-    )
-    try:
-        return bool(probe.info("cluster").get("cluster_enabled"))
-    except redis_lib.RedisError:
-        log.warning("Redis at start-up unreachable; assuming a standalone server")
-        return False
-    finally:
-        probe.close()
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -158,9 +124,9 @@ def _init_hardening(app: Flask, settings: Settings, cluster: bool) -> None:
     Order matters: the request timer starts before the rate limiter runs (hooks run in the
     order they were added), so a 429 is logged and timed like any other answer.
     """
-    from service.hardening import init_rate_limits, security_headers
-    from service.logs import init_request_logging
-    from service.metrics import REQUESTS
+    from service.web.hardening import init_rate_limits, security_headers
+    from service.web.logs import init_request_logging
+    from service.web.metrics import REQUESTS
 
     def observe(endpoint: str, method: str, status: int) -> None:
         REQUESTS.labels(endpoint, method, status).inc()

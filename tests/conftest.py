@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from service.redis_server import EmbeddedRedis
+from service.store.server import EmbeddedRedis
 from service.store.tokens import ROLES, TokenStore
 from tests.geodb import build_mmdb, default_test_networks
 
@@ -105,7 +105,7 @@ def captured_logs():
     import io
     import logging
 
-    from service.logs import JsonFormatter
+    from service.web.logs import JsonFormatter
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

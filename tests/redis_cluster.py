@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis as redis_lib
 
-from service.redis_server import find_redis_server, free_port
+from service.store.server import find_redis_server, free_port
 
 SLOTS = 16384
 

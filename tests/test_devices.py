@@ -10,11 +10,11 @@ import redis as redis_lib
 from click.testing import CliRunner
 
 from service.cli import main
-from service.overrides import OverrideService
-from service.redis_server import EmbeddedRedis
+from service.devices.overrides import OverrideService
 from service.store import keys
 from service.store.audit import AuditStore
 from service.store.devices import DeviceStore
+from service.store.server import EmbeddedRedis
 from service.store.tokens import Principal
 from tests.conftest import bearer
 from tests.imeis import HK, UNKNOWN, UNKNOWN2, US

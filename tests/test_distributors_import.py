@@ -8,15 +8,15 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from service.allocations import (
+from service.cli import main
+from service.engine.bundle import load_bundle_dir
+from service.policy.allocations import (
     OwnerIndex,
     imei_luhn_ok,
     merge_intervals,
     read_shipment,
     to_allocations,
 )
-from service.cli import main
-from service.engine.bundle import load_bundle_dir
 from service.store import keys
 from service.store.policy import PolicyStore
 from tests.conftest import bearer

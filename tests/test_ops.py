@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from service.logs import request_id_for
-from service.redis_server import free_port
+from service.store.server import free_port
 from service.store.tokens import TokenStore
+from service.web.logs import request_id_for
 from tests.conftest import ROOT, bearer
 from tests.imeis import HK, UNKNOWN
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from service.errors import is_outage
-from service.redis_server import EmbeddedRedis
+from service.store.server import EmbeddedRedis
 from service.store.tokens import TokenStore
+from service.web.errors import is_outage
 from tests.conftest import bearer
 from tests.imeis import HK, UNKNOWN
 
@@ -196,7 +196,7 @@ def test_embedded_redis_does_not_outlive_a_killed_parent(tmp_path: Path):
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from service.redis_server import EmbeddedRedis\n"
+        "from service.store.server import EmbeddedRedis\n"
         f"server = EmbeddedRedis(Path({str(tmp_path / 'r')!r})).start()\n"
         "print(server.process.pid, flush=True)\n"
         "time.sleep(60)\n"

@@ -8,8 +8,8 @@ import orjson
 from click.testing import CliRunner
 
 from service.cli import main
+from service.devices.retention import sweep
 from service.engine.model import DAY_S
-from service.retention import sweep
 from service.store import keys
 from tests.imeis import HK, US
 
@@ -50,7 +50,7 @@ def test_old_facts_go_and_decisions_stay(app, redis):
 
 def test_sweep_never_undoes_a_newer_checkin(app, redis):
     """The compare-and-set script leaves a record alone when it changed since it was read."""
-    from service.retention import _FORGET
+    from service.devices.retention import _FORGET
 
     checkin = app.extensions["regionlock"].checkin
     checkin.decide({"imei": HK, **BODY_HK}, None, time.time() - 100 * DAY_S)

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from service.signing import (
+from service.crypto.signing import (
     KeyRing,
     b64url,
     b64url_decode,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bench.bench_allocations import bundle_with, facts_for
 from service.engine.compiler import CompiledPolicy, compile_bundle
-from service.policy_runtime import PolicyCache
+from service.policy.runtime import PolicyCache
 from service.store.policy import PolicyStore
 from tests.conftest import bearer
 

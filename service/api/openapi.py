@@ -16,8 +16,8 @@ from typing import Any
 from apispec import APISpec, BasePlugin
 from flask_smorest import Api
 
-from service.errors import ErrorSchema
-from service.hardening import UNLIMITED_PATHS
+from service.web.errors import ErrorSchema
+from service.web.hardening import UNLIMITED_PATHS
 
 _ERROR_REF = {"$ref": "#/components/schemas/Error"}
 _RETRY_AFTER = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import redis as redis_lib
 from flask import Blueprint, Response, current_app, jsonify
 
-from service import metrics
+from service.web import metrics
 
 bp = Blueprint("ops", __name__)
 

@@ -13,11 +13,11 @@ from flask import abort, current_app, flash, redirect, render_template, request,
 from flask.typing import ResponseReturnValue
 
 from service.api.devices.routes import device_document
-from service.auth import liftable_kinds
 from service.console import present, security
 from service.console.blueprint import bp
+from service.devices.overrides import OverrideService, SanctionsScopeError, normalise_imei
 from service.engine.model import SANCTIONED_REGION
-from service.overrides import OverrideService, SanctionsScopeError, normalise_imei
+from service.web.auth import liftable_kinds
 
 MAX_REASON = 500
 MAX_TICKET = 100

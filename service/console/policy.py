@@ -1,7 +1,7 @@
 """Policy pages: the active bundle, the editor with live validation, impact review, publish,
 version history with side-by-side diffs, and rollback.
 
-Publishing goes through service.publishing.Publisher, like POST /v1/policy: the same expected
+Publishing goes through service.policy.publishing.Publisher, like POST /v1/policy: the same expected
 version check, simulation, safety brake and audit entry. The browser keeps no token, so the
 editor's live checks call the console's own JSON endpoints (session + CSRF header).
 """
@@ -28,9 +28,9 @@ from service.console.bundle_text import MAX_TEXT, check_text, dump_bundle
 from service.console.diff import changed, side_by_side
 from service.engine.bundle import BundleError
 from service.engine.compiler import CompiledPolicy, compile_bundle
-from service.policy_diff import diff_summary, format_summary
-from service.publishing import Publisher, SafetyBrake, UnknownVersion, VersionConflict
-from service.publishing import version_metadata as _version_metadata
+from service.policy.diff import diff_summary, format_summary
+from service.policy.publishing import Publisher, SafetyBrake, UnknownVersion, VersionConflict
+from service.policy.publishing import version_metadata as _version_metadata
 
 MAX_NOTE = 1000
 #: Above this many allocations the text views show a count per distributor instead of the list.

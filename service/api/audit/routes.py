@@ -7,7 +7,7 @@ from flask.views import MethodView
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
 
 from service.api.parsing import ApiBlueprint
-from service.auth import require
+from service.web.auth import require
 
 blp = ApiBlueprint("audit", __name__, url_prefix="/v1", description="Audit trail")
 

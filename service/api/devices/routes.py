@@ -16,10 +16,10 @@ from service.api.devices.schemas import (
     UnlockSchema,
 )
 from service.api.parsing import ApiBlueprint
-from service.auth import require
+from service.devices.overrides import OverrideService, SanctionsScopeError, normalise_imei
 from service.engine.model import iso_utc
-from service.errors import ApiError
-from service.overrides import OverrideService, SanctionsScopeError, normalise_imei
+from service.web.auth import require
+from service.web.errors import ApiError
 
 blp = ApiBlueprint("devices", __name__, url_prefix="/v1/devices", description="Support agents")
 

@@ -12,7 +12,7 @@ from flask.views import MethodView
 from marshmallow import Schema, fields
 
 from service.api.parsing import ApiBlueprint
-from service.auth import authenticate
+from service.web.auth import authenticate
 
 blp = ApiBlueprint("keys", __name__, url_prefix="/v1", description="Verdict signing keys")
 

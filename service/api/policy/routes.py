@@ -18,17 +18,17 @@ from service.api.policy.schemas import (
     ValidSchema,
     VersionListSchema,
 )
-from service.auth import require
 from service.engine.bundle import BundleError, validate_bundle
 from service.engine.compiler import CompiledPolicy, compile_bundle
-from service.errors import ApiError
-from service.publishing import (
+from service.policy.publishing import (
     Publisher,
     SafetyBrake,
     UnknownVersion,
     VersionConflict,
     version_metadata,
 )
+from service.web.auth import require
+from service.web.errors import ApiError
 
 blp = ApiBlueprint("policy", __name__, url_prefix="/v1/policy", description="Policy editors")
 

@@ -8,7 +8,6 @@ the command could not run (no Redis, bad configuration).
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,20 +15,10 @@ from typing import Any
 
 import click
 
+from service.cli.common import actor_name, redis_client
 from service.engine.bundle import BundleError, load_bundle_dir
 
 _RULE = "-" * 80
-
-
-def _redis() -> contextlib.AbstractContextManager:
-    # Imported when used: service.cli imports this module to register its groups.
-    from service.cli import _redis as redis_context
-
-    return redis_context()
-
-
-def _actor(actor: str | None) -> str:
-    return actor or f"cli:{os.environ.get('USER', 'unknown')}"
 
 
 def _echo_errors(errors: dict[str, list[str]]) -> None:
@@ -49,7 +38,7 @@ def _load_dir(directory: str) -> dict[str, Any]:
 
 
 def _publisher(client):
-    from service.publishing import Publisher
+    from service.policy.publishing import Publisher
     from service.store.audit import AuditStore
     from service.store.policy import PolicyStore
 
@@ -79,7 +68,7 @@ def echo_report(report: dict[str, Any], err: bool = False) -> None:
 
 def _publish(client, bundle: dict, note: str, expected: int | None, actor: str, force: bool):
     """Publish through the safety brake; exit 1 with the report when braked or stale."""
-    from service.publishing import SafetyBrake, VersionConflict
+    from service.policy.publishing import SafetyBrake, VersionConflict
 
     try:
         published = _publisher(client).publish(
@@ -165,7 +154,7 @@ def policy_simulate(directory: str) -> None:
     from service.engine.compiler import compile_bundle
 
     candidate = compile_bundle(_load_dir(directory))
-    with _redis() as client:
+    with redis_client() as client:
         echo_report(_publisher(client).simulate(candidate).to_dict())
 
 
@@ -179,9 +168,9 @@ def policy_publish(directory: str, note: str, force: bool, actor: str | None) ->
     from service.store.policy import PolicyStore
 
     bundle = _load_dir(directory)
-    with _redis() as client:
+    with redis_client() as client:
         expected = PolicyStore(client).active_version()
-        _publish(client, bundle, note, expected, _actor(actor), force)
+        _publish(client, bundle, note, expected, actor_name(actor), force)
 
 
 @policy.command("diff")
@@ -194,14 +183,14 @@ def policy_diff(old: str, new: str, summary_only: bool) -> None:
     Prints a summary (settings, rules and distributors added, removed, changed) and a unified
     diff of the normalised bundles as YAML. Exit status 1 when they differ, like diff(1).
     """
-    from service.policy_diff import diff_summary, format_summary, summary_is_empty, unified_diff
+    from service.policy.diff import diff_summary, format_summary, summary_is_empty, unified_diff
 
     with contextlib.ExitStack() as stack:
         clients: list[Any] = []
 
         def client() -> Any:
             if not clients:  # Redis only when a version number is given
-                clients.append(stack.enter_context(_redis()))
+                clients.append(stack.enter_context(redis_client()))
             return clients[0]
 
         before = _resolve(old, client)
@@ -283,16 +272,16 @@ def distributors_import(
     overlaps with other distributors are reported and nothing is published; otherwise a new
     policy version is published (safety brake applies).
     """
-    from service.allocations import (
+    from service.config import load_settings
+    from service.policy.allocations import (
         DistributorError,
         OwnerIndex,
         read_shipment,
         with_distributor_allocations,
     )
-    from service.config import load_settings
     from service.store.policy import PolicyStore
 
-    with _redis() as client:
+    with redis_client() as client:
         store = PolicyStore(client)
         expected = store.active_version()
         if expected is None:  # nothing published yet: the service would serve the seed
@@ -344,4 +333,4 @@ def distributors_import(
             click.echo("dry run: nothing published")
             return
         note = note or f"import {Path(path).name} for {distributor_id}"
-        _publish(client, bundle, note, expected, _actor(actor), force)
+        _publish(client, bundle, note, expected, actor_name(actor), force)

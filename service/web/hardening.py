@@ -20,11 +20,11 @@ from flask import Flask, current_app, request
 from flask_limiter import Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
 
-from service.auth import current_principal
-from service.checkin import client_ip
 from service.config import Settings
-from service.errors import error_response
+from service.devices.checkin import client_ip
 from service.store import keys
+from service.web.auth import current_principal
+from service.web.errors import error_response
 
 # Served from memory, never need Redis, so they are not limited (and not counted).
 UNLIMITED_PATHS = frozenset({"/v1/keys", "/v1/openapi.json"})

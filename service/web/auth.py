@@ -10,8 +10,8 @@ from collections.abc import Callable
 from flask import current_app, g, request
 
 from service.engine.model import DISTRIBUTOR_TERRITORY, SANCTIONED_REGION
-from service.errors import ApiError
 from service.store.tokens import Principal, TokenStore, digest
+from service.web.errors import ApiError
 
 # permission -> roles that hold it (SPEC §3).
 PERMISSIONS: dict[str, frozenset[str]] = {

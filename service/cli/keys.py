@@ -6,8 +6,9 @@ import sys
 
 import click
 
+from service.cli.common import redis_client
 from service.config import ConfigError, load_settings
-from service.signing import DEFAULT_GRACE_DAYS, KeyRing, KeyRingError
+from service.crypto.signing import DEFAULT_GRACE_DAYS, KeyRing, KeyRingError
 
 
 def _ring() -> KeyRing:
@@ -45,10 +46,7 @@ def keys_rotate(grace_days: float) -> None:
     except KeyRingError as exc:
         click.echo(f"regionlock: {exc}", err=True)
         sys.exit(2)
-    # Imported late: recording the rotation needs Redis, the rotation itself does not.
-    from service.cli import _redis
-
-    with _redis() as client:
+    with redis_client() as client:
         AuditStore(client).append(
             "cli", "admin", "keys.rotate",
             detail={"kid": kid, "previous": previous, "grace_days": grace_days},

@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from service.checkin import override_from_record
+from service.devices.checkin import override_from_record
 from service.engine.compiler import CompiledPolicy
 from service.engine.model import DeviceState, Facts, Place, apply_override
 from service.store import keys

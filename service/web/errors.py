@@ -10,7 +10,7 @@ from flask import Flask, current_app, jsonify
 from marshmallow import INCLUDE, Schema, fields
 from werkzeug.exceptions import HTTPException
 
-from service.metrics import REDIS_ERRORS
+from service.web.metrics import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 

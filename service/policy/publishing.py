@@ -12,7 +12,7 @@ from typing import Any
 
 from service.engine.compiler import CompiledPolicy, compile_bundle
 from service.engine.model import iso_utc
-from service.simulate import SimulationReport, simulate
+from service.policy.simulate import SimulationReport, simulate
 from service.store.audit import AuditStore
 from service.store.policy import PolicyStore, VersionConflict
 

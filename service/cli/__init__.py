@@ -1,0 +1,25 @@
+"""The `regionlock` command: one module per group, registered here (they never import this)."""
+
+from __future__ import annotations
+
+import click
+
+from service.cli.devices import devices
+from service.cli.facts import facts
+from service.cli.keys import keys_group
+from service.cli.policy import distributors, policy
+from service.cli.serve import serve
+from service.cli.tokens import token
+
+
+@click.group()
+def main() -> None:
+    """regionlock: decides at every check-in whether a phone may be used where it is."""
+
+
+for command in (serve, token, devices, policy, distributors, keys_group, facts):
+    main.add_command(command)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,73 @@
+"""`regionlock devices ...`: support actions on many devices at once."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from service.cli.common import actor_name, redis_client
+
+
+@click.group()
+def devices() -> None:
+    """Support actions on many devices at once."""
+
+
+@devices.command("unlock")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(exists=True, dir_okay=False),
+    required=True,
+    help="CSV or text file: one IMEI per line (first column); a header 'imei' is fine",
+)
+@click.option("--reason", required=True, help="why these devices are unlocked")
+@click.option("--ticket", default=None, help="the investigation or support ticket")
+@click.option(
+    "--expires-in",
+    "expires_in_s",
+    type=click.IntRange(min=1),
+    default=None,
+    help="seconds until the unlocks lapse (default: until removed)",
+)
+@click.option("--actor", default=None, help="name written to the audit trail (default cli:$USER)")
+@click.option(
+    "--role",
+    type=click.Choice(["agent", "compliance", "admin"]),
+    default="compliance",
+    show_default=True,
+    help="scope of the unlock: agent unlocks leave sanctions locks",
+)
+def devices_unlock(path, reason, ticket, expires_in_s, actor, role) -> None:
+    """Unlock every IMEI in FILE: invalid lines reported, valid ones applied, safe to re-run."""
+    from service.devices.overrides import OverrideService
+    from service.store.audit import AuditStore
+    from service.store.devices import DeviceStore
+    from service.store.tokens import Principal
+
+    principal = Principal(name=actor_name(actor), role=role)
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        lines = list(enumerate((line.rstrip("\n") for line in handle), start=1))
+    counts = {"applied": 0, "unchanged": 0, "refused": 0, "invalid": 0}
+    problems = []
+    with redis_client() as client:
+        service = OverrideService(DeviceStore(client), AuditStore(client))
+        with click.progressbar(length=len(lines), label="unlocking", file=sys.stderr) as bar:
+            last_line = 0
+            for row in service.bulk_unlock(iter(lines), principal, reason, ticket, expires_in_s):
+                counts[row["status"]] += 1
+                if row["status"] in ("invalid", "refused"):
+                    problems.append(row)
+                bar.update(row["line"] - last_line)
+                last_line = row["line"]
+            bar.update(len(lines) - last_line)
+    for row in problems:
+        shown = row.get("imei") or row.get("value")
+        click.echo(f"line {row['line']}: {shown}: {row['status']}: {row['error']}", err=True)
+    click.echo(
+        f"applied {counts['applied']}, unchanged {counts['unchanged']}, "
+        f"refused {counts['refused']}, invalid {counts['invalid']}"
+    )
+    if counts["invalid"] or counts["refused"]:
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""Key material: the Ed25519 key ring that signs verdicts."""

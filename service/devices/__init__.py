@@ -1,0 +1,1 @@
+"""Devices: the check-in decision, overrides (unlocks, locks), retention of check-in facts."""

@@ -1,0 +1,2 @@
+"""Policy operations: the version a worker serves, publishing, simulation, allocation import,
+version diffs."""
