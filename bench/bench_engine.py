@@ -31,8 +31,16 @@ def small_bundle(regions: list[str]) -> dict:
     """A bundle with one sanctions rule over REGIONS on the ip signal."""
     return {
         "name": "bench",
-        "rules": [{"id": "sanctions", "type": "sanctioned_region", "regions": regions,
-                   "signals": ["ip"], "min_signals": 1, "action": "lock"}],
+        "rules": [
+            {
+                "id": "sanctions",
+                "type": "sanctioned_region",
+                "regions": regions,
+                "signals": ["ip"],
+                "min_signals": 1,
+                "action": "lock",
+            }
+        ],
         "distributors": [],
     }
 
@@ -47,19 +55,27 @@ def zen_decision():
     graph = {
         "nodes": [
             {"id": "in", "type": "inputNode", "name": "request", "position": {"x": 0, "y": 0}},
-            {"id": "table", "type": "decisionTableNode", "name": "sanctions",
-             "position": {"x": 1, "y": 0},
-             "content": {
-                 "hitPolicy": "first",
-                 "inputs": [{"id": "country", "name": "Country", "field": "ip"}],
-                 "outputs": [{"id": "verdict", "name": "Verdict", "field": "verdict"}],
-                 "rules": [{"_id": "r1", "country": countries, "verdict": '"lock"'},
-                           {"_id": "r2", "country": "", "verdict": '"allow"'}],
-             }},
+            {
+                "id": "table",
+                "type": "decisionTableNode",
+                "name": "sanctions",
+                "position": {"x": 1, "y": 0},
+                "content": {
+                    "hitPolicy": "first",
+                    "inputs": [{"id": "country", "name": "Country", "field": "ip"}],
+                    "outputs": [{"id": "verdict", "name": "Verdict", "field": "verdict"}],
+                    "rules": [
+                        {"_id": "r1", "country": countries, "verdict": '"lock"'},
+                        {"_id": "r2", "country": "", "verdict": '"allow"'},
+                    ],
+                },
+            },
             {"id": "out", "type": "outputNode", "name": "response", "position": {"x": 2, "y": 0}},
         ],
-        "edges": [{"id": "e1", "sourceId": "in", "targetId": "table", "type": "edge"},
-                  {"id": "e2", "sourceId": "table", "targetId": "out", "type": "edge"}],
+        "edges": [
+            {"id": "e1", "sourceId": "in", "targetId": "table", "type": "edge"},
+            {"id": "e2", "sourceId": "table", "targetId": "out", "type": "edge"},
+        ],
     }
     return zen.ZenEngine().create_decision(json.dumps(graph))
 
@@ -98,8 +114,9 @@ def main(argv: list[str] | None = None) -> None:
 
     five = compile_bundle(small_bundle(SANCTIONED))
     hundred_regions = [c.alpha_2 for c in pycountry.countries if c.alpha_2 not in OTHERS][:95]
-    hundred = compile_bundle(small_bundle(SANCTIONED + [r for r in hundred_regions
-                                                        if r not in SANCTIONED][:95]))
+    hundred = compile_bundle(
+        small_bundle(SANCTIONED + [r for r in hundred_regions if r not in SANCTIONED][:95])
+    )
     seed = compile_bundle(load_bundle_dir(Path(__file__).resolve().parent.parent / "policies"))
     for code in codes:  # both engines must give the same answers before they are timed
         assert five.decide(Facts(imei, {"ip": Place(code)}, now, state)).verdict == expected[code]
@@ -111,7 +128,9 @@ def main(argv: list[str] | None = None) -> None:
             assert zen.evaluate({"ip": code})["result"]["verdict"] == expected[code]
         inputs = [{"ip": c} for c in codes]
         candidates["zen-engine, same table (baseline)"] = (
-            lambda i: zen.evaluate(inputs[i % 10]), max(n // 20, 1000))
+            lambda i: zen.evaluate(inputs[i % 10]),
+            max(n // 20, 1000),
+        )
     candidates["regionlock, 100-region rule"] = (ours(hundred), n)
     candidates["regionlock, seed bundle (2 rules)"] = (ours(seed), n)
     rows = list(rates(candidates).items())
@@ -119,8 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     for name, value in rows:
         print(f"  {name:36s} {value:12,.0f} /s")
     if zen is not None:
-        print(f"  ratio regionlock/zen-engine (5-country rule): {rows[0][1] / rows[1][1]:.1f}x "
-              "(target >= 2x)")
+        print(
+            f"  ratio regionlock/zen-engine (5-country rule): {rows[0][1] / rows[1][1]:.1f}x "
+            "(target >= 2x)"
+        )
     else:
         print("  zen-engine not installed: pip install -e '.[bench]' for the baseline")
     print(f"  100 regions vs 5 regions: {rows[-2][1] / rows[0][1]:.2f} (flat = about 1.0)")

@@ -43,8 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     n = args.devices
     with tempfile.TemporaryDirectory(prefix="regionlock-bench-") as folder:
         with EmbeddedRedis(Path(folder) / "redis", appendonly=False) as server:
-            app = create_app({"redis_url": server.url, "policy_poll_s": 0,
-                              "var_dir": Path(folder) / "var"})
+            app = create_app(
+                {"redis_url": server.url, "policy_poll_s": 0, "var_dir": Path(folder) / "var"}
+            )
             rl = app.extensions["regionlock"]
             client = rl.redis
             rl.policies.current()
@@ -53,21 +54,28 @@ def main(argv: list[str] | None = None) -> None:
             def used() -> int:
                 # The facts stream is a fixed-size ring shared by the fleet: not per device.
                 return client.info("memory")["used_memory"] - (
-                    client.memory_usage(keys.CHECKIN_FACTS) or 0)
+                    client.memory_usage(keys.CHECKIN_FACTS) or 0
+                )
 
             def checkin_all(first: int, travels: bool, round_no: int) -> float:
                 started = time.perf_counter()
                 for i in range(first, first + n):
                     ip, gps, network, imsi = PLACES[(i + round_no) % 3 if travels else i % 3]
-                    body = {"imei": device_imei(i), "gps": {"lat": gps[0], "lon": gps[1]},
-                            "sim": {"network": network, "imsi": imsi},
-                            "model": "M2101K6G", "firmware": "14.0.3"}
+                    body = {
+                        "imei": device_imei(i),
+                        "gps": {"lat": gps[0], "lon": gps[1]},
+                        "sim": {"network": network, "imsi": imsi},
+                        "model": "M2101K6G",
+                        "firmware": "14.0.3",
+                    }
                     rl.checkin.decide(body, ip, time.time())
                 return n / (time.perf_counter() - started)
 
             rows = []
-            for label, first, travels in (("stays home", 0, False),
-                                          ("moves every check-in", 500_000, True)):
+            for label, first, travels in (
+                ("stays home", 0, False),
+                ("moves every check-in", 500_000, True),
+            ):
                 baseline = used()
                 rate = checkin_all(first, travels, 0)
                 one = (used() - baseline) / n
@@ -77,13 +85,19 @@ def main(argv: list[str] | None = None) -> None:
                 rows.append((label, one, full, rate))
             stream_entries = client.xlen(keys.CHECKIN_FACTS)
             stream_bytes = client.memory_usage(keys.CHECKIN_FACTS) or 0
-    print(f"Redis memory per recorded device ({n} devices per scenario; baseline: the same "
-          "server before them)")
+    print(
+        f"Redis memory per recorded device ({n} devices per scenario; baseline: the same "
+        "server before them)"
+    )
     for label, one, full, rate in rows:
-        print(f"  {label:22s} after 1 check-in {one:6.0f} B/device, after {kept + 2} check-ins "
-              f"{full:6.0f} B/device   ({rate:,.0f} check-ins/s in-process)")
-    print(f"  check-in facts stream: {stream_bytes / max(stream_entries, 1):.0f} B/entry, "
-          f"a ring of facts_stream_maxlen entries for the whole fleet (not per device)")
+        print(
+            f"  {label:22s} after 1 check-in {one:6.0f} B/device, after {kept + 2} check-ins "
+            f"{full:6.0f} B/device   ({rate:,.0f} check-ins/s in-process)"
+        )
+    print(
+        f"  check-in facts stream: {stream_bytes / max(stream_entries, 1):.0f} B/entry, "
+        f"a ring of facts_stream_maxlen entries for the whole fleet (not per device)"
+    )
     print("  target: <= 1024 B/device")
 
 

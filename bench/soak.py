@@ -47,10 +47,10 @@ RATE_LIMITS = ",".join(
     for role in ("device", "agent", "compliance", "editor", "auditor", "admin", "anonymous")
 )
 PLACES = [
-    {"gps": {"lat": 23.1136, "lon": -82.3666}},   # Havana: sanctions lock
-    {"gps": {"lat": 48.8566, "lon": 2.3522}},     # Paris
+    {"gps": {"lat": 23.1136, "lon": -82.3666}},  # Havana: sanctions lock
+    {"gps": {"lat": 48.8566, "lon": 2.3522}},  # Paris
     {"gps": {"lat": 22.3193, "lon": 114.1694}, "sim": {"network": "45400"}},  # Hong Kong
-    {"sim": {"network": "310260"}},               # a US network
+    {"sim": {"network": "310260"}},  # a US network
     {},
 ]
 
@@ -178,13 +178,18 @@ def _soak(folder: Path, args) -> int:
     with log_path.open("wb") as log:
         server = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--workers", str(args.workers)],
-            cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=log,
+            cwd=folder,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
         )
     try:
         _wait_ready(port, 60)
         store = TokenStore(redis_lib.Redis.from_url(server_redis.url, decode_responses=True))
-        tokens = {role: store.create(name=f"soak-{role}", role=role)
-                  for role in ("device", "compliance", "editor", "auditor")}
+        tokens = {
+            role: store.create(name=f"soak-{role}", role=role)
+            for role in ("device", "compliance", "editor", "auditor")
+        }
         stats = Stats()
         report = _run_load(port, tokens, stats, server_redis, args)
         problems = _verify(port, tokens, stats)
@@ -219,8 +224,9 @@ def _run_load(port: int, tokens: dict[str, str], stats: Stats, server_redis, arg
                 if kid in jwks:
                     break
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                conn.request("GET", "/v1/keys",
-                             headers={"Authorization": f"Bearer {tokens['device']}"})
+                conn.request(
+                    "GET", "/v1/keys", headers={"Authorization": f"Bearer {tokens['device']}"}
+                )
                 response = conn.getresponse()
                 body = response.read()
                 if response.status != 200:
@@ -234,14 +240,20 @@ def _run_load(port: int, tokens: dict[str, str], stats: Stats, server_redis, arg
         client = Client(port, stats)
         rng = random.Random()
         while not stop.is_set():
-            body = {"imei": imei(rng.randrange(50_000), rng.choice(["35387923", "49015420"])),
-                    "nonce": f"n{rng.getrandbits(48):x}", **rng.choice(PLACES)}
-            status, answer, _ = client.call("checkin", "POST", "/v1/checkin", tokens["device"],
-                                            body)
+            body = {
+                "imei": imei(rng.randrange(50_000), rng.choice(["35387923", "49015420"])),
+                "nonce": f"n{rng.getrandbits(48):x}",
+                **rng.choice(PLACES),
+            }
+            status, answer, _ = client.call(
+                "checkin", "POST", "/v1/checkin", tokens["device"], body
+            )
             if status == 200:
                 jwk = keys_for(answer["kid"])
-                if jwk is None or not verify_with_jwk(answer, jwk) or (
-                    answer["nonce"] != body["nonce"]
+                if (
+                    jwk is None
+                    or not verify_with_jwk(answer, jwk)
+                    or (answer["nonce"] != body["nonce"])
                 ):
                     with stats.lock:
                         stats.bad_signatures += 1
@@ -254,13 +266,19 @@ def _run_load(port: int, tokens: dict[str, str], stats: Stats, server_redis, arg
             ticket = f"SOAK-{n}"
             if n % 3:
                 status, _, _ = client.call(
-                    "unlock", "POST", f"/v1/devices/{device}/unlock", tokens["compliance"],
+                    "unlock",
+                    "POST",
+                    f"/v1/devices/{device}/unlock",
+                    tokens["compliance"],
                     {"reason": "soak", "ticket": ticket},
                 )
                 kind = "unlock"
             else:
                 status, _, _ = client.call(
-                    "lock", "POST", f"/v1/devices/{device}/lock", tokens["compliance"],
+                    "lock",
+                    "POST",
+                    f"/v1/devices/{device}/lock",
+                    tokens["compliance"],
                     {"reason": "soak", "ticket": ticket},
                 )
                 kind = "lock"
@@ -280,9 +298,16 @@ def _run_load(port: int, tokens: dict[str, str], stats: Stats, server_redis, arg
             # GET /v1/policy answers the bundle's fields beside the version's metadata.
             bundle = {k: active[k] for k in BUNDLE_FIELDS if k in active}
             status, published, _ = client.call(
-                "policy.publish", "POST", "/v1/policy", tokens["editor"],
-                {"bundle": bundle, "note": f"soak {n}",
-                 "expected_version": active["version"], "force": True},
+                "policy.publish",
+                "POST",
+                "/v1/policy",
+                tokens["editor"],
+                {
+                    "bundle": bundle,
+                    "note": f"soak {n}",
+                    "expected_version": active["version"],
+                    "force": True,
+                },
             )
             if status == 201:
                 with stats.lock:
@@ -316,8 +341,9 @@ def _run_load(port: int, tokens: dict[str, str], stats: Stats, server_redis, arg
     # Recovery: the first check-in answered 200 after Redis is back.
     probe = Client(port, stats)
     while time.monotonic() - restarted < 30:
-        status, _, _ = probe.call("probe", "POST", "/v1/checkin", tokens["device"],
-                                  {"imei": imei(1)})
+        status, _, _ = probe.call(
+            "probe", "POST", "/v1/checkin", tokens["device"], {"imei": imei(1)}
+        )
         if status == 200:
             break
         time.sleep(0.05)
@@ -339,14 +365,16 @@ def _verify(port: int, tokens: dict[str, str], stats: Stats) -> list[str]:
     check = Stats()  # verification traffic is not part of the load figures
     client = Client(port, check)
     for device, (kind, ticket) in stats.acked_overrides.items():
-        status, record, _ = client.call("verify", "GET", f"/v1/devices/{device}",
-                                        tokens["compliance"])
+        status, record, _ = client.call(
+            "verify", "GET", f"/v1/devices/{device}", tokens["compliance"]
+        )
         override = (record or {}).get("override") or {}
         if status != 200 or override.get("kind") != kind or override.get("ticket") != ticket:
             problems.append(f"override of {device} ({kind} {ticket}) lost: {status} {override}")
             continue
-        status, page, _ = client.call("verify", "GET", f"/v1/audit?imei={device}",
-                                      tokens["auditor"])
+        status, page, _ = client.call(
+            "verify", "GET", f"/v1/audit?imei={device}", tokens["auditor"]
+        )
         actions = [e["action"] for e in (page or {}).get("entries", [])]
         if status != 200 or f"device.{kind}" not in actions:
             problems.append(f"audit entry of {device} ({kind}) lost: {status} {actions}")
@@ -388,8 +416,10 @@ def _verify(port: int, tokens: dict[str, str], stats: Stats) -> list[str]:
 def _print_summary(stats: Stats, report: dict, problems: list[str], args) -> None:
     total = sum(stats.statuses.values())
     elapsed = report.get("elapsed_s", args.seconds)
-    print(f"soak: {elapsed:.0f} s, {args.workers} workers, {args.checkin_threads} check-in "
-          f"threads + 1 support + 1 publisher; {total} requests ({total / elapsed:.0f}/s)")
+    print(
+        f"soak: {elapsed:.0f} s, {args.workers} workers, {args.checkin_threads} check-in "
+        f"threads + 1 support + 1 publisher; {total} requests ({total / elapsed:.0f}/s)"
+    )
     by_kind: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for (kind, status), count in stats.statuses.items():
         by_kind[kind][status] += count
@@ -399,22 +429,30 @@ def _print_summary(stats: Stats, report: dict, problems: list[str], args) -> Non
     if stats.checkin_ms:
         ordered = sorted(stats.checkin_ms)
         p99 = ordered[int(len(ordered) * 0.99) - 1]
-        print(f"  check-in latency (200): p50 {statistics.median(ordered):.1f} ms, "
-              f"p99 {p99:.1f} ms, max {ordered[-1]:.1f} ms")
-    print(f"  Redis stopped at {report.get('redis_stopped_at', 0):.1f} s for "
-          f"{report.get('redis_down_s', 0):.1f} s; check-ins answered 200 again "
-          f"{report.get('recovered_after_s', 0):.2f} s after it was back")
+        print(
+            f"  check-in latency (200): p50 {statistics.median(ordered):.1f} ms, "
+            f"p99 {p99:.1f} ms, max {ordered[-1]:.1f} ms"
+        )
+    print(
+        f"  Redis stopped at {report.get('redis_stopped_at', 0):.1f} s for "
+        f"{report.get('redis_down_s', 0):.1f} s; check-ins answered 200 again "
+        f"{report.get('recovered_after_s', 0):.2f} s after it was back"
+    )
     if stats.first_503 is not None and stats.last_503 is not None:
         print(f"  503 answers spanned {stats.last_503 - stats.first_503:.1f} s")
-    print(f"  acknowledged: {len(stats.acked_overrides)} overrides (+ audit entries), "
-          f"{len(stats.acked_versions)} policy publishes")
+    print(
+        f"  acknowledged: {len(stats.acked_overrides)} overrides (+ audit entries), "
+        f"{len(stats.acked_versions)} policy publishes"
+    )
     if problems:
         print("FAILED:")
         for problem in problems:
             print(f"  - {problem}")
     else:
-        print("OK: nothing acknowledged was lost, every token works, no 5xx but 503, "
-              "every verdict verified")
+        print(
+            "OK: nothing acknowledged was lost, every token works, no 5xx but 503, "
+            "every verdict verified"
+        )
 
 
 if __name__ == "__main__":

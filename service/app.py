@@ -138,8 +138,11 @@ def _init_hardening(app: Flask, settings: Settings, cluster: bool) -> None:
         # Before the rate limiter, which would otherwise be the first to wait on Redis.
         # /v1/openapi.json needs no Redis; /readyz always probes for real.
         path = request.path
-        if (path.startswith("/v1/") and path != "/v1/openapi.json"
-                and app.extensions["regionlock"].breaker.is_open()):
+        if (
+            path.startswith("/v1/")
+            and path != "/v1/openapi.json"
+            and app.extensions["regionlock"].breaker.is_open()
+        ):
             return unavailable_response()
         return None
 

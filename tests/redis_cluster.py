@@ -39,12 +39,31 @@ class LocalCluster:
         for port in self.ports:
             node_dir = self.folder / str(port)
             node_dir.mkdir(parents=True)
-            self.processes.append(subprocess.Popen(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                 "--cluster-config-file", "nodes.conf", "--dir", str(node_dir),
-                 "--appendonly", "no", "--save", "", "--logfile", "redis.log"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ))
+            self.processes.append(
+                subprocess.Popen(
+                    [
+                        binary,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--dir",
+                        str(node_dir),
+                        "--appendonly",
+                        "no",
+                        "--save",
+                        "",
+                        "--logfile",
+                        "redis.log",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         nodes = [self._wait(port) for port in self.ports]
         share = SLOTS // len(nodes)
         for index, node in enumerate(nodes):
@@ -55,8 +74,11 @@ class LocalCluster:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             states = [n.execute_command("CLUSTER INFO") for n in nodes]
-            if all(_field(s, "cluster_state") == "ok" and _field(s, "cluster_known_nodes")
-                   == str(len(nodes)) for s in states):
+            if all(
+                _field(s, "cluster_state") == "ok"
+                and _field(s, "cluster_known_nodes") == str(len(nodes))
+                for s in states
+            ):
                 break
             time.sleep(0.1)
         else:

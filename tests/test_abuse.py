@@ -18,6 +18,7 @@ def _checkin(client, token, **kwargs):
 
 # --- rate limits -------------------------------------------------------------------------
 
+
 def test_token_over_its_limit_gets_429_with_retry_after(make_app, tokens):
     app = make_app(rate_limits={"device": "3/minute"})
     client = app.test_client()
@@ -113,12 +114,15 @@ def test_bad_rate_limits_stop_start_up(value):
 
 # --- request size ------------------------------------------------------------------------
 
+
 def test_body_over_the_limit_is_413_and_records_nothing(make_app, tokens, redis):
     app = make_app(max_body_bytes=2048)
     client = app.test_client()
     body = b'{"imei": "%s", "model": "%s"}' % (HK.encode(), b"x" * 4096)
     response = client.post(
-        "/v1/checkin", data=body, content_type="application/json",
+        "/v1/checkin",
+        data=body,
+        content_type="application/json",
         headers=bearer(tokens["device"]),
     )
     assert response.status_code == 413
@@ -129,7 +133,9 @@ def test_body_over_the_limit_is_413_and_records_nothing(make_app, tokens, redis)
 def test_default_body_limit_is_one_mebibyte(client, tokens):
     huge = b'{"imei": "%s", "pad": "%s"}' % (HK.encode(), b"x" * (1 << 20))
     response = client.post(
-        "/v1/checkin", data=huge, content_type="application/json",
+        "/v1/checkin",
+        data=huge,
+        content_type="application/json",
         headers=bearer(tokens["device"]),
     )
     assert response.status_code == 413
@@ -142,6 +148,7 @@ def test_max_body_bytes_from_the_environment():
 
 
 # --- security headers --------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("method", "path", "authorized"),
@@ -179,22 +186,26 @@ def test_hsts_only_over_tls(client, tokens):
 # --- secrets stay out of logs ------------------------------------------------------------
 
 
-
 def test_tokens_never_reach_the_logs(make_app, tokens, captured_logs, closed_port_url):
     app = make_app(rate_limits={"device": "2/minute"})
     client = app.test_client()
     unknown = "rl_" + secrets.token_urlsafe(32)
-    _checkin(client, tokens["device"])                                 # 200
-    client.post("/v1/checkin", data=b"{bad", content_type="application/json",
-                headers=bearer(tokens["device"]))                      # 400
+    _checkin(client, tokens["device"])  # 200
+    client.post(
+        "/v1/checkin",
+        data=b"{bad",
+        content_type="application/json",
+        headers=bearer(tokens["device"]),
+    )  # 400
     client.post("/v1/checkin", json={"imei": "1"}, headers=bearer(tokens["device"]))  # 429
-    _checkin(client, unknown)                                          # 401
-    _checkin(client, tokens["agent"])                                  # 403
+    _checkin(client, unknown)  # 401
+    _checkin(client, tokens["agent"])  # 403
     client.post("/v1/checkin", json={"imei": "1"}, headers=bearer(tokens["admin"]))  # 422
-    client.post(f"/v1/devices/{HK}/unlock", json={"reason": "r"},
-                headers=bearer(tokens["compliance"]))                  # 201
+    client.post(
+        f"/v1/devices/{HK}/unlock", json={"reason": "r"}, headers=bearer(tokens["compliance"])
+    )  # 201
     down = make_app(redis_url=closed_port_url).test_client()
-    _checkin(down, tokens["device"])                                   # 503
+    _checkin(down, tokens["device"])  # 503
     text = captured_logs.getvalue()
     for status in (200, 400, 429, 401, 403, 422, 201, 503):
         assert f'"status":{status}' in text, status

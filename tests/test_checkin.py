@@ -42,6 +42,7 @@ def codes(answer):
 
 # --- the seed stories -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("how", "kwargs", "signals"),
     [
@@ -109,11 +110,22 @@ def test_hong_kong_phone_activated_at_home_may_travel(checkin):
 
 # --- response shape, state ------------------------------------------------------------
 
+
 def test_response_fields(checkin):
     answer = checkin(HK, ip="hong_kong")
     assert set(answer) == {
-        "imei", "verdict", "reasons", "observed", "lock_at", "override", "policy_version",
-        "next_checkin_s", "decided_at", "nonce", "kid", "signature",
+        "imei",
+        "verdict",
+        "reasons",
+        "observed",
+        "lock_at",
+        "override",
+        "policy_version",
+        "next_checkin_s",
+        "decided_at",
+        "nonce",
+        "kid",
+        "signature",
     }
     assert answer["nonce"] is None
     assert answer["policy_version"] == 1
@@ -127,15 +139,28 @@ def test_imei_with_dashes_and_spaces(checkin):
 
 
 def test_what_is_stored_is_places_not_raw_evidence(checkin, redis, geo):
-    checkin(HK, ip="hong_kong", gps=HONG_KONG,
-            sim={"imsi": "454001234567890", "iccid": "8985200000000000002", "network": "45400"})
+    checkin(
+        HK,
+        ip="hong_kong",
+        gps=HONG_KONG,
+        sim={"imsi": "454001234567890", "iccid": "8985200000000000002", "network": "45400"},
+    )
     everything = repr({k: _read(redis, k) for k in redis.keys("*")})
-    for secret in ("454001234567890", "8985200000000000002", geo["ips"]["hong_kong"],
-                   "22.3193", "114.1694"):
+    for secret in (
+        "454001234567890",
+        "8985200000000000002",
+        geo["ips"]["hong_kong"],
+        "22.3193",
+        "114.1694",
+    ):
         assert secret not in everything, secret
     facts = orjson.loads(redis.hget(keys.device(HK), "facts"))
     assert {k: v[:2] for k, v in facts["places"].items()} == {
-        "ip": "HK", "gps": "HK", "network": "HK", "sim": "HK"}
+        "ip": "HK",
+        "gps": "HK",
+        "network": "HK",
+        "sim": "HK",
+    }
     assert orjson.loads(redis.hget(keys.device(HK), "device"))["sim_operator"] == "45400"
 
 
@@ -157,8 +182,11 @@ def test_decision_history_is_bounded_and_merges_repeats(make_app, tokens, redis)
     client = app.test_client()
 
     def checkin(network):
-        client.post("/v1/checkin", json={"imei": HK, "sim": {"network": network}},
-                    headers=bearer(tokens["device"]))
+        client.post(
+            "/v1/checkin",
+            json={"imei": HK, "sim": {"network": network}},
+            headers=bearer(tokens["device"]),
+        )
 
     for network in ("45400", "45400", "45400"):  # the same outcome three times: one entry
         checkin(network)
@@ -179,20 +207,29 @@ def test_client_ip_from_trusted_proxy_only(make_app, tokens, geo):
     xff = {"X-Forwarded-For": f"{geo['ips']['cuba']}, 10.1.1.1"}
 
     def verdict(peer):
-        response = client.post("/v1/checkin", json={"imei": UNKNOWN}, headers={
-            **bearer(tokens["device"]), **xff}, environ_base={"REMOTE_ADDR": peer})
+        response = client.post(
+            "/v1/checkin",
+            json={"imei": UNKNOWN},
+            headers={**bearer(tokens["device"]), **xff},
+            environ_base={"REMOTE_ADDR": peer},
+        )
         return response.get_json()["verdict"]
 
-    assert verdict("10.2.2.2") == "lock"           # proxy trusted: right-most untrusted hop
+    assert verdict("10.2.2.2") == "lock"  # proxy trusted: right-most untrusted hop
     assert verdict(geo["ips"]["france"]) == "allow"  # untrusted peer: header ignored
 
 
 def test_body_cannot_claim_an_ip(checkin):
-    assert checkin(UNKNOWN, ip="france", client_ip="152.206.12.34", ip_address="152.206.12.34")[
-        "verdict"] == "allow"
+    assert (
+        checkin(UNKNOWN, ip="france", client_ip="152.206.12.34", ip_address="152.206.12.34")[
+            "verdict"
+        ]
+        == "allow"
+    )
 
 
 # --- bad input ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("body", "fields"),
@@ -211,8 +248,10 @@ def test_body_cannot_claim_an_ip(checkin):
         ({"imei": HK, "gps": {"lat": True, "lon": 1}}, {"gps.lat"}),
         ({"imei": HK, "gps": "here"}, {"gps"}),
         ({"imei": HK, "sim": [1, 2]}, {"sim"}),
-        ({"imei": "1", "sim": {"imsi": "x"}, "gps": {"lat": 100, "lon": 0}},
-         {"imei", "sim.imsi", "gps.lat"}),
+        (
+            {"imei": "1", "sim": {"imsi": "x"}, "gps": {"lat": 100, "lon": 0}},
+            {"imei", "sim.imsi", "gps.lat"},
+        ),
         ({"imei": HK, "model": "x" * 65}, {"model"}),
     ],
 )
@@ -239,8 +278,9 @@ def test_invalid_input_is_422_naming_every_field(client, tokens, redis, body, fi
     ],
 )
 def test_bodies_that_are_not_a_json_object(client, tokens, redis, data, content_type, status):
-    response = client.post("/v1/checkin", data=data, content_type=content_type,
-                           headers=bearer(tokens["device"]))
+    response = client.post(
+        "/v1/checkin", data=data, content_type=content_type, headers=bearer(tokens["device"])
+    )
     assert response.status_code == status
     assert "error" in response.get_json()
     assert redis.keys("rl:dev:*") == []
@@ -253,8 +293,9 @@ def test_unknown_fields_are_ignored(checkin):
 
 def test_redis_down_gives_503_with_retry_after(make_app, tokens):
     app = make_app(redis_url="redis://127.0.0.1:1/0")
-    response = app.test_client().post("/v1/checkin", json={"imei": HK},
-                                      headers=bearer(tokens["device"]))
+    response = app.test_client().post(
+        "/v1/checkin", json={"imei": HK}, headers=bearer(tokens["device"])
+    )
     assert response.status_code == 503
     assert response.headers["Retry-After"].isdigit()
     assert response.get_json()["error"]["code"] == "unavailable"

@@ -48,15 +48,21 @@ def test_checkin_unlock_and_audit_on_a_cluster(cluster_app):
     http = app.test_client()
 
     def checkin(imei, network):
-        response = http.post("/v1/checkin", json={"imei": imei, "sim": {"network": network}},
-                             headers=bearer(tokens["device"]))
+        response = http.post(
+            "/v1/checkin",
+            json={"imei": imei, "sim": {"network": network}},
+            headers=bearer(tokens["device"]),
+        )
         assert response.status_code == 200, response.get_json()
         return response.get_json()
 
-    assert checkin(HK, "310260")["verdict"] == "lock"           # gray import (US)
-    assert checkin(UNKNOWN, "36801")["verdict"] == "lock"       # Cuba
-    unlock = http.post(f"/v1/devices/{HK}/unlock", json={"reason": "ok", "ticket": "T"},
-                       headers=bearer(tokens["agent"]))
+    assert checkin(HK, "310260")["verdict"] == "lock"  # gray import (US)
+    assert checkin(UNKNOWN, "36801")["verdict"] == "lock"  # Cuba
+    unlock = http.post(
+        f"/v1/devices/{HK}/unlock",
+        json={"reason": "ok", "ticket": "T"},
+        headers=bearer(tokens["agent"]),
+    )
     assert unlock.status_code == 201
     assert checkin(HK, "310260")["verdict"] == "allow"
     record = http.get(f"/v1/devices/{HK}", headers=bearer(tokens["agent"])).get_json()
@@ -71,20 +77,28 @@ def test_publish_reaches_workers_on_a_cluster(cluster_app, make_app, cluster):
     other_worker = make_app(redis_url=cluster.url)
     http = app.test_client()
     other = other_worker.test_client()
-    first = other.post("/v1/checkin", json={"imei": UNKNOWN, "sim": {"network": "20801"}},
-                       headers=bearer(tokens["device"])).get_json()
+    first = other.post(
+        "/v1/checkin",
+        json={"imei": UNKNOWN, "sim": {"network": "20801"}},
+        headers=bearer(tokens["device"]),
+    ).get_json()
     assert first["verdict"] == "allow" and first["policy_version"] == 1
     current = http.get("/v1/policy", headers=bearer(tokens["editor"])).get_json()
     bundle = {k: current[k] for k in ("name", "next_checkin_s", "rules", "distributors")}
     bundle["rules"][0]["regions"].append("FR")
-    published = http.post("/v1/policy", json={"bundle": bundle, "note": "add FR",
-                                               "expected_version": 1, "force": True},
-                          headers=bearer(tokens["editor"]))
+    published = http.post(
+        "/v1/policy",
+        json={"bundle": bundle, "note": "add FR", "expected_version": 1, "force": True},
+        headers=bearer(tokens["editor"]),
+    )
     assert published.status_code == 201, published.get_json()
     deadline = time.monotonic() + 1.0
     while True:
-        answer = other.post("/v1/checkin", json={"imei": UNKNOWN, "sim": {"network": "20801"}},
-                            headers=bearer(tokens["device"])).get_json()
+        answer = other.post(
+            "/v1/checkin",
+            json={"imei": UNKNOWN, "sim": {"network": "20801"}},
+            headers=bearer(tokens["device"]),
+        ).get_json()
         if answer["policy_version"] == 2 or time.monotonic() > deadline:
             break
         time.sleep(0.05)

@@ -152,9 +152,10 @@ def test_sign_in_goes_back_to_the_page_asked_for_but_never_off_site(console, tok
     response = console.get("/console/audit?actor=x")
     assert response.status_code == 302
     assert "/console/sign-in?next=" in response.headers["Location"]
-    assert console.sign_in(tokens["auditor"], next="/console/audit?actor=x").headers[
-        "Location"
-    ] == "/console/audit?actor=x"
+    assert (
+        console.sign_in(tokens["auditor"], next="/console/audit?actor=x").headers["Location"]
+        == "/console/audit?actor=x"
+    )
 
     for target in ("https://evil.example/", "//evil.example/console", "/v1/audit"):
         other = Console(console.client.application.test_client())
@@ -623,6 +624,7 @@ def test_redis_down_gives_a_friendly_503_page(make_app, app, tokens):
     assert response.headers["Retry-After"]
     assert time.monotonic() - started < 5
 
-    api = client.post("/console/api/policy/validate", json={"text": ""},
-                      headers={"X-CSRF-Token": "x"})
+    api = client.post(
+        "/console/api/policy/validate", json={"text": ""}, headers={"X-CSRF-Token": "x"}
+    )
     assert api.status_code in (400, 503) and api.mimetype == "application/json"

@@ -113,8 +113,13 @@ def sign_in(page: Page, base: str, token: str) -> None:
 def test_agent_unlocks_a_locked_device(live_server, page, tokens):
     base = live_server
     # A Hong Kong phone activated on a US network: a gray import, locked.
-    first = api(base, "POST", "/v1/checkin", tokens["device"],
-                {"imei": HK, "sim": {"network": "310260"}, "model": "M2101K6G"})
+    first = api(
+        base,
+        "POST",
+        "/v1/checkin",
+        tokens["device"],
+        {"imei": HK, "sim": {"network": "310260"}, "model": "M2101K6G"},
+    )
     assert first["verdict"] == "lock"
 
     page.goto(base + "/console/sign-in")
@@ -145,8 +150,9 @@ def test_agent_unlocks_a_locked_device(live_server, page, tokens):
     expect(page.locator(".flashes")).to_contain_text("Unlocked until")
 
     # The phone's next check-in is allowed, and the page says so after it.
-    after = api(base, "POST", "/v1/checkin", tokens["device"],
-                {"imei": HK, "sim": {"network": "310260"}})
+    after = api(
+        base, "POST", "/v1/checkin", tokens["device"], {"imei": HK, "sim": {"network": "310260"}}
+    )
     assert after["verdict"] == "allow"
     page.reload()
     expect(page.locator(".verdict-card h2")).to_have_text("Allowed")
@@ -157,8 +163,13 @@ def test_agent_unlocks_a_locked_device(live_server, page, tokens):
 
 def test_agent_is_told_a_sanctions_lock_is_for_compliance(live_server, page, tokens):
     base = live_server
-    api(base, "POST", "/v1/checkin", tokens["device"],
-        {"imei": UNKNOWN, "sim": {"network": "36801"}})
+    api(
+        base,
+        "POST",
+        "/v1/checkin",
+        tokens["device"],
+        {"imei": UNKNOWN, "sim": {"network": "36801"}},
+    )
     sign_in(page, base, tokens["agent"])
     page.goto(f"{base}/console/devices/{UNKNOWN}")
     expect(page.locator(".reasons")).to_contain_text("CU (Cuba) is a sanctioned region")
@@ -183,8 +194,9 @@ def test_editor_shows_errors_as_you_type_and_publishes(live_server, page, tokens
     device = tokens["device"]
     api(base, "POST", "/v1/checkin", device, {"imei": HK, "sim": {"network": "45400"}})
     # A phone of no distributor on a Belarusian network: allowed today.
-    before = api(base, "POST", "/v1/checkin", device,
-                 {"imei": UNKNOWN, "sim": {"network": "25701"}})
+    before = api(
+        base, "POST", "/v1/checkin", device, {"imei": UNKNOWN, "sim": {"network": "25701"}}
+    )
     assert before["verdict"] == "allow"
 
     sign_in(page, base, tokens["editor"])
@@ -243,8 +255,9 @@ def test_editor_shows_errors_as_you_type_and_publishes(live_server, page, tokens
     # Workers pick a new version up within a second (SPEC §6).
     deadline = time.monotonic() + 3
     while True:
-        after = api(base, "POST", "/v1/checkin", device,
-                    {"imei": UNKNOWN, "sim": {"network": "25701"}})
+        after = api(
+            base, "POST", "/v1/checkin", device, {"imei": UNKNOWN, "sim": {"network": "25701"}}
+        )
         if after["policy_version"] == 2 or time.monotonic() > deadline:
             break
         time.sleep(0.1)
@@ -258,8 +271,13 @@ def test_editor_shows_errors_as_you_type_and_publishes(live_server, page, tokens
 def test_auditor_filters_the_audit_trail(live_server, page, tokens):
     base = live_server
     api(base, "POST", "/v1/checkin", tokens["device"], {"imei": HK, "sim": {"network": "310260"}})
-    api(base, "POST", f"/v1/devices/{HK}/unlock", tokens["agent"],
-        {"reason": "receipt from Hong Kong", "ticket": "SUP-7"})
+    api(
+        base,
+        "POST",
+        f"/v1/devices/{HK}/unlock",
+        tokens["agent"],
+        {"reason": "receipt from Hong Kong", "ticket": "SUP-7"},
+    )
     api(base, "POST", f"/v1/devices/{HK}/lock", tokens["compliance"], {"reason": "fraud report"})
 
     sign_in(page, base, tokens["auditor"])

@@ -27,8 +27,9 @@ HK_NETWORK = {"sim": {"network": "45400"}}
 @pytest.fixture
 def checkin(client, tokens):
     def run(imei, **body):
-        response = client.post("/v1/checkin", json={"imei": imei, **body},
-                               headers=bearer(tokens["device"]))
+        response = client.post(
+            "/v1/checkin", json={"imei": imei, **body}, headers=bearer(tokens["device"])
+        )
         assert response.status_code == 200, response.get_json()
         return response.get_json()
 
@@ -74,8 +75,12 @@ def test_record_explains_the_verdict(checkin, as_role):
 
 def test_agent_unlock_lifts_gray_market_lock(checkin, as_role, redis):
     assert checkin(HK, **US_NETWORK)["verdict"] == "lock"
-    response = as_role("agent", "POST", f"/v1/devices/{HK}/unlock",
-                       {"reason": "proof of purchase in HK", "ticket": "SUP-1"})
+    response = as_role(
+        "agent",
+        "POST",
+        f"/v1/devices/{HK}/unlock",
+        {"reason": "proof of purchase in HK", "ticket": "SUP-1"},
+    )
     assert response.status_code == 201
     body = response.get_json()
     assert body["still_locked"] is False
@@ -114,18 +119,25 @@ def test_agent_unlock_leaves_sanctions_lock_and_says_so(checkin, as_role):
 
 def test_compliance_unlock_lifts_sanctions(checkin, as_role):
     checkin(UNKNOWN, **CUBA_NETWORK)
-    response = as_role("compliance", "POST", f"/v1/devices/{UNKNOWN}/unlock",
-                       {"reason": "investigation closed", "ticket": "CMP-9"})
+    response = as_role(
+        "compliance",
+        "POST",
+        f"/v1/devices/{UNKNOWN}/unlock",
+        {"reason": "investigation closed", "ticket": "CMP-9"},
+    )
     assert response.status_code == 201
     assert set(response.get_json()["override"]["lifts"]) == {
-        "sanctioned_region", "distributor_territory"}
+        "sanctioned_region",
+        "distributor_territory",
+    }
     assert checkin(UNKNOWN, **CUBA_NETWORK)["verdict"] == "allow"
 
 
 def test_time_boxed_unlock_lapses_by_itself(checkin, as_role, redis):
     checkin(HK, **US_NETWORK)
-    response = as_role("agent", "POST", f"/v1/devices/{HK}/unlock",
-                       {"reason": "travel", "expires_in_s": 1})
+    response = as_role(
+        "agent", "POST", f"/v1/devices/{HK}/unlock", {"reason": "travel", "expires_in_s": 1}
+    )
     assert response.status_code == 201
     assert response.get_json()["override"]["expires_at"] is not None
     assert checkin(HK, **US_NETWORK)["verdict"] == "allow"
@@ -189,7 +201,11 @@ def test_every_state_change_leaves_exactly_one_audit_entry(checkin, as_role, red
         assert len(entries) == before + 1
         fields = entries[-1][1]
         assert (fields["action"], fields["imei"], fields["actor"], fields["role"]) == (
-            action, HK, "test-agent", "agent")
+            action,
+            HK,
+            "test-agent",
+            "agent",
+        )
     # check-ins are not audit events
     checkin(HK, **US_NETWORK)
     assert redis.xlen(keys.AUDIT) == len(calls)
@@ -225,10 +241,16 @@ def test_audit_cannot_be_edited_through_the_service(app, as_role):
 def test_bulk_unlock_api_reports_bad_lines(checkin, as_role, redis):
     checkin(HK, **US_NETWORK)
     checkin(UNKNOWN, **CUBA_NETWORK)
-    response = as_role("agent", "POST", "/v1/devices/unlock", {
-        "imeis": [HK, "12345", HK[:-1] + str((int(HK[-1]) + 1) % 10), UNKNOWN, US],
-        "reason": "investigation 7", "ticket": "INV-7",
-    })
+    response = as_role(
+        "agent",
+        "POST",
+        "/v1/devices/unlock",
+        {
+            "imeis": [HK, "12345", HK[:-1] + str((int(HK[-1]) + 1) % 10), UNKNOWN, US],
+            "reason": "investigation 7",
+            "ticket": "INV-7",
+        },
+    )
     assert response.status_code == 200
     body = response.get_json()
     assert (body["applied"], body["invalid"], body["refused"]) == (2, 2, 1)
@@ -238,8 +260,12 @@ def test_bulk_unlock_api_reports_bad_lines(checkin, as_role, redis):
     assert by_line[4]["status"] == "refused"
     assert sorted(i for a, i, _ in audit_actions(redis)) == sorted([HK, US])
     # re-run: nothing new
-    again = as_role("agent", "POST", "/v1/devices/unlock", {
-        "imeis": [HK, US], "reason": "investigation 7", "ticket": "INV-7"}).get_json()
+    again = as_role(
+        "agent",
+        "POST",
+        "/v1/devices/unlock",
+        {"imeis": [HK, US], "reason": "investigation 7", "ticket": "INV-7"},
+    ).get_json()
     assert (again["applied"], again["unchanged"]) == (0, 2)
     assert len(audit_actions(redis)) == 2
 
@@ -249,8 +275,18 @@ def test_bulk_unlock_cli(redis, redis_url, monkeypatch, tmp_path):
     devices = [f"{HK}", "not-an-imei", "", "# comment", US, UNKNOWN]
     path = tmp_path / "imeis.csv"
     path.write_text("imei\n" + "\n".join(devices) + "\n")
-    args = ["devices", "unlock", "--file", str(path), "--reason", "after investigation",
-            "--ticket", "INV-1", "--actor", "ops"]
+    args = [
+        "devices",
+        "unlock",
+        "--file",
+        str(path),
+        "--reason",
+        "after investigation",
+        "--ticket",
+        "INV-1",
+        "--actor",
+        "ops",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1  # an invalid line was reported
     assert "applied 3, unchanged 0, refused 0, invalid 1" in result.stdout
@@ -280,5 +316,7 @@ def test_overrides_and_audit_survive_a_redis_restart(tmp_path: Path):
         assert devices.override(US)["kind"] == "lock"
         assert devices.override(HK)["ticket"] == "T-1"
         assert [f["action"] for _, f in client.xrange(keys.AUDIT)] == [
-            "device.lock", "device.unlock"]
+            "device.lock",
+            "device.unlock",
+        ]
         client.close()

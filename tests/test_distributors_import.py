@@ -65,8 +65,10 @@ def test_consecutive_imeis_merge_into_one_range():
     shipment = read_shipment(lines)
     assert shipment.ok and shipment.imeis == 6
     intervals = merge_intervals(shipment.bodies, shipment.bodies)
-    assert intervals == [(int(f"{FREE_TAC}000003"), int(f"{FREE_TAC}000006")),
-                         (int(f"{FREE_TAC}000009"), int(f"{FREE_TAC}000010"))]
+    assert intervals == [
+        (int(f"{FREE_TAC}000003"), int(f"{FREE_TAC}000006")),
+        (int(f"{FREE_TAC}000009"), int(f"{FREE_TAC}000010")),
+    ]
 
 
 def test_whole_tacs_become_tac_allocations():
@@ -146,8 +148,17 @@ def test_import_a_new_distributor_publishes_a_version(cli, tmp_path, redis, clie
     lines += [f"{int(FREE_TAC) + 1}000000,{int(FREE_TAC) + 1}999999", imei(f"{FREE_TAC}000500")]
     path = shipment_file(tmp_path, lines)
     result = cli(
-        "distributors", "import", path, "--distributor", "br-dist", "--name", "Brasil Fones",
-        "--territories", "br,ar", "--actor", "ops",
+        "distributors",
+        "import",
+        path,
+        "--distributor",
+        "br-dist",
+        "--name",
+        "Brasil Fones",
+        "--territories",
+        "br,ar",
+        "--actor",
+        "ops",
     )
     assert result.exit_code == 0, result.output
     assert "101 IMEIs, 1 ranges" in result.stdout and "published version 1" in result.stdout
@@ -180,8 +191,13 @@ def test_bad_lines_or_overlaps_publish_nothing(cli, tmp_path, redis, app):
         imei("35387923000077"),  # hk-global's TAC
     ]
     result = cli(
-        "distributors", "import", shipment_file(tmp_path, lines), "--distributor", "br-dist",
-        "--territories", "BR",
+        "distributors",
+        "import",
+        shipment_file(tmp_path, lines),
+        "--distributor",
+        "br-dist",
+        "--territories",
+        "BR",
     )
     assert result.exit_code == 1
     assert "line 2: not an imei: expected a 15-digit IMEI or 'from,to'" in result.stderr
@@ -197,7 +213,13 @@ def test_bad_lines_or_overlaps_publish_nothing(cli, tmp_path, redis, app):
 def test_dry_run_publishes_nothing(cli, tmp_path, redis):
     path = shipment_file(tmp_path, [imei(f"{FREE_TAC}000001")])
     result = cli(
-        "distributors", "import", path, "--distributor", "br-dist", "--territories", "BR",
+        "distributors",
+        "import",
+        path,
+        "--distributor",
+        "br-dist",
+        "--territories",
+        "BR",
         "--dry-run",
     )
     assert result.exit_code == 0
@@ -209,7 +231,13 @@ def test_dry_run_publishes_nothing(cli, tmp_path, redis):
 def test_dry_run_still_checks_the_resulting_bundle(cli, tmp_path):
     path = shipment_file(tmp_path, [imei(f"{FREE_TAC}000001")])
     result = cli(
-        "distributors", "import", path, "--distributor", "br-dist", "--territories", "XX",
+        "distributors",
+        "import",
+        path,
+        "--distributor",
+        "br-dist",
+        "--territories",
+        "XX",
         "--dry-run",
     )
     assert result.exit_code == 1
@@ -253,12 +281,25 @@ def test_an_import_that_would_lock_many_devices_is_braked(cli, tmp_path, redis, 
         )
     path = shipment_file(tmp_path, phones)
     result = cli(
-        "distributors", "import", path, "--distributor", "hk2", "--territories", "HK",
+        "distributors",
+        "import",
+        path,
+        "--distributor",
+        "hk2",
+        "--territories",
+        "HK",
     )
     assert result.exit_code == 1
     assert "safety brake" in result.stderr and "allow->lock: 5" in result.stderr
     assert PolicyStore(redis).active_version() == 1
     forced = cli(
-        "distributors", "import", path, "--distributor", "hk2", "--territories", "HK", "--force",
+        "distributors",
+        "import",
+        path,
+        "--distributor",
+        "hk2",
+        "--territories",
+        "HK",
+        "--force",
     )
     assert forced.exit_code == 0 and PolicyStore(redis).active_version() == 2

@@ -29,13 +29,12 @@ def _sample(name: str, **labels) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-
-
 def _lines(stream: io.StringIO) -> list[dict]:
     return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
 
 
 # --- metrics -----------------------------------------------------------------------------
+
 
 def test_metrics_count_requests_verdicts_reasons_and_latency(client, tokens):
     requests_before = _sample(
@@ -58,12 +57,18 @@ def test_metrics_count_requests_verdicts_reasons_and_latency(client, tokens):
     assert response.content_type.startswith("text/plain")
     text = response.get_data(as_text=True)
     assert "regionlock_decision_seconds_bucket" in text
-    assert _sample(
-        "regionlock_http_requests_total", endpoint="/v1/checkin", method="POST", status="200"
-    ) == requests_before + 2
-    assert _sample(
-        "regionlock_http_requests_total", endpoint="/v1/checkin", method="POST", status="401"
-    ) == refused_before + 1
+    assert (
+        _sample(
+            "regionlock_http_requests_total", endpoint="/v1/checkin", method="POST", status="200"
+        )
+        == requests_before + 2
+    )
+    assert (
+        _sample(
+            "regionlock_http_requests_total", endpoint="/v1/checkin", method="POST", status="401"
+        )
+        == refused_before + 1
+    )
     assert _sample("regionlock_verdicts_total", verdict="lock") == locks_before + 1
     assert _sample("regionlock_verdict_reasons_total", code="sanctioned_region") == (
         sanctions_before + 1
@@ -95,6 +100,7 @@ def test_metrics_count_redis_errors(make_app, tokens):
 
 # --- logs --------------------------------------------------------------------------------
 
+
 def test_one_json_line_per_request_with_its_id(client, tokens, captured_logs):
     response = client.post(
         "/v1/checkin?x=1",
@@ -120,7 +126,8 @@ def test_insane_request_ids_are_replaced(client, given):
 def test_other_lines_of_a_request_carry_its_id(make_app, tokens, captured_logs):
     app = make_app(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     app.test_client().post(
-        "/v1/checkin", json={"imei": HK},
+        "/v1/checkin",
+        json={"imei": HK},
         headers={**bearer(tokens["device"]), "X-Request-Id": "req-42"},
     )
     lines = _lines(captured_logs)
@@ -136,6 +143,7 @@ def test_request_id_helper():
 
 # --- docs --------------------------------------------------------------------------------
 
+
 def test_docs_page_and_openapi_document(client):
     page = client.get("/docs")
     assert page.status_code == 200 and b"swagger-ui" in page.data
@@ -148,6 +156,7 @@ def test_docs_page_and_openapi_document(client):
 
 
 # --- the real server ---------------------------------------------------------------------
+
 
 def _get(url: str, token: str | None = None, body: dict | None = None) -> tuple[int, bytes]:
     data = json.dumps(body).encode() if body is not None else None
@@ -179,7 +188,10 @@ def test_serve_with_several_workers(redis, redis_url, tmp_path: Path):
     with stderr.open("wb") as err:
         server = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--workers", "3", "--threads", "2"],
-            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
         )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -198,9 +210,11 @@ def test_serve_with_several_workers(redis, redis_url, tmp_path: Path):
             status, text = _get(f"{base}/metrics")
             assert status == 200
             counted = [
-                line for line in text.decode().splitlines()
+                line
+                for line in text.decode().splitlines()
                 if line.startswith("regionlock_http_requests_total{")
-                and 'endpoint="/v1/checkin"' in line and 'status="200"' in line
+                and 'endpoint="/v1/checkin"' in line
+                and 'status="200"' in line
             ]
             assert len(counted) == 1 and float(counted[0].rsplit(" ", 1)[1]) == 30.0
         assert (tmp_path / "var" / "prometheus").is_dir()

@@ -227,7 +227,9 @@ def test_policy_calls_accept_bundles_bigger_than_other_calls(as_role, client, to
     assert response.status_code == 200, response.get_json()
     padded = orjson.dumps({"imei": HK, "model": "x" * (1 << 20)})
     checkin = client.post(
-        "/v1/checkin", data=padded, content_type="application/json",
+        "/v1/checkin",
+        data=padded,
+        content_type="application/json",
         headers=bearer(tokens["device"]),
     )
     assert checkin.status_code == 413
@@ -332,7 +334,10 @@ def test_safety_brake_refuses_mass_locking_unless_forced(app, as_role, checkin, 
     [entry] = policy_audit(redis)
     detail = orjson.loads(entry["detail"])
     assert detail == {
-        "version": 2, "note": "on purpose", "forced": True, "changes": {"allow->lock": 10}
+        "version": 2,
+        "note": "on purpose",
+        "forced": True,
+        "changes": {"allow->lock": 10},
     }
     served(app, 2)
     assert checkin(devices[0], **RUSSIA)["verdict"] == "lock"
@@ -500,9 +505,7 @@ def test_simulate_and_publish_on_a_cluster(cluster, make_app):
     http = app.test_client()
     phones = [unknown_imei(i) for i in range(12)]
     for phone in phones:
-        response = http.post(
-            "/v1/checkin", json={"imei": phone, **RUSSIA}, headers=bearer(device)
-        )
+        response = http.post("/v1/checkin", json={"imei": phone, **RUSSIA}, headers=bearer(device))
         assert response.status_code == 200
     assert len({client.get_node_from_key(keys.device(p)).name for p in phones}) > 1
     unlock = http.post(

@@ -133,8 +133,11 @@ def test_imsi_of_6_to_15_digits_is_accepted(pair):
 
 
 @PROPERTY_SETTINGS
-@given(st.text(min_size=1, max_size=20).filter(lambda t: not t.replace(" ", "").replace(
-    "-", "").isdigit() or not t.isascii()))
+@given(
+    st.text(min_size=1, max_size=20).filter(
+        lambda t: not t.replace(" ", "").replace("-", "").isdigit() or not t.isascii()
+    )
+)
 def test_anything_but_digits_is_refused(text):
     with pytest.raises(ValidationError):
         load({"imei": text})
@@ -143,9 +146,23 @@ def test_anything_but_digits_is_refused(text):
 # --- the engine --------------------------------------------------------------------------
 
 PLACES = [
-    Place("CU"), Place("IR"), Place("SY"), Place("KP"), Place("SD"), Place("FR"), Place("DE"),
-    Place("US"), Place("HK"), Place("MO"), Place("JP"), Place("BR"), Place("RU"),
-    Place("UA", "UA-43"), Place("UA", "UA-40"), Place("UA", "UA-30"), Place("US", "US-CA"),
+    Place("CU"),
+    Place("IR"),
+    Place("SY"),
+    Place("KP"),
+    Place("SD"),
+    Place("FR"),
+    Place("DE"),
+    Place("US"),
+    Place("HK"),
+    Place("MO"),
+    Place("JP"),
+    Place("BR"),
+    Place("RU"),
+    Place("UA", "UA-43"),
+    Place("UA", "UA-40"),
+    Place("UA", "UA-30"),
+    Place("US", "US-CA"),
 ]
 REGIONS = ["CU", "IR", "SY", "KP", "SD", "UA-43", "UA-40", "RU", "BR", "FR", "JP", "UA"]
 DEVICES = [HK, HK2, US, EU, UNKNOWN]
@@ -217,9 +234,7 @@ def test_more_evidence_in_a_sanctioned_region_never_unlocks(rule, imei, places, 
     place = Place.parse(region) if "-" in region else Place(region)
     policy = compile_bundle(bundle_with(rule))
     before = policy.decide(Facts(imei=imei, places=places, now=NOW, state=state))
-    after = policy.decide(
-        Facts(imei=imei, places={**places, signal: place}, now=NOW, state=state)
-    )
+    after = policy.decide(Facts(imei=imei, places={**places, signal: place}, now=NOW, state=state))
     assert rank(after.verdict) >= rank(before.verdict)
     if before.verdict == "lock":
         assert after.verdict == "lock"
@@ -236,8 +251,15 @@ def decisions(draw):
 
 
 def override(kind: str, lifts: frozenset[str] = frozenset(), expires_at=None) -> Override:
-    return Override(kind=kind, lifts=lifts, reason="r", actor="a", role="agent",
-                    created_at=NOW - 10, expires_at=expires_at)
+    return Override(
+        kind=kind,
+        lifts=lifts,
+        reason="r",
+        actor="a",
+        role="agent",
+        created_at=NOW - 10,
+        expires_at=expires_at,
+    )
 
 
 @ENGINE_SETTINGS

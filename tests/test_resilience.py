@@ -100,9 +100,7 @@ def test_redis_stopped_mid_run_then_back(make_app, private_redis):
     private_redis.stop()
     for call in (
         lambda: client.post("/v1/checkin", json={"imei": HK}, headers=bearer(device)),
-        lambda: client.post(
-            f"/v1/devices/{HK}/lock", json={"reason": "x"}, headers=bearer(agent)
-        ),
+        lambda: client.post(f"/v1/devices/{HK}/lock", json={"reason": "x"}, headers=bearer(agent)),
         lambda: client.get("/v1/audit", headers=bearer(auditor)),
     ):
         response, took = _timed(call)
@@ -163,7 +161,8 @@ def test_after_an_outage_calls_fail_fast_then_probe_again(make_app, private_redi
     """Once Redis was found away, /v1 calls answer 503 without trying it for a short pause;
     the first call after the pause tries Redis again."""
     device = TokenStore(redis_lib.Redis.from_url(private_redis.url, decode_responses=True)).create(
-        name="fw", role="device")
+        name="fw", role="device"
+    )
     app = make_app(redis_url=private_redis.url, token_cache_s=600)
     breaker = app.extensions["regionlock"].breaker
     breaker.pause_s = 30  # long enough that the pause cannot end during the check below

@@ -24,9 +24,9 @@ def test_old_facts_go_and_decisions_stay(app, redis):
     # Stream ids are the time of recording: two facts recorded long ago, then today's.
     for offset in (2, 1):
         redis.xadd(keys.CHECKIN_FACTS, {"facts": "{}"}, id=f"{int(long_ago * 1000) - offset}-0")
-    checkin.decide({"imei": HK, **BODY_HK}, None, long_ago)      # activated at home, old
-    checkin.decide({"imei": US, **BODY_FR}, None, long_ago)      # old and only old
-    checkin.decide({"imei": HK, **BODY_FR}, None, now - DAY_S)   # travelling, recent
+    checkin.decide({"imei": HK, **BODY_HK}, None, long_ago)  # activated at home, old
+    checkin.decide({"imei": US, **BODY_FR}, None, long_ago)  # old and only old
+    checkin.decide({"imei": HK, **BODY_FR}, None, now - DAY_S)  # travelling, recent
     assert redis.xlen(keys.CHECKIN_FACTS) == 5
 
     report = sweep(redis, retention_days=90, now=now)
@@ -55,15 +55,16 @@ def test_sweep_never_undoes_a_newer_checkin(app, redis):
     checkin = app.extensions["regionlock"].checkin
     checkin.decide({"imei": HK, **BODY_HK}, None, time.time() - 100 * DAY_S)
     stale = redis.hget(keys.device(HK), "facts")
-    checkin.decide({"imei": HK, **BODY_FR}, None, time.time())   # lands after the read
+    checkin.decide({"imei": HK, **BODY_FR}, None, time.time())  # lands after the read
     forget = redis.register_script(_FORGET)
     assert forget(keys=[keys.device(HK)], args=[stale, "", "", "1"]) == 0
     assert orjson.loads(redis.hget(keys.device(HK), "facts"))["places"] == {"network": "FR"}
 
 
 def test_sweep_command(app, redis, redis_url, monkeypatch):
-    app.extensions["regionlock"].checkin.decide({"imei": US, **BODY_FR}, None,
-                                                time.time() - 100 * DAY_S)
+    app.extensions["regionlock"].checkin.decide(
+        {"imei": US, **BODY_FR}, None, time.time() - 100 * DAY_S
+    )
     monkeypatch.setenv("REGIONLOCK_REDIS_URL", redis_url)
     monkeypatch.setenv("REGIONLOCK_FACTS_RETENTION_DAYS", "30")
     result = CliRunner().invoke(main, ["facts", "sweep"])

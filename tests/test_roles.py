@@ -22,12 +22,12 @@ ENDPOINTS = {
 
 EXPECTED = {
     #            device agent compliance editor auditor admin
-    "checkin":  (True, False, False, False, False, True),
-    "device":   (False, True, True, False, True, True),
-    "unlock":   (False, True, True, False, False, True),
-    "lock":     (False, True, True, False, False, True),
-    "bulk":     (False, True, True, False, False, True),
-    "audit":    (False, False, True, False, True, True),
+    "checkin": (True, False, False, False, False, True),
+    "device": (False, True, True, False, True, True),
+    "unlock": (False, True, True, False, False, True),
+    "lock": (False, True, True, False, False, True),
+    "bulk": (False, True, True, False, False, True),
+    "audit": (False, False, True, False, True, True),
 }
 
 TABLE = [

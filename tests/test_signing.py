@@ -148,8 +148,9 @@ def test_keys_need_a_token_of_any_role_and_are_revalidated(client, tokens):
         assert client.get("/v1/keys", headers=bearer(tokens[role])).status_code == 200
     response = client.get("/v1/keys", headers=bearer(tokens["device"]))
     assert response.headers["Cache-Control"] == "no-cache"
-    again = client.get("/v1/keys", headers={
-        **bearer(tokens["device"]), "If-None-Match": response.headers["ETag"]})
+    again = client.get(
+        "/v1/keys", headers={**bearer(tokens["device"]), "If-None-Match": response.headers["ETag"]}
+    )
     assert again.status_code == 304
     [jwk] = response.get_json()["keys"]
     assert set(jwk) == {"kty", "crv", "x", "kid", "use", "alg"}
@@ -234,8 +235,10 @@ def test_private_keys_never_reach_logs_or_answers(make_app, tokens, tmp_path, ca
     client = app.test_client()
     KeyRing(keys_dir).rotate(grace_days=1)
     app.extensions["regionlock"].keys._next_check = 0
-    bodies = [_checkin(client, tokens["device"]).data,
-              client.get("/v1/keys", headers=bearer(tokens["device"])).data]
+    bodies = [
+        _checkin(client, tokens["device"]).data,
+        client.get("/v1/keys", headers=bearer(tokens["device"])).data,
+    ]
     for pem in keys_dir.glob("*.pem"):
         secret = b"".join(pem.read_bytes().splitlines()[1:-1]).decode()
         assert secret not in caplog.text

@@ -17,7 +17,8 @@ def test_snapshot_decides_exactly_like_the_compiled_policy():
         assert (a.verdict, a.distributor, a.reasons) == (b.verdict, b.distributor, b.reasons)
     assert loaded.next_checkin_s == policy.next_checkin_s
     assert [d["id"] for d in loaded.bundle["distributors"]] == [
-        d["id"] for d in policy.bundle["distributors"]]
+        d["id"] for d in policy.bundle["distributors"]
+    ]
     assert all("allocations" not in d for d in loaded.bundle["distributors"])
 
 
@@ -26,9 +27,11 @@ def test_every_published_version_carries_a_snapshot_workers_load(client, tokens,
     client.post("/v1/checkin", json={"imei": "353879234252633"}, headers=bearer(tokens["device"]))
     assert store.compiled(1) is not None  # the seed
     bundle = bundle_with(50_000)
-    response = client.post("/v1/policy", json={"bundle": bundle, "note": "big",
-                                               "expected_version": 1},
-                           headers=bearer(tokens["editor"]))
+    response = client.post(
+        "/v1/policy",
+        json={"bundle": bundle, "note": "big", "expected_version": 1},
+        headers=bearer(tokens["editor"]),
+    )
     assert response.status_code == 201, response.get_json()
     assert store.compiled(2) is not None
 

@@ -48,7 +48,9 @@ def keys_rotate(grace_days: float) -> None:
         sys.exit(2)
     with redis_client() as client:
         AuditStore(client).append(
-            "cli", "admin", "keys.rotate",
+            "cli",
+            "admin",
+            "keys.rotate",
             detail={"kid": kid, "previous": previous, "grace_days": grace_days},
         )
     click.echo(kid)

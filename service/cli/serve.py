@@ -45,8 +45,11 @@ def serve(workers: int | None, threads: int) -> None:
                 fail(str(exc))
             log.info(
                 "serving",
-                extra={"redis": _redacted(url), "bind": f"http://{settings.bind}",
-                       "keys_dir": str(settings.key_ring_dir)},
+                extra={
+                    "redis": _redacted(url),
+                    "bind": f"http://{settings.bind}",
+                    "keys_dir": str(settings.key_ring_dir),
+                },
             )
             from service.devices.retention import start_sweeper
 
@@ -114,5 +117,3 @@ def _run_gunicorn(app, bind: str, workers: int, threads: int) -> None:
             return app
 
     _Server().run()
-
-

@@ -58,5 +58,3 @@ def token_list() -> None:
     with redis_client() as client:
         for row in TokenStore(client).list():
             click.echo(f"{row['name']}\t{row['role']}\t{iso(row['created_at'])}")
-
-

@@ -108,8 +108,7 @@ def render_device(
             {"reason": r, "text": present.explain_reason(r, document)} for r in document["reasons"]
         ],
         observed=[
-            {"reason": r, "text": present.explain_reason(r, document)}
-            for r in document["observed"]
+            {"reason": r, "text": present.explain_reason(r, document)} for r in document["observed"]
         ],
         evidence=present.evidence_rows(document),
         history=present.history_rows(document),
@@ -185,8 +184,8 @@ def device_action(imei: str, action: str) -> ResponseReturnValue:
 
 def _scope_message(scope: dict[str, Any]) -> str:
     rules = ", ".join(
-        f"“{r['rule']}”" + (f" ({r['region']}, {present.place_name(r['region'])})"
-                            if r.get("region") else "")
+        f"“{r['rule']}”"
+        + (f" ({r['region']}, {present.place_name(r['region'])})" if r.get("region") else "")
         for r in scope["kept"]
     )
     return (

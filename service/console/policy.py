@@ -290,7 +290,11 @@ def policy_publish() -> ResponseReturnValue:
         )
     if len(note) > MAX_NOTE:
         return _render_review(
-            text, expected, check.bundle, note, {"note": f"At most {MAX_NOTE} characters."},
+            text,
+            expected,
+            check.bundle,
+            note,
+            {"note": f"At most {MAX_NOTE} characters."},
             status=422,
         )
     user = security.current_user()
@@ -325,8 +329,12 @@ def policy_publish() -> ResponseReturnValue:
         )
     except BundleError as exc:  # validated above; kept so a race with a schema change is clear
         return _render_editor(
-            text, expected, errors=[{"path": p, "line": 1, "column": None, "messages": m}
-                                    for p, m in exc.errors.items()], status=422
+            text,
+            expected,
+            errors=[
+                {"path": p, "line": 1, "column": None, "messages": m} for p, m in exc.errors.items()
+            ],
+            status=422,
         )
     number = published.entry["version"]
     forced = " (safety brake overridden)" if published.forced else ""

@@ -172,7 +172,7 @@ def evidence_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
     cited: dict[str, list[str]] = {s: [] for s in SIGNALS}
     for group, suffix in (("reasons", ""), ("observed", " (observe only)")):
         for reason in document.get(group) or []:
-            for signal in (reason.get("signals") or {}):
+            for signal in reason.get("signals") or {}:
                 if signal in cited and reason.get("rule"):
                     cited[signal].append(f"{reason['rule']}{suffix}")
     rows = []

@@ -107,8 +107,14 @@ class _Loaded:
 def public_jwk(kid: str, public: Ed25519PublicKey) -> dict[str, str]:
     """The RFC 8037 JWK of an Ed25519 public key."""
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw), "kid": kid, "use": "sig",
-            "alg": "EdDSA"}
+    return {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": b64url(raw),
+        "kid": kid,
+        "use": "sig",
+        "alg": "EdDSA",
+    }
 
 
 def next_kid(existing: set[str], now: float) -> str:
@@ -275,8 +281,9 @@ class KeyRing:
                 if self._loaded is None:
                     raise
                 # A broken edit of the ring must not stop check-ins: keep the keys we have.
-                log.error("key ring not reloaded, still signing with %s: %s",
-                          self._loaded.active, exc)
+                log.error(
+                    "key ring not reloaded, still signing with %s: %s", self._loaded.active, exc
+                )
         assert self._loaded is not None
         return self._loaded
 

@@ -108,9 +108,14 @@ def start_sweeper(redis, retention_days: int, every_s: float = 6 * 3600) -> thre
         while True:
             try:
                 report = sweep(redis, retention_days)
-                log.info("retention sweep", extra={"devices": report.devices,
-                                                   "changed": report.devices_changed,
-                                                   "stream_removed": report.stream_entries_removed})
+                log.info(
+                    "retention sweep",
+                    extra={
+                        "devices": report.devices,
+                        "changed": report.devices_changed,
+                        "stream_removed": report.stream_entries_removed,
+                    },
+                )
             except redis_lib.RedisError as exc:
                 log.warning("retention sweep failed: %s", type(exc).__name__)
             time.sleep(every_s)

@@ -67,7 +67,6 @@ __all__ = [
 ]
 
 
-
 @dataclass(frozen=True, slots=True)
 class CompiledRule:
     """A rule with everything precomputed that :meth:`CompiledPolicy.decide` needs."""

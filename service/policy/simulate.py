@@ -211,9 +211,7 @@ def simulate(
     # A verdict depends on the IMEI only through its distributor, and on the time only through
     # grace periods; without those, devices with the same distributor, places and state share
     # their pair of verdicts, and most devices look like many others.
-    memo: dict[tuple, tuple[str, str]] | None = (
-        {} if _time_independent(active, candidate) else None
-    )
+    memo: dict[tuple, tuple[str, str]] | None = {} if _time_independent(active, candidate) else None
     for rows in device_batches(redis, batch=batch):
         for imei, raw_facts, raw_state in rows:
             raw_override = overrides.get(imei)

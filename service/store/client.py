@@ -34,7 +34,8 @@ def connect_redis(url: str, settings: Settings):
 
 def _is_cluster_node(url: str, settings: Settings) -> bool:
     probe = redis_lib.Redis.from_url(
-        url, socket_timeout=settings.redis_timeout_s,
+        url,
+        socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
     )
     try:

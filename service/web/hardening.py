@@ -37,8 +37,9 @@ def _settings() -> Settings:
 def _client_address() -> str:
     settings = _settings()
     return (
-        client_ip(request.remote_addr, request.headers.get("X-Forwarded-For"),
-                  settings.trusted_proxies)
+        client_ip(
+            request.remote_addr, request.headers.get("X-Forwarded-For"), settings.trusted_proxies
+        )
         or get_remote_address()
         or "unknown"
     )
