@@ -24,6 +24,8 @@ test: install
 
 lint: install
 	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
+	$(BIN)/lint-imports
 
 # Benchmarks print their figures (docs/performance.md); zen-engine is the engine's baseline,
 # wrk (Debian package) the HTTP load generator.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from service.engine.roles import PERMISSIONS
 from service.store.tokens import ROLES
-from service.web.auth import PERMISSIONS
 from tests.conftest import bearer
 
 IMEI = "353879234252633"

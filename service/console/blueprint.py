@@ -55,7 +55,7 @@ class CsrfFailed(BadRequest):
 
 def landing_endpoint(role: str) -> str | None:
     """Where ROLE starts in the console, None when it has nothing to do there."""
-    from service.web.auth import allowed
+    from service.engine.roles import allowed
 
     for permission, endpoint in _LANDING:
         if allowed(role, permission):

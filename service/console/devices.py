@@ -12,12 +12,12 @@ from typing import Any
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
-from service.api.devices.routes import device_document
 from service.console import present, security
 from service.console.blueprint import bp
+from service.devices.document import device_document as _device_document
 from service.devices.overrides import OverrideService, SanctionsScopeError, normalise_imei
 from service.engine.model import SANCTIONED_REGION
-from service.web.auth import liftable_kinds
+from service.engine.roles import liftable_kinds
 
 MAX_REASON = 500
 MAX_TICKET = 100
@@ -26,6 +26,11 @@ _ACTIONS = ("unlock", "lock", "remove")
 
 def _rl() -> Any:
     return current_app.extensions["regionlock"]
+
+
+def _document(imei: str) -> dict | None:
+    rl = _rl()
+    return _device_document(rl.devices, rl.policies.current().policy, imei)
 
 
 def _service() -> OverrideService:
@@ -88,7 +93,7 @@ def render_device(
     status: int = 200,
 ) -> ResponseReturnValue:
     """The device page (or the not-found page), with any form values and errors to show."""
-    document = device_document(imei)
+    document = _document(imei)
     user = security.current_user()
     assert user is not None
     context: dict[str, Any] = {
@@ -159,12 +164,12 @@ def device_action(imei: str, action: str) -> ResponseReturnValue:
         return render_device(imei, forms={action: form}, errors={action: errors}, status=422)
 
     if action == "unlock":
-        scope = unlock_scope(imei, user.role, device_document(imei))
+        scope = unlock_scope(imei, user.role, _document(imei))
         if scope["refused"]:
             errors = {"scope": _scope_message(scope)}
             return render_device(imei, forms={action: form}, errors={action: errors}, status=403)
     if request.form.get("step") != "confirm":
-        document = device_document(imei)
+        document = _document(imei)
         if action == "remove" and (document is None or document.get("override") is None):
             flash("This device has no override to remove.", "warning")
             return redirect(url_for("console.device", imei=imei))
@@ -206,7 +211,7 @@ def _perform(imei: str, action: str, form: dict[str, str]) -> ResponseReturnValu
             outcome = service.unlock(imei, user, form["reason"], ticket, expires)
         except SanctionsScopeError:
             # The device's state changed between the two steps (a new check-in): say why.
-            scope = unlock_scope(imei, user.role, device_document(imei))
+            scope = unlock_scope(imei, user.role, _document(imei))
             return render_device(
                 imei,
                 forms={action: form},

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 from flask import Flask, abort, current_app, g, redirect, request, session, url_for
 
+from service.engine.roles import allowed
 from service.store.tokens import Principal
-from service.web.auth import allowed
 
 SECRET_KEY_ENV = "REGIONLOCK_SECRET_KEY"
 SECURE_COOKIE_ENV = "REGIONLOCK_SECURE_COOKIES"

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 
 from stdnum import luhn
 
+from service.engine.roles import liftable_kinds
 from service.store.audit import AuditStore
 from service.store.devices import DeviceStore
 from service.store.tokens import Principal
-from service.web.auth import liftable_kinds
 
 
 class SanctionsScopeError(Exception):

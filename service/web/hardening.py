@@ -21,9 +21,9 @@ from flask_limiter import Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
 
 from service.config import Settings
-from service.devices.checkin import client_ip
 from service.store import keys
 from service.web.auth import current_principal
+from service.web.client import client_ip
 from service.web.errors import error_response
 
 # Served from memory, never need Redis, so they are not limited (and not counted).

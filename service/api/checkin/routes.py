@@ -10,8 +10,8 @@ from flask.views import MethodView
 
 from service.api.checkin.schemas import CheckinSchema, VerdictSchema
 from service.api.parsing import ApiBlueprint
-from service.devices.checkin import client_ip
 from service.web.auth import require
+from service.web.client import client_ip
 from service.web.metrics import DECISION_SECONDS, record_verdict
 
 blp = ApiBlueprint("checkin", __name__, url_prefix="/v1", description="Device check-ins")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import orjson
 from flask import current_app, g
 from flask.views import MethodView
 
@@ -16,8 +15,8 @@ from service.api.devices.schemas import (
     UnlockSchema,
 )
 from service.api.parsing import ApiBlueprint
+from service.devices.document import device_document, override_out
 from service.devices.overrides import OverrideService, SanctionsScopeError, normalise_imei
-from service.engine.model import iso_utc
 from service.web.auth import require
 from service.web.errors import ApiError
 
@@ -31,66 +30,14 @@ def _imei(raw: str) -> str:
         raise ApiError(422, "the IMEI is not valid", fields={"imei": [str(exc)]}) from None
 
 
+def _document(imei: str) -> dict | None:
+    rl = current_app.extensions["regionlock"]
+    return device_document(rl.devices, rl.policies.current().policy, imei)
+
+
 def _service() -> OverrideService:
     rl = current_app.extensions["regionlock"]
     return OverrideService(rl.devices, rl.audit)
-
-
-def override_out(override: dict | None) -> dict | None:
-    """The API form of a stored override (times as ISO-8601 UTC)."""
-    if override is None:
-        return None
-    out = dict(override)
-    out["created_at"] = iso_utc(override["created_at"])
-    out["expires_at"] = iso_utc(override["expires_at"]) if override.get("expires_at") else None
-    return out
-
-
-def _json(record: dict, name: str, default=None):
-    raw = record.get(name)
-    return orjson.loads(raw) if raw else default
-
-
-def device_document(imei: str) -> dict | None:
-    """The device's record as support sees it, or None when never seen nor overridden."""
-    rl = current_app.extensions["regionlock"]
-    snapshot = rl.devices.snapshot(imei)
-    record, override = snapshot.record, snapshot.override
-    if not record and override is None:
-        return None
-    policy = rl.policies.current().policy
-    distributor_id = record.get("distributor") or policy.distributor_of(imei)
-    distributor = None
-    if distributor_id:
-        info = policy.distributor(distributor_id)
-        distributor = {
-            "id": distributor_id,
-            "name": info.name if info else None,
-            "territories": list(info.territories) if info else [],
-        }
-    first_seen = record.get("first_seen")
-    return {
-        "imei": imei,
-        "tac": imei[:8],
-        "distributor": distributor,
-        "activation": snapshot.activation,
-        "first_seen": iso_utc(float(first_seen)) if first_seen else None,
-        "last_checkin": _last_checkin(record),
-        "verdict": record.get("verdict"),
-        "reasons": _json(record, "reasons", []),
-        "observed": _json(record, "observed", []),
-        "lock_at": record.get("lock_at") or None,
-        "policy_version": int(record["policy_version"]) if record.get("policy_version") else None,
-        "override": override_out(override),
-        "decisions": rl.devices.decisions(imei),
-    }
-
-
-def _last_checkin(record: dict) -> dict | None:
-    facts = _json(record, "facts")
-    if facts is None:
-        return None
-    return {"at": iso_utc(facts["at"]), "places": facts["places"], **_json(record, "device", {})}
 
 
 @blp.route("/<imei>")
@@ -101,7 +48,7 @@ class Device(MethodView):
     @require("devices:read")
     def get(self, imei):
         """A device's record: verdict, why, evidence, activation, override, history."""
-        document = device_document(_imei(imei))
+        document = _document(_imei(imei))
         if document is None:
             raise ApiError(404, "this device has never checked in and has no override")
         return document
