@@ -66,8 +66,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="v1/openapi.json",
-        OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
         MAX_CONTENT_LENGTH=settings.extra.get("max_content_length", settings.max_body_bytes),
         JSON_SORT_KEYS=False,
     )
@@ -101,7 +99,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     api = RegionlockApi(app, spec_kwargs={"extra_plugins": [ErrorResponsesPlugin()]})
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
-    from service.api import ops
+    from service.api import docs, ops
     from service.api.audit.routes import blp as audit_blp
     from service.api.checkin.routes import blp as checkin_blp
     from service.api.devices.routes import blp as devices_blp
@@ -113,6 +111,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         api.register_blueprint(blueprint)
     api.register_blueprint(keys_blp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(docs.bp)
     app.register_blueprint(console_bp)
     register_error_handlers(app)
     return app

@@ -298,3 +298,23 @@ def test_auditor_filters_the_audit_trail(live_server, page, tokens):
     expect(page.locator(".flashes")).to_contain_text("Signed out")
     page.goto(base + "/console/audit")
     expect(page).to_have_url(re.compile(r"/console/sign-in"))
+
+
+def test_api_docs_page_works_offline_from_the_service_alone(live_server, page):
+    """/docs renders Swagger UI with every operation, and no request leaves for another origin
+    (issue 12.14: the assets were loaded unpinned from a CDN)."""
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    errors: list[str] = []
+    page.on(
+        "console", lambda message: errors.append(message.text) if message.type == "error" else None
+    )
+    page.goto(live_server + "/docs")
+    expect(page.locator(".opblock-summary-path").first).to_be_visible()
+    expect(page.locator("#swagger-ui")).to_contain_text("/v1/checkin")
+    expect(page.locator("#swagger-ui")).to_contain_text("/v1/devices/{imei}/unlock")
+    assert requested, "the page made no request at all"
+    foreign = [url for url in requested if not url.startswith(live_server + "/")]
+    assert foreign == []
+    # A CSP violation (an inline script, a foreign asset) would show as a console error.
+    assert not [e for e in errors if "Content Security Policy" in e]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -226,3 +227,26 @@ def test_serve_with_several_workers(redis, redis_url, tmp_path: Path):
     assert sum(1 for e in entries if e.get("path") == "/v1/checkin") == 30
     assert any(e.get("logger") == "gunicorn.error" for e in entries)
     assert token not in stderr.read_text()
+
+
+def test_docs_assets_come_from_the_service_under_a_strict_csp(client):
+    """Issue 12.14: Swagger UI was loaded unpinned from a CDN, under a CSP allowing any script."""
+    page = client.get("/docs")
+    html = page.get_data(as_text=True)
+    assert "cdn" not in html and "http://" not in html and "https://" not in html
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp
+    assert "<script>" not in html  # no inline script: every <script> has a src
+    srcs = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert len(srcs) == 4 and all(s.startswith("/docs/assets/") for s in srcs)
+    for src in srcs:
+        asset = client.get(src)
+        assert asset.status_code == 200, src
+        assert asset.data
+    assert client.get("/docs/assets/swagger-ui-bundle.js").mimetype in (
+        "application/javascript",
+        "text/javascript",
+    )
+    # Only the files the page needs: nothing else of the package, no path tricks.
+    assert client.get("/docs/assets/swagger-editor-bundle.js").status_code == 404
+    assert client.get("/docs/assets/..%2F__init__.py").status_code == 404
