@@ -88,7 +88,39 @@ def test_agent_unlock_lifts_gray_market_lock(checkin, as_role, redis):
     after = checkin(HK, **US_NETWORK)
     assert after["verdict"] == "allow"
     assert [r["code"] for r in after["reasons"]] == ["override_unlock"]
-    assert after["override"]["ticket"] == "SUP-1"
+    assert after["override"] == {
+        "kind": "unlock",
+        "lifts": ["distributor_territory"],
+        "expires_at": None,
+    }
+
+
+def test_support_notes_never_reach_the_device(client, tokens, as_role):
+    """Issue 12.12: the signed verdict carried the override's reason, ticket and agent name,
+    readable by anyone holding the fleet's device token. Firmware gets kind, scope, expiry."""
+    secret_reason = "customer Jane Roe, passport 12345, called from Havana"
+    as_role(
+        "agent",
+        "POST",
+        f"/v1/devices/{HK}/unlock",
+        {"reason": secret_reason, "ticket": "SUP-77", "expires_in_s": 3600},
+    )
+    as_role(
+        "agent", "POST", f"/v1/devices/{US}/lock", {"reason": secret_reason, "ticket": "SUP-78"}
+    )
+    for imei, kind in ((HK, "unlock"), (US, "lock")):
+        response = client.post(
+            "/v1/checkin", json={"imei": imei, **US_NETWORK}, headers=bearer(tokens["device"])
+        )
+        raw = response.get_data(as_text=True)
+        for leaked in ("Jane Roe", "SUP-7", "agent", "actor", "ticket", "created_at"):
+            assert leaked not in raw, (imei, leaked)
+        override = response.get_json()["override"]
+        assert set(override) == {"kind", "lifts", "expires_at"} and override["kind"] == kind
+    # Support still sees everything.
+    record = as_role("agent", "GET", f"/v1/devices/{HK}").get_json()
+    assert record["override"]["reason"] == secret_reason
+    assert record["override"]["ticket"] == "SUP-77"
 
 
 def test_agent_cannot_lift_sanctions_only_lock(checkin, as_role, redis):

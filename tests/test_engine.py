@@ -608,5 +608,10 @@ def test_decision_to_dict() -> None:
         {"code": "override_unlock", "rule": None, "region": None, "signals": {}, "lifted": ["gray"]}
     ]
     assert out["override"]["lifts"] == ["distributor_territory"]
-    assert out["override"]["created_at"] == "2026-01-01T00:00:00Z"
+    assert out["override"] == {
+        "kind": "unlock",
+        "lifts": ["distributor_territory"],
+        "expires_at": None,
+    }
+    assert override.to_dict()["created_at"] == "2026-01-01T00:00:00Z"  # support's form
     assert out["lock_at"] is None and out["observed"] == []

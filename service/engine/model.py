@@ -185,8 +185,18 @@ class Override:
         """True until ``expires_at`` (exclusive); forever when it is None."""
         return self.expires_at is None or now < self.expires_at
 
+    def device_view(self) -> dict[str, Any]:
+        """What the device itself is told (in its signed verdict): the kind, what it lifts and
+        until when. Never the support reason, ticket or agent: anyone holding the fleet's
+        device token could read those."""
+        return {
+            "kind": self.kind,
+            "lifts": sorted(self.lifts),
+            "expires_at": iso_utc(self.expires_at) if self.expires_at is not None else None,
+        }
+
     def to_dict(self) -> dict[str, Any]:
-        """API form, times as ISO-8601 UTC."""
+        """API form for support, times as ISO-8601 UTC."""
         return {
             "kind": self.kind,
             "lifts": sorted(self.lifts),
@@ -225,7 +235,7 @@ class Decision:
             "reasons": [r.to_dict() for r in self.reasons],
             "observed": [r.to_dict() for r in self.observed],
             "lock_at": iso_utc(self.lock_at) if self.lock_at is not None else None,
-            "override": self.override.to_dict() if self.override is not None else None,
+            "override": self.override.device_view() if self.override is not None else None,
         }
 
 

@@ -65,14 +65,11 @@ class ReasonSchema(Schema):
     lifted = fields.List(fields.String())
 
 
-class OverrideSchema(Schema):
-    kind = fields.String()
-    lifts = fields.List(fields.String())
-    reason = fields.String()
-    ticket = fields.String(allow_none=True)
-    actor = fields.String(allow_none=True)
-    role = fields.String(allow_none=True)
-    created_at = fields.String()
+class DeviceOverrideSchema(Schema):
+    """What the device is told of a support override: never the reason, ticket or agent."""
+
+    kind = fields.String(validate=validate.OneOf(["unlock", "lock"]))
+    lifts = fields.List(fields.String(), metadata={"description": "rule kinds an unlock lifts"})
     expires_at = fields.String(allow_none=True)
 
 
@@ -82,7 +79,7 @@ class VerdictSchema(Schema):
     reasons = fields.List(fields.Nested(ReasonSchema), required=True)
     observed = fields.List(fields.Nested(ReasonSchema), required=True)
     lock_at = fields.String(allow_none=True)
-    override = fields.Nested(OverrideSchema, allow_none=True)
+    override = fields.Nested(DeviceOverrideSchema, allow_none=True)
     policy_version = fields.Integer(required=True)
     next_checkin_s = fields.Integer(required=True)
     decided_at = fields.String(required=True)
