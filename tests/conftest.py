@@ -117,3 +117,11 @@ def captured_logs():
     yield stream
     root.removeHandler(handler)
     root.setLevel(previous)
+
+
+def audit_entries(redis) -> list[dict]:
+    """The audit trail's entries, oldest first, without the seed bundle's own publish (version
+    1, written when the first worker starts): what the test itself caused."""
+    from service.store import keys
+
+    return [f for _, f in redis.xrange(keys.AUDIT) if f["actor"] != "seed"]

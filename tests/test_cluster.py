@@ -68,7 +68,11 @@ def test_checkin_unlock_and_audit_on_a_cluster(cluster_app):
     record = http.get(f"/v1/devices/{HK}", headers=bearer(tokens["agent"])).get_json()
     assert [d["verdict"] for d in record["decisions"]] == ["allow", "lock"]
     audit = http.get("/v1/audit", headers=bearer(tokens["auditor"])).get_json()["entries"]
-    assert [e["action"] for e in audit] == ["device.unlock"]
+    # Newest first: the unlock, then the seed bundle's publish as version 1 (issue 12.4).
+    assert [(e["action"], e["actor"]) for e in audit] == [
+        ("device.unlock", "c-agent"),
+        ("policy.publish", "seed"),
+    ]
     assert client.xlen(keys.CHECKIN_FACTS) == 3
 
 

@@ -15,7 +15,7 @@ from service.console.security import SECRET_KEY_FILE, load_secret_key
 from service.engine.bundle import load_bundle_dir
 from service.store import keys
 from service.store.tokens import ROLES, TokenStore, digest
-from tests.conftest import ROOT, bearer
+from tests.conftest import ROOT, audit_entries, bearer
 from tests.imeis import HK, UNKNOWN
 
 CUBA_NETWORK = {"sim": {"network": "36801"}}
@@ -328,7 +328,7 @@ def test_unlock_is_checked_then_confirmed_then_done(as_role, checkin, redis):
     assert "proof of purchase in HK" in page
     ttl = redis.ttl(keys.device_override(HK))
     assert 604_700 < ttl <= 604_800
-    [(_, entry)] = redis.xrange(keys.AUDIT)
+    [entry] = audit_entries(redis)
     assert entry["action"] == "device.unlock" and entry["actor"] == "test-agent"
     assert checkin(HK, **US_NETWORK)["verdict"] == "allow"
 
@@ -368,7 +368,7 @@ def test_lock_and_remove_override(as_role, checkin, redis):
     assert redis.get(keys.device_override(UNKNOWN)) is None
     assert "Override removed" in text(agent.get(f"/console/devices/{UNKNOWN}"))
     assert checkin(UNKNOWN, **US_NETWORK)["verdict"] == "allow"
-    actions = [f["action"] for _, f in redis.xrange(keys.AUDIT)]
+    actions = [f["action"] for f in audit_entries(redis)]
     assert actions == ["device.lock", "device.override_removed"]
 
 
@@ -555,7 +555,7 @@ def test_review_then_publish_with_expected_version(as_role, checkin, redis):
     )
     assert stale.status_code == 409
     assert "Version 2 was published while you were editing" in text(stale)
-    [entry] = [f for _, f in redis.xrange(keys.AUDIT) if f["action"] == "policy.publish"]
+    [entry] = [f for f in audit_entries(redis) if f["action"] == "policy.publish"]
     assert entry["actor"] == "test-editor"
 
 

@@ -17,9 +17,8 @@ from service.policy.allocations import (
     read_shipment,
     to_allocations,
 )
-from service.store import keys
 from service.store.policy import PolicyStore
-from tests.conftest import bearer
+from tests.conftest import audit_entries, bearer
 from tests.imeis import HK, imei
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,7 +169,7 @@ def test_import_a_new_distributor_publishes_a_version(cli, tmp_path, redis, clie
         {"tac": f"{int(FREE_TAC) + 1}"},
     ]
     assert active_distributor(redis, "hk-global") is not None  # the rest is kept
-    [(_, entry)] = redis.xrange(keys.AUDIT)
+    [entry] = audit_entries(redis)
     assert (entry["action"], entry["actor"]) == ("policy.publish", "ops")
     assert orjson.loads(entry["detail"])["note"] == "import shipment.csv for br-dist"
     # The service now knows these phones: one checking in from the US is a gray import.
@@ -207,7 +206,7 @@ def test_bad_lines_or_overlaps_publish_nothing(cli, tmp_path, redis, app):
     )
     assert "1 bad lines, 1 overlapping other distributors: nothing published" in result.stderr
     assert PolicyStore(redis).active_version() == 1
-    assert redis.xlen(keys.AUDIT) == 0
+    assert audit_entries(redis) == []
 
 
 def test_dry_run_publishes_nothing(cli, tmp_path, redis):

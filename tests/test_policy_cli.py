@@ -10,9 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from service.cli import main
-from service.store import keys
 from service.store.policy import PolicyStore
-from tests.conftest import bearer
+from tests.conftest import audit_entries, bearer
 from tests.imeis import imei
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,7 +132,7 @@ def test_publish_is_braked_then_forced(cli, bundle_dir, russians, redis):
     assert "published version 2 (forced past the safety brake)" in forced.stdout
     assert store.version(2)["published_by"] == "ed"
     assert "RU" in store.version(2)["bundle"]["rules"][0]["regions"]
-    [(_, entry)] = redis.xrange(keys.AUDIT)
+    [entry] = audit_entries(redis)
     assert (entry["action"], entry["actor"]) == ("policy.publish", "ed")
     assert orjson.loads(entry["detail"])["changes"] == {"allow->lock": 5}
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from service.cli import main
 from service.store import keys
 from service.store.tokens import TokenError, TokenStore
-from tests.conftest import bearer
+from tests.conftest import audit_entries, bearer
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_duplicate_name_refused(redis):
 def test_token_create_and_revoke_are_audited(cli, redis):
     cli("token", "create", "--role", "auditor", "--name", "aud")
     cli("token", "revoke", "aud")
-    actions = [fields["action"] for _, fields in redis.xrange(keys.AUDIT)]
+    actions = [fields["action"] for fields in audit_entries(redis)]
     assert actions == ["token.create", "token.revoke"]
 
 

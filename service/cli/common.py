@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import sys
 
@@ -33,5 +34,17 @@ def redis_client():
 
 
 def actor_name(actor: str | None) -> str:
-    """The name audit entries carry for a CLI user: --actor, else cli:$USER."""
-    return actor or f"cli:{os.environ.get('USER', 'unknown')}"
+    """The name audit entries carry for a CLI user: --actor, else cli:<the OS user>."""
+    if actor:
+        return actor
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        user = f"uid{os.getuid()}"
+    return f"cli:{user}"
+
+
+#: The --actor option every command that writes an audit entry takes.
+ACTOR_OPTION = click.option(
+    "--actor", default=None, help="name written to the audit trail (default cli:<OS user>)"
+)

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from service.cli.common import actor_name, redis_client
+from service.cli.common import ACTOR_OPTION, actor_name, redis_client
 
 
 @click.group()
@@ -31,7 +31,7 @@ def devices() -> None:
     default=None,
     help="seconds until the unlocks lapse (default: until removed)",
 )
-@click.option("--actor", default=None, help="name written to the audit trail (default cli:$USER)")
+@ACTOR_OPTION
 @click.option(
     "--role",
     type=click.Choice(["agent", "compliance", "admin"]),

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from service.cli.common import actor_name, redis_client
+from service.cli.common import ACTOR_OPTION, actor_name, redis_client
 from service.engine.bundle import BundleError, load_bundle_dir
 
 _RULE = "-" * 80
@@ -162,7 +162,7 @@ def policy_simulate(directory: str) -> None:
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
 @click.option("--note", required=True, help="why this version is published (kept in history)")
 @click.option("--force", is_flag=True, help="publish even when the safety brake trips")
-@click.option("--actor", default=None, help="name written to the audit trail (default cli:$USER)")
+@ACTOR_OPTION
 def policy_publish(directory: str, note: str, force: bool, actor: str | None) -> None:
     """Publish the bundle in DIRECTORY as the next version (safety brake applies)."""
     from service.store.policy import PolicyStore
@@ -254,7 +254,7 @@ def _lines(path: str) -> Iterator[Any]:
 @click.option("--replace", is_flag=True, help="replace the distributor's allocations (else add)")
 @click.option("--dry-run", is_flag=True, help="check and report, publish nothing")
 @click.option("--force", is_flag=True, help="publish even when the safety brake trips")
-@click.option("--actor", default=None, help="name written to the audit trail (default cli:$USER)")
+@ACTOR_OPTION
 def distributors_import(
     path: str,
     distributor_id: str,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from service.cli.common import fail, redis_client
+from service.cli.common import ACTOR_OPTION, actor_name, fail, redis_client
 
 
 @click.group()
@@ -15,37 +15,39 @@ def token() -> None:
 @token.command("create")
 @click.option("--role", required=True, help="device, agent, compliance, editor, auditor or admin")
 @click.option("--name", required=True, help="a unique name; audit entries carry it")
-def token_create(role: str, name: str) -> None:
+@ACTOR_OPTION
+def token_create(role: str, name: str, actor: str | None) -> None:
     """Create a token and print it, alone, on standard output (only its hash is kept)."""
     from service.store.audit import AuditStore
     from service.store.tokens import TokenError, TokenStore
 
     with redis_client() as client:
+        audit = AuditStore(client).entry_fields(
+            actor_name(actor), "admin", "token.create", None, {"name": name, "role": role}
+        )
         try:
-            secret = TokenStore(client).create(name=name, role=role)
+            secret = TokenStore(client).create(name=name, role=role, audit_fields=audit)
         except TokenError as exc:
             fail(str(exc))
-        AuditStore(client).append(
-            "cli", "admin", "token.create", detail={"name": name, "role": role}
-        )
     click.echo(secret)
 
 
 @token.command("revoke")
 @click.argument("name")
-def token_revoke(name: str) -> None:
+@ACTOR_OPTION
+def token_revoke(name: str, actor: str | None) -> None:
     """Revoke the token called NAME."""
     from service.store.audit import AuditStore
     from service.store.tokens import TokenError, TokenStore
 
     with redis_client() as client:
+        audit = AuditStore(client).entry_fields(
+            actor_name(actor), "admin", "token.revoke", None, {"name": name}
+        )
         try:
-            principal = TokenStore(client).revoke(name)
+            TokenStore(client).revoke(name, audit_fields=audit)
         except TokenError as exc:
             fail(str(exc))
-        AuditStore(client).append(
-            "cli", "admin", "token.revoke", detail={"name": name, "role": principal.role}
-        )
     click.echo(f"revoked {name}", err=True)
 
 

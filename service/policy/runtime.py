@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import redis as redis_lib
 
 from service.engine.compiler import CompiledPolicy, compile_bundle
+from service.store.audit import AuditStore
 from service.store.policy import PolicyStore, VersionConflict
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,16 @@ class PolicyCache:
         if number is None:
             try:
                 seed = self.compiler(self.seed_bundle())
+                note = "seed bundle from policies/"
                 entry = self.store.publish(
                     seed.bundle,
                     published_by="seed",
-                    note="seed bundle from policies/",
+                    note=note,
                     expected_version=None,
                     compiled=seed.to_snapshot(),
+                    audit_fields=AuditStore.entry_fields(
+                        "seed", "system", "policy.publish", None, {"version": 1, "note": note}
+                    ),
                 )
                 number = entry["version"]
             except VersionConflict as conflict:

@@ -8,6 +8,29 @@ import orjson
 
 from service.engine.model import iso_utc
 from service.store import keys
+from service.store.client import is_cluster
+
+
+def add_entry(redis, pipe, audit_fields: dict | None, deferred: list[dict]) -> None:
+    """Queue the audit entry AUDIT_FIELDS (from ``AuditStore.entry_fields``) on PIPE, inside the
+    caller's MULTI: the change and its entry are applied by one EXEC, or neither is.
+
+    In a Redis Cluster the audit stream lives in another slot than the change, and one MULTI
+    cannot span slots: there the entry goes to DEFERRED, which the caller writes with
+    ``write_deferred`` right after its EXEC (docs/decisions.md, "Audit entries and their
+    changes")."""
+    if audit_fields is None:
+        return
+    if is_cluster(redis):
+        deferred.append(audit_fields)
+    else:
+        pipe.xadd(keys.AUDIT, audit_fields)
+
+
+def write_deferred(redis, deferred: list[dict]) -> None:
+    """Write the entries ``add_entry`` deferred (Redis Cluster only)."""
+    for audit_fields in deferred:
+        redis.xadd(keys.AUDIT, audit_fields)
 
 
 class AuditStore:
@@ -16,8 +39,9 @@ class AuditStore:
     def __init__(self, redis):
         self.redis = redis
 
+    @staticmethod
     def entry_fields(
-        self, actor: str, role: str, action: str, imei: str | None, detail: dict | None
+        actor: str, role: str, action: str, imei: str | None, detail: dict | None
     ) -> dict:
         """The stream fields of one entry (for callers that add it inside their own MULTI)."""
         return {

@@ -45,3 +45,8 @@ def _is_cluster_node(url: str, settings: Settings) -> bool:
         return False
     finally:
         probe.close()
+
+
+def is_cluster(redis) -> bool:
+    """True when the client talks to a Redis Cluster."""
+    return isinstance(redis, RedisCluster)

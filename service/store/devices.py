@@ -8,13 +8,7 @@ import orjson
 
 from service.engine.model import iso_utc
 from service.store import keys
-
-
-def is_cluster(redis) -> bool:
-    """True when the client talks to a Redis Cluster."""
-    from redis.cluster import RedisCluster
-
-    return isinstance(redis, RedisCluster)
+from service.store.client import is_cluster
 
 
 @dataclass(frozen=True, slots=True)

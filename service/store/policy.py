@@ -8,6 +8,7 @@ import orjson
 import redis as redis_lib
 
 from service.store import keys
+from service.store.audit import add_entry, write_deferred
 
 
 class VersionConflict(Exception):
@@ -56,7 +57,8 @@ class PolicyStore:
         EXPECTED_VERSION (None: nothing published yet). Raises VersionConflict otherwise.
 
         COMPILED, the policy's snapshot (CompiledPolicy.to_snapshot), is stored with it so
-        workers load the version without compiling it again."""
+        workers load the version without compiling it again. AUDIT_FIELDS, the entry recording
+        the publish, is written by the same EXEC as the version."""
         with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
@@ -80,11 +82,12 @@ class PolicyStore:
                     if compiled is not None:
                         pipe.hset(keys.POLICY_COMPILED, str(number), compiled)
                     pipe.set(keys.POLICY_ACTIVE, number)
+                    deferred: list[dict] = []
+                    add_entry(self.redis, pipe, audit_fields, deferred)
                     pipe.execute()
                     break
                 except redis_lib.WatchError:
                     continue
-        if audit_fields is not None:
-            self.redis.xadd(keys.AUDIT, audit_fields)
+        write_deferred(self.redis, deferred)
         self.redis.publish(keys.POLICY_CHANNEL, str(number))
         return entry

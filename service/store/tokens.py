@@ -8,8 +8,10 @@ import time
 from dataclasses import dataclass
 
 import orjson
+import redis as redis_lib
 
 from service.store import keys
+from service.store.audit import add_entry, write_deferred
 
 ROLES = ("device", "agent", "compliance", "editor", "auditor", "admin")
 TOKEN_PREFIX = "rl_"
@@ -38,8 +40,12 @@ class TokenStore:
     def __init__(self, redis):
         self.redis = redis
 
-    def create(self, name: str, role: str) -> str:
-        """Make a token for NAME with ROLE and return it (the only time it is seen)."""
+    def create(self, name: str, role: str, audit_fields: dict | None = None) -> str:
+        """Make a token for NAME with ROLE and return it (the only time it is seen).
+
+        Both hashes and the audit entry AUDIT_FIELDS (when given) are written by one
+        transaction, watched on the name: two creators of one name, one wins, and no token
+        exists without its entry (nor an entry without its token)."""
         if role not in ROLES:
             raise TokenError(f"unknown role {role!r}; one of: {', '.join(ROLES)}")
         if not name or len(name) > 100 or not name.isprintable():
@@ -47,24 +53,59 @@ class TokenStore:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token_digest = digest(token)
         record = orjson.dumps({"name": name, "role": role, "created_at": time.time()})
-        # HSETNX on the name makes creation race-free: two creators of one name, one wins.
-        if not self.redis.hsetnx(keys.TOKENS_BY_NAME, name, token_digest):
-            raise TokenError(f"a token named {name!r} exists already; revoke it first")
-        self.redis.hset(keys.TOKENS_BY_HASH, token_digest, record)
+
+        def write(pipe) -> None:
+            deferred.clear()
+            if pipe.hexists(keys.TOKENS_BY_NAME, name):
+                raise TokenError(f"a token named {name!r} exists already; revoke it first")
+            pipe.multi()
+            pipe.hset(keys.TOKENS_BY_NAME, name, token_digest)
+            pipe.hset(keys.TOKENS_BY_HASH, token_digest, record)
+            add_entry(self.redis, pipe, audit_fields, deferred)
+
+        deferred: list[dict] = []
+        self._watched(write)
+        write_deferred(self.redis, deferred)
         return token
 
-    def revoke(self, name: str) -> Principal:
-        """Revoke the token called NAME; returns who it was."""
-        token_digest = self.redis.hget(keys.TOKENS_BY_NAME, name)
-        if token_digest is None:
-            raise TokenError(f"no token named {name!r}")
-        raw = self.redis.hget(keys.TOKENS_BY_HASH, token_digest)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hdel(keys.TOKENS_BY_HASH, token_digest)
-        pipe.hdel(keys.TOKENS_BY_NAME, name)
-        pipe.execute()
-        role = orjson.loads(raw)["role"] if raw else "unknown"
-        return Principal(name=name, role=role)
+    def revoke(self, name: str, audit_fields: dict | None = None) -> Principal:
+        """Revoke the token called NAME, with its audit entry in the same transaction (the
+        entry's detail gets the token's role); returns who it was."""
+        revoked: list[Principal] = []
+
+        def write(pipe) -> None:
+            revoked.clear()
+            deferred.clear()
+            token_digest = pipe.hget(keys.TOKENS_BY_NAME, name)
+            if token_digest is None:
+                raise TokenError(f"no token named {name!r}")
+            raw = pipe.hget(keys.TOKENS_BY_HASH, token_digest)
+            role = orjson.loads(raw)["role"] if raw else "unknown"
+            revoked.append(Principal(name=name, role=role))
+            pipe.multi()
+            pipe.hdel(keys.TOKENS_BY_HASH, token_digest)
+            pipe.hdel(keys.TOKENS_BY_NAME, name)
+            if audit_fields is not None:
+                detail = {**orjson.loads(audit_fields["detail"]), "role": role}
+                entry = {**audit_fields, "detail": orjson.dumps(detail)}
+                add_entry(self.redis, pipe, entry, deferred)
+
+        deferred: list[dict] = []
+        self._watched(write)
+        write_deferred(self.redis, deferred)
+        return revoked[0]
+
+    def _watched(self, write) -> None:
+        """Run WRITE(pipe) under WATCH of the name hash until its MULTI goes through."""
+        while True:
+            with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    pipe.watch(keys.TOKENS_BY_NAME)
+                    write(pipe)
+                    pipe.execute()
+                    return
+                except redis_lib.WatchError:
+                    continue
 
     def list(self) -> list[dict]:
         """Every token's name, role and creation time (never the token or its digest)."""
