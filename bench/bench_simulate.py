@@ -24,9 +24,16 @@ import redis as redis_lib
 
 from service.engine.bundle import load_bundle_dir
 from service.engine.compiler import compile_bundle
-from service.engine.model import Facts, Place
-from service.policy.simulate import device_batches, load_overrides, simulate
+from service.engine.model import Facts, Override, Place
+from service.policy.simulate import REPLAY_FIELDS, SCAN_COUNT, simulate
 from service.store import keys
+from service.store.devices import DeviceStore
+from service.store.records import (
+    DeviceRecord,
+    HistoryLine,
+    LastCheckin,
+    encode_override,
+)
 from service.store.server import EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,29 +80,43 @@ def generate(client, count: int, seed: int = 1, batch: int = 10_000) -> None:
         at = now - rng.randrange(90 * 86_400)
         places = {signal: Place.parse(label) for signal, label in labels.items()}
         decision = active.decide(Facts(imei=imei, places=places, now=at))
-        reasons = orjson.dumps([r.to_dict() for r in decision.reasons])
-        # The fields a check-in leaves (service/checkin.py); only facts and state are read back.
-        pipe.hset(
-            keys.device(imei),
-            mapping={
-                "first_seen": repr(at),
-                "facts": orjson.dumps({"at": at, "places": labels}),
-                "device": orjson.dumps({"model": "M2101K6G", "firmware": "14.0.3"}),
-                "verdict": decision.verdict,
-                "reasons": reasons,
-                "observed": b"[]",
-                "state": orjson.dumps({k: v for k, v in decision.state.to_dict().items() if v}),
-                "distributor": decision.distributor or "",
-                "policy_version": 1,
-                "history": f"sig|{at}|1|".encode() + reasons,
-            },
+        reasons = [r.to_dict() for r in decision.reasons]
+        # The fields a check-in leaves (service/devices/checkin.py); only facts and state are
+        # read back.
+        record = DeviceRecord(
+            first_seen=at,
+            facts=LastCheckin(at=at, places=labels),
+            device={"model": "M2101K6G", "firmware": "14.0.3"},
+            verdict=decision.verdict,
+            reasons=reasons,
+            state=decision.state,
+            distributor=decision.distributor,
+            policy_version=1,
+            history=(HistoryLine("sig", repr(at), 1, history_entry(at, decision, labels)),),
         )
+        stored = {name: value for name, value in record.encode().items() if value is not None}
+        pipe.hset(keys.device(imei), mapping=stored)
         if rng.random() < 0.01:
-            override = {"kind": "unlock", "lifts": ["distributor_territory"], "reason": "bench"}
-            pipe.set(keys.device_override(imei), orjson.dumps(override))
+            override = Override(
+                kind="unlock", lifts=frozenset({"distributor_territory"}), reason="bench"
+            )
+            pipe.set(keys.device_override(imei), encode_override(override))
         if (i + 1) % batch == 0:
             pipe.execute()
     pipe.execute()
+
+
+def history_entry(at: float, decision, labels: dict[str, str]) -> str:
+    """A decision history entry as a check-in writes it."""
+    return orjson.dumps(
+        {
+            "at": int(at),
+            "verdict": decision.verdict,
+            "reasons": [{"code": r.code, "rule": r.rule} for r in decision.reasons],
+            "places": labels,
+            "policy_version": 1,
+        }
+    ).decode()
 
 
 def candidate_bundle() -> dict:
@@ -120,12 +141,16 @@ def run(count: int, batch: int) -> dict[str, float]:
             compile_s = time.perf_counter() - started
 
             started = time.perf_counter()
-            load_overrides(client, batch=batch)
-            read = sum(len(rows) for rows in device_batches(client, batch=batch))
+            devices = DeviceStore(client)
+            devices.overrides_by_imei(batch=batch, scan_count=SCAN_COUNT)
+            read = sum(
+                len(rows)
+                for rows in devices.field_batches(REPLAY_FIELDS, batch=batch, scan_count=SCAN_COUNT)
+            )
             baseline_s = time.perf_counter() - started
 
             started = time.perf_counter()
-            report = simulate(client, candidate, active, batch=batch)
+            report = simulate(devices, candidate, active, batch=batch)
             simulate_s = time.perf_counter() - started
             client.close()
     assert read == count and report.evaluated == count, (read, report.evaluated)

@@ -107,3 +107,26 @@ def test_publish_reaches_workers_on_a_cluster(cluster_app, make_app, cluster):
             break
         time.sleep(0.05)
     assert answer["policy_version"] == 2 and answer["verdict"] == "lock"
+
+
+def test_retention_sweep_reaches_every_primary(cluster_app):
+    """The sweep's SCAN visits each master and its compare-and-set stays within a slot."""
+    from service.devices.retention import sweep
+    from service.engine.model import DAY_S
+    from tests.imeis import imei
+
+    app, client, _ = cluster_app
+    rl = app.extensions["regionlock"]
+    phones = [imei(f"4901542012{i:04d}") for i in range(12)]
+    long_ago = time.time() - 100 * DAY_S
+    for phone in phones:
+        rl.checkin.decide({"imei": phone, "sim": {"network": "20801"}}, None, long_ago)
+    assert len({client.get_node_from_key(keys.device(p)).name for p in phones}) > 1
+    seen = [
+        i for rows in rl.devices.field_batches(("facts",), batch=5, scan_count=5) for i, _ in rows
+    ]
+    assert sorted(seen) == sorted(phones)
+    report = sweep(rl.devices, retention_days=90)
+    assert (report.devices, report.devices_changed) == (12, 12)
+    assert all("facts" not in client.hgetall(keys.device(p)) for p in phones)
+    assert rl.devices.snapshot(phones[0]).record.verdict == "allow"

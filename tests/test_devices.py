@@ -345,8 +345,8 @@ def test_overrides_and_audit_survive_a_redis_restart(tmp_path: Path):
     with EmbeddedRedis(data) as server:
         client = redis_lib.Redis.from_url(server.url, decode_responses=True)
         devices = DeviceStore(client)
-        assert devices.override(US)["kind"] == "lock"
-        assert devices.override(HK)["ticket"] == "T-1"
+        assert devices.override(US).kind == "lock"
+        assert devices.override(HK).ticket == "T-1"
         assert [f["action"] for f in audit_entries(client)] == [
             "device.lock",
             "device.unlock",

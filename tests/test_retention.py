@@ -29,7 +29,8 @@ def test_old_facts_go_and_decisions_stay(app, redis):
     checkin.decide({"imei": HK, **BODY_FR}, None, now - DAY_S)  # travelling, recent
     assert redis.xlen(keys.CHECKIN_FACTS) == 5
 
-    report = sweep(redis, retention_days=90, now=now)
+    devices = app.extensions["regionlock"].devices
+    report = sweep(devices, retention_days=90, now=now)
 
     assert (report.devices, report.devices_changed, report.stream_entries_removed) == (2, 2, 2)
     # US: its only check-in is older than 90 days: its facts and history are gone ...
@@ -45,19 +46,17 @@ def test_old_facts_go_and_decisions_stay(app, redis):
     assert orjson.loads(hk["state"])["bindings"] == {"gray-market": False}
     assert redis.xlen(keys.CHECKIN_FACTS) == 3
     # A second sweep finds nothing more to do.
-    assert sweep(redis, retention_days=90, now=now).devices_changed == 0
+    assert sweep(devices, retention_days=90, now=now).devices_changed == 0
 
 
 def test_sweep_never_undoes_a_newer_checkin(app, redis):
     """The compare-and-set script leaves a record alone when it changed since it was read."""
-    from service.devices.retention import _FORGET
-
     checkin = app.extensions["regionlock"].checkin
     checkin.decide({"imei": HK, **BODY_HK}, None, time.time() - 100 * DAY_S)
     stale = redis.hget(keys.device(HK), "facts")
     checkin.decide({"imei": HK, **BODY_FR}, None, time.time())  # lands after the read
-    forget = redis.register_script(_FORGET)
-    assert forget(keys=[keys.device(HK)], args=[stale, "", "", "1"]) == 0
+    forget = app.extensions["regionlock"].devices.forget_facts
+    assert forget(HK, facts_read=stale, history_read="", new_history="", drop_facts=True) == 0
     assert orjson.loads(redis.hget(keys.device(HK), "facts"))["places"] == {"network": "FR"}
 
 

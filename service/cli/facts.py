@@ -17,10 +17,11 @@ def facts() -> None:
 def facts_sweep() -> None:
     """Remove check-in facts older than REGIONLOCK_FACTS_RETENTION_DAYS (serve does it too)."""
     from service.devices.retention import sweep
+    from service.store.devices import DeviceStore
 
     settings = load_settings()
     with redis_client() as client:
-        report = sweep(client, settings.facts_retention_days)
+        report = sweep(DeviceStore(client), settings.facts_retention_days)
     click.echo(
         f"devices {report.devices}, changed {report.devices_changed}, "
         f"stream entries removed {report.stream_entries_removed}"

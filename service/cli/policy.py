@@ -40,9 +40,10 @@ def _load_dir(directory: str) -> dict[str, Any]:
 def _publisher(client):
     from service.policy.publishing import Publisher
     from service.store.audit import AuditStore
+    from service.store.devices import DeviceStore
     from service.store.policy import PolicyStore
 
-    return Publisher(client, PolicyStore(client), AuditStore(client))
+    return Publisher(DeviceStore(client), PolicyStore(client), AuditStore(client))
 
 
 def echo_report(report: dict[str, Any], err: bool = False) -> None:

@@ -57,7 +57,7 @@ def serve(workers: int | None, threads: int) -> None:
             # copy-on-write, and no first check-in waits a second for it.
             app.extensions["regionlock"].evidence.gps.warm()
             # In the master: one sweeper for the whole server, not one per worker.
-            start_sweeper(app.extensions["regionlock"].redis, settings.facts_retention_days)
+            start_sweeper(app.extensions["regionlock"].devices, settings.facts_retention_days)
             _run_gunicorn(app, settings.bind, workers or 3, threads)
     except (ConfigError, EmbeddedRedisError) as exc:
         fail(str(exc))

@@ -218,7 +218,7 @@ def _perform(imei: str, action: str, form: dict[str, str]) -> ResponseReturnValu
                 errors={action: {"scope": _scope_message(scope)}},
                 status=403,
             )
-        until = f" until {present.when(outcome.override['expires_at'])}" if expires else ""
+        until = f" until {present.when(outcome.override.expires_at)}" if expires else ""
         if outcome.still_locked_by:
             rules = ", ".join(f"“{r['rule']}”" for r in outcome.still_locked_by)
             flash(

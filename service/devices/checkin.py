@@ -6,24 +6,8 @@ import hashlib
 
 import orjson
 
-from service.engine.model import DeviceState, Facts, Override, apply_override, iso_utc
-
-
-def override_from_record(raw: dict | None) -> Override | None:
-    """The engine's Override from its stored form."""
-    if not raw:
-        return None
-    return Override(
-        kind=raw["kind"],
-        lifts=frozenset(raw.get("lifts", ())),
-        reason=raw.get("reason", ""),
-        ticket=raw.get("ticket"),
-        actor=raw.get("actor"),
-        role=raw.get("role"),
-        created_at=float(raw.get("created_at", 0.0)),
-        expires_at=raw.get("expires_at"),
-    )
-
+from service.engine.model import DeviceState, Facts, apply_override, iso_utc
+from service.store.records import DeviceRecord, LastCheckin
 
 # The only parts of a device record a check-in needs to decide.
 CHECKIN_FIELDS = ("state", "activation")
@@ -51,11 +35,11 @@ class CheckinService:
         )
         active = self.policies.current()
         snapshot = self.devices.snapshot(imei, CHECKIN_FIELDS)
-        state = DeviceState.from_dict(snapshot.state)
+        state = snapshot.state
         policy_decision = active.policy.decide(
             Facts(imei=imei, places=places, now=now, state=state)
         )
-        decision = apply_override(policy_decision, override_from_record(snapshot.override), now)
+        decision = apply_override(policy_decision, snapshot.override, now)
 
         labels = {signal: place.label for signal, place in places.items()}
         verdict = decision.to_dict()
@@ -66,37 +50,34 @@ class CheckinService:
             "model": body.get("model"),
             "firmware": body.get("firmware"),
         }
-        # Empty values are removed from the record rather than stored: memory per device is
-        # what bounds a fleet's Redis (see docs/performance.md).
-        fields = {
-            "facts": orjson.dumps({"at": now, "places": labels}),
-            "device": orjson.dumps({k: v for k, v in device_info.items() if v is not None}),
-            "verdict": decision.verdict,
-            "reasons": orjson.dumps(verdict["reasons"]),
-            "observed": orjson.dumps(verdict["observed"]),
-            "lock_at": verdict["lock_at"] or "",
+        # Empty values are removed from the record rather than stored (DeviceRecord.encode):
+        # memory per device is what bounds a fleet's Redis (see docs/performance.md).
+        record = DeviceRecord(
+            facts=LastCheckin(at=now, places=labels),
+            device={k: v for k, v in device_info.items() if v is not None},
+            verdict=decision.verdict,
+            reasons=verdict["reasons"],
+            observed=verdict["observed"],
+            lock_at=verdict["lock_at"],
             # What the policy alone says, so support can tell which locks an unlock would lift.
-            "policy_reasons": orjson.dumps(
-                [
-                    {"code": r.code, "rule": r.rule, "kind": r.kind, "action": r.action}
-                    for r in policy_decision.reasons
-                ]
-            ),
-            "state": orjson.dumps({k: v for k, v in decision.state.to_dict().items() if v}),
-            "distributor": decision.distributor or "",
-            "policy_version": active.version,
-        }
-        activation = _activation(snapshot.activation, state, decision.state, decided_at, labels)
-        if activation is not None:
-            fields["activation"] = orjson.dumps(activation)
+            policy_reasons=[
+                {"code": r.code, "rule": r.rule, "kind": r.kind, "action": r.action}
+                for r in policy_decision.reasons
+            ],
+            state=decision.state,
+            distributor=decision.distributor,
+            policy_version=active.version,
+            # None leaves the stored activation as it is.
+            activation=_activation(snapshot.activation, state, decision.state, decided_at, labels),
+        )
         brief_reasons = [
             {k: v for k, v in (("code", r.code), ("rule", r.rule), ("region", r.region)) if v}
             for r in decision.reasons
         ]
         self.devices.record_checkin(
             imei,
+            record,
             now=now,
-            fields=fields,
             decision_entry={
                 "at": int(now),
                 "verdict": decision.verdict,

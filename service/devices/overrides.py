@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from stdnum import luhn
 
+from service.engine.model import Override
 from service.engine.roles import liftable_kinds
 from service.store.audit import AuditStore
 from service.store.devices import DeviceStore
@@ -27,7 +28,7 @@ class SanctionsScopeError(Exception):
 class UnlockOutcome:
     """What an unlock did: the stored override and the locks it cannot lift."""
 
-    override: dict
+    override: Override
     still_locked_by: list[dict] = field(default_factory=list)
 
 
@@ -76,7 +77,7 @@ class OverrideService:
         reason: str,
         ticket: str | None = None,
         now: float | None = None,
-    ) -> dict:
+    ) -> Override:
         """Manual lock, whatever the policy says, until removed."""
         now = time.time() if now is None else now
         override = self._override("lock", principal, reason, ticket, None, now, frozenset())
@@ -93,7 +94,14 @@ class OverrideService:
             principal.role,
             "device.override_removed",
             imei,
-            {"removed": {k: previous.get(k) for k in ("kind", "reason", "ticket", "actor")}},
+            {
+                "removed": {
+                    "kind": previous.kind,
+                    "reason": previous.reason,
+                    "ticket": previous.ticket,
+                    "actor": previous.actor,
+                }
+            },
         )
         return self.devices.delete_override(imei, fields)
 
@@ -125,10 +133,10 @@ class OverrideService:
             current = self.devices.override(imei)
             if (
                 current is not None
-                and current.get("kind") == "unlock"
-                and current.get("reason") == reason
-                and current.get("ticket") == ticket
-                and set(current.get("lifts", ())) == set(liftable_kinds(principal.role))
+                and current.kind == "unlock"
+                and current.reason == reason
+                and current.ticket == ticket
+                and current.lifts == frozenset(liftable_kinds(principal.role))
             ):
                 yield {"line": line_no, "imei": imei, "status": "unchanged"}
                 continue
@@ -149,17 +157,17 @@ class OverrideService:
         blocking = [r for r in locks if r.get("kind") not in lifts]
         return blocking, any(r.get("kind") in lifts for r in locks)
 
-    def _override(self, kind, principal, reason, ticket, expires_in_s, now, lifts) -> dict:
-        return {
-            "kind": kind,
-            "lifts": sorted(lifts),
-            "reason": reason,
-            "ticket": ticket,
-            "actor": principal.name,
-            "role": principal.role,
-            "created_at": now,
-            "expires_at": now + expires_in_s if expires_in_s else None,
-        }
+    def _override(self, kind, principal, reason, ticket, expires_in_s, now, lifts) -> Override:
+        return Override(
+            kind=kind,
+            lifts=frozenset(lifts),
+            reason=reason,
+            ticket=ticket,
+            actor=principal.name,
+            role=principal.role,
+            created_at=now,
+            expires_at=now + expires_in_s if expires_in_s else None,
+        )
 
     def _store(self, imei, override, expires_in_s, principal, action) -> None:
         fields = self.audit.entry_fields(
@@ -167,7 +175,12 @@ class OverrideService:
             principal.role,
             action,
             imei,
-            {k: override[k] for k in ("reason", "ticket", "lifts", "expires_at")},
+            {
+                "reason": override.reason,
+                "ticket": override.ticket,
+                "lifts": sorted(override.lifts),
+                "expires_at": override.expires_at,
+            },
         )
         ttl = math.ceil(expires_in_s) if expires_in_s else None
         self.devices.set_override(imei, override, ttl, fields)

@@ -14,6 +14,7 @@ from service.engine.compiler import CompiledPolicy, compile_bundle
 from service.engine.model import iso_utc
 from service.policy.simulate import SimulationReport, simulate
 from service.store.audit import AuditStore
+from service.store.devices import DeviceStore
 from service.store.policy import PolicyStore, VersionConflict
 
 __all__ = [
@@ -69,12 +70,12 @@ class Publisher:
 
     def __init__(
         self,
-        redis,
+        devices: DeviceStore,
         store: PolicyStore,
         audit: AuditStore,
         compiled_active: Callable[[int], CompiledPolicy | None] | None = None,
     ):
-        self.redis = redis
+        self.devices = devices
         self.store = store
         self.audit = audit
         # Lets the API reuse the policy its worker already compiled (a million allocations
@@ -99,7 +100,7 @@ class Publisher:
         number, active = self.active_policy()
         if active is None:  # nothing published: every device is compared with the candidate
             active = candidate
-        return simulate(self.redis, candidate, active, active_version=number)
+        return simulate(self.devices, candidate, active, active_version=number)
 
     def publish(
         self,

@@ -19,17 +19,14 @@ verdict pairs when no rule reads the clock (see :func:`simulate`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from service.devices.checkin import override_from_record
 from service.engine.compiler import CompiledPolicy
 from service.engine.model import DeviceState, Facts, Place, apply_override
-from service.store import keys
-from service.store.devices import is_cluster
+from service.store.devices import DeviceStore
+from service.store.records import LastCheckin, RecordError, decode_override, decode_state
 
 #: Keys asked per SCAN call: big, so a million devices take a few hundred round trips.
 SCAN_COUNT = 10_000
@@ -86,70 +83,8 @@ class SimulationReport:
         }
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def load_overrides(redis, batch: int = BATCH, scan_count: int = SCAN_COUNT) -> dict[str, Any]:
-    """IMEI -> stored override (raw JSON) of every device that has one.
-
-    Overrides are few, so one SCAN of their own plus an MGET per batch is far cheaper than a
-    GET beside every device's HMGET (redis-py spends most of a pipeline on per-command work).
-    """
-    found: dict[str, Any] = {}
-    pending: list[str] = []
-
-    def fetch() -> None:
-        # MGET of keys in different slots is refused by a cluster: one GET each there.
-        if is_cluster(redis):
-            pipe = redis.pipeline(transaction=False)
-            for key in pending:
-                pipe.get(key)
-            values = pipe.execute()
-        else:
-            values = redis.mget(pending)
-        for key, value in zip(pending, values, strict=True):
-            if value is not None:  # lapsed (TTL) between SCAN and MGET
-                found[keys.imei_of_override_key(key)] = value
-        pending.clear()
-
-    for key in redis.scan_iter(match=keys.DEVICE_OVERRIDE_SCAN_PATTERN, count=scan_count):
-        pending.append(_text(key))
-        if len(pending) >= batch:
-            fetch()
-    if pending:
-        fetch()
-    return found
-
-
-def device_batches(
-    redis, batch: int = BATCH, scan_count: int = SCAN_COUNT
-) -> Iterator[list[tuple[str, Any, Any]]]:
-    """(imei, facts, state) of every device record, raw as stored, in batches.
-
-    Read-only: SCAN over the device record keys, then one pipeline per batch of HMGETs of just
-    the two fields a replay needs.
-    """
-    pending: list[str] = []
-    for key in redis.scan_iter(match=keys.DEVICE_SCAN_PATTERN, count=scan_count):
-        pending.append(_text(key))
-        if len(pending) >= batch:
-            yield _fetch(redis, pending)
-            pending = []
-    if pending:
-        yield _fetch(redis, pending)
-
-
-def _fetch(redis, device_keys: list[str]) -> list[tuple[str, Any, Any]]:
-    pipe = redis.pipeline(transaction=False)
-    for key in device_keys:
-        # execute_command skips the per-call argument juggling of pipe.hmget (a million calls).
-        pipe.execute_command("HMGET", key, "facts", "state")
-    replies = pipe.execute()
-    return [
-        (keys.imei_of_device_key(key), reply[0], reply[1])
-        for key, reply in zip(device_keys, replies, strict=True)
-    ]
+#: The two fields of a device record a replay needs.
+REPLAY_FIELDS = ("facts", "state")
 
 
 class _Parser:
@@ -164,7 +99,7 @@ class _Parser:
         hit = self.states.get(raw)
         if hit is not None:
             return hit
-        parsed = DeviceState.from_dict(orjson.loads(raw) if raw else None)
+        parsed = decode_state(raw)
         if len(self.states) < _CACHE_MAX:
             self.states[raw] = parsed
         return parsed
@@ -190,7 +125,7 @@ def _time_independent(*policies: CompiledPolicy) -> bool:
 
 
 def simulate(
-    redis,
+    devices: DeviceStore,
     candidate: CompiledPolicy,
     active: CompiledPolicy,
     *,
@@ -202,7 +137,7 @@ def simulate(
     report = SimulationReport(
         max_new_lock_ratio=candidate.max_new_lock_ratio, active_version=active_version
     )
-    overrides = load_overrides(redis, batch=batch)
+    overrides = devices.overrides_by_imei(batch=batch, scan_count=SCAN_COUNT)
     parser = _Parser()
     changes = report.changes
     sampled = report.samples
@@ -212,16 +147,19 @@ def simulate(
     # grace periods; without those, devices with the same distributor, places and state share
     # their pair of verdicts, and most devices look like many others.
     memo: dict[tuple, tuple[str, str]] | None = {} if _time_independent(active, candidate) else None
-    for rows in device_batches(redis, batch=batch):
-        for imei, raw_facts, raw_state in rows:
+    for rows in devices.field_batches(REPLAY_FIELDS, batch=batch, scan_count=SCAN_COUNT):
+        for imei, (raw_facts, raw_state) in rows:
             raw_override = overrides.get(imei)
-            try:
-                facts = orjson.loads(raw_facts)
-                at = float(facts["at"])
-                place_key = tuple(facts["places"].items())
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-                report.skipped += 1  # no facts kept (or a damaged record): nothing to replay
+            if not raw_facts:
+                report.skipped += 1  # no facts kept: nothing to replay
                 continue
+            try:
+                facts = LastCheckin.decode(raw_facts)
+            except RecordError:
+                report.skipped += 1  # a damaged record: nothing to replay
+                continue
+            at = facts.at
+            place_key = tuple(facts.places.items())
             key = pair = None
             if memo is not None and raw_override is None:
                 key = (
@@ -234,10 +172,8 @@ def simulate(
             if pair is None:
                 try:
                     device = Facts(imei, parser.place_map(place_key), at, parser.state(raw_state))
-                    override = (
-                        override_from_record(orjson.loads(raw_override)) if raw_override else None
-                    )
-                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    override = decode_override(raw_override)
+                except (KeyError, TypeError, ValueError):  # RecordError is a ValueError
                     report.skipped += 1
                     continue
                 before = active.decide(device)

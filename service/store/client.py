@@ -32,6 +32,11 @@ def connect_redis(url: str, settings: Settings):
     return redis_lib.Redis.from_url(url, health_check_interval=30, **options)
 
 
+def is_cluster(redis) -> bool:
+    """True when the client talks to a Redis Cluster."""
+    return isinstance(redis, RedisCluster)
+
+
 def _is_cluster_node(url: str, settings: Settings) -> bool:
     probe = redis_lib.Redis.from_url(
         url,
@@ -45,8 +50,3 @@ def _is_cluster_node(url: str, settings: Settings) -> bool:
         return False
     finally:
         probe.close()
-
-
-def is_cluster(redis) -> bool:
-    """True when the client talks to a Redis Cluster."""
-    return isinstance(redis, RedisCluster)

@@ -1,34 +1,45 @@
-"""Per-device state: the record, recent decisions, the override, and check-in facts."""
+"""Per-device state: the record, recent decisions, the override, and check-in facts.
+
+The stored forms are those of :mod:`service.store.records`; this module only moves them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
-from service.engine.model import iso_utc
+from service.engine.model import DeviceState, Override
 from service.store import keys
 from service.store.client import is_cluster
+from service.store.records import (
+    DeviceRecord,
+    decode_override,
+    encode_override,
+    history_signature,
+)
+from service.store.scan import hash_fields_reader, scan_batches, strings_reader
 
 
 @dataclass(frozen=True, slots=True)
 class DeviceSnapshot:
-    """What a check-in reads before deciding: the record hash and the override (if any)."""
+    """What a check-in reads before deciding: the record (None for a device never seen) and the
+    override (if any)."""
 
-    record: dict
-    override: dict | None
+    record: DeviceRecord | None
+    override: Override | None
 
     @property
-    def state(self) -> dict:
-        """The engine state kept between check-ins ({} for a new device)."""
-        raw = self.record.get("state")
-        return orjson.loads(raw) if raw else {}
+    def state(self) -> DeviceState:
+        """The engine state kept between check-ins (the empty state for a new device)."""
+        return self.record.state if self.record is not None else DeviceState()
 
     @property
     def activation(self) -> dict | None:
         """The activation record, once there is one."""
-        raw = self.record.get("activation")
-        return orjson.loads(raw) if raw else None
+        return self.record.activation if self.record is not None else None
 
 
 # KEYS: device hash, [facts stream].
@@ -87,19 +98,29 @@ return count
 """
 
 
-def parse_history(history: str | None, limit: int | None = None) -> list[dict]:
-    """Decision entries of a stored history field, newest first, times as ISO-8601 UTC."""
-    if not history:
-        return []
-    out = []
-    for line in history.split("\n")[:limit]:
-        _, since, count, body = line.split("|", 3)
-        entry = orjson.loads(body)
-        entry["at"] = iso_utc(entry["at"])
-        entry["since"] = iso_utc(float(since))
-        entry["count"] = int(count)
-        out.append(entry)
-    return out
+# Compare-and-set, so a check-in landing during the retention sweep is never undone.
+# KEYS: device hash. ARGV: facts value read, history value read, new history ("" to delete),
+# drop facts (1/0).
+_FORGET_FACTS = r"""
+local changed = 0
+if ARGV[4] == '1' and redis.call('HGET', KEYS[1], 'facts') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'facts')
+  changed = 1
+end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'history') == ARGV[2] then
+  if ARGV[3] == '' then
+    redis.call('HDEL', KEYS[1], 'history')
+  else
+    redis.call('HSET', KEYS[1], 'history', ARGV[3])
+  end
+  changed = 1
+end
+return changed
+"""
+
+# Fields a check-in never writes from its record: the script sets first_seen once and merges
+# the history itself.
+_SCRIPT_FIELDS = ("first_seen", "history")
 
 
 class DeviceStore:
@@ -118,6 +139,7 @@ class DeviceStore:
         self.retention_days = retention_days
         self.cluster = is_cluster(redis)
         self._record = redis.register_script(_RECORD_CHECKIN)
+        self._forget_facts = redis.register_script(_FORGET_FACTS)
 
     def snapshot(self, imei: str, fields: tuple[str, ...] | None = None) -> DeviceSnapshot:
         """Record (all fields, or only FIELDS) and override of a device, in one round trip."""
@@ -127,34 +149,42 @@ class DeviceStore:
         else:
             pipe.hmget(keys.device(imei), fields)
         pipe.get(keys.device_override(imei))
-        record, override = pipe.execute()
+        stored, override = pipe.execute()
         if fields is not None:
-            record = {
-                name: value for name, value in zip(fields, record, strict=True) if value is not None
+            stored = {
+                name: value for name, value in zip(fields, stored, strict=True) if value is not None
             }
         return DeviceSnapshot(
-            record=record or {}, override=orjson.loads(override) if override else None
+            record=DeviceRecord.decode(stored) if stored else None,
+            override=decode_override(override),
         )
 
     def record_checkin(
         self,
         imei: str,
+        record: DeviceRecord,
         *,
         now: float,
-        fields: dict,
         decision_entry: dict,
         outcome: str,
         facts: dict,
     ) -> None:
-        """Write the outcome of one check-in: record fields (empty ones are removed), decision
-        history (merged with the newest entry when OUTCOME, its signature, is the same), facts
-        stream; one atomic script call."""
+        """Write the outcome of one check-in, in one atomic script call: RECORD's fields replace
+        the stored ones (empty ones are removed; an activation of None leaves the stored one,
+        and first_seen and history are the script's), DECISION_ENTRY joins the history (merged
+        with the newest entry when OUTCOME, its signature, is the same), FACTS the facts
+        stream."""
         # One script call (atomic, one reply) instead of a MULTI of many commands: the write
         # half of a check-in is on the hot path.
-        deleted = [name for name, value in fields.items() if value in (None, "", b"[]", b"{}")]
+        fields = record.encode()
+        for name in _SCRIPT_FIELDS:
+            del fields[name]
+        if record.activation is None:
+            del fields["activation"]
+        deleted = [name for name, value in fields.items() if value is None]
         flat: list = []
         for name, value in fields.items():
-            if value not in (None, "", b"[]", b"{}"):
+            if value is not None:
                 flat.extend((name, value))
         facts_json = orjson.dumps({"imei": imei, "at": now, **facts})
         stream_keys = [] if self.cluster else [keys.CHECKIN_FACTS]
@@ -163,7 +193,7 @@ class DeviceStore:
             args=[
                 repr(now),
                 orjson.dumps(decision_entry),
-                outcome.replace("|", "/"),
+                history_signature(outcome),
                 self.decisions_kept,
                 self.facts_maxlen,
                 facts_json,
@@ -186,14 +216,14 @@ class DeviceStore:
         """The device's recent decisions, newest first; ``count`` check-ins with the same
         outcome since ``since`` are merged into one entry."""
         history = self.redis.hget(keys.device(imei), "history")
-        return parse_history(history, limit)
+        return DeviceRecord.decode({"history": history}).decisions(limit)
 
     def set_override(
-        self, imei: str, override: dict, ttl_s: int | None, audit_fields: dict
+        self, imei: str, override: Override, ttl_s: int | None, audit_fields: dict
     ) -> None:
         """Store OVERRIDE (replacing any other) and its audit entry; TTL_S makes it lapse."""
         self._with_audit(
-            lambda pipe: pipe.set(keys.device_override(imei), orjson.dumps(override), ex=ttl_s),
+            lambda pipe: pipe.set(keys.device_override(imei), encode_override(override), ex=ttl_s),
             audit_fields,
         )
 
@@ -207,12 +237,11 @@ class DeviceStore:
     def policy_reasons(self, imei: str) -> list[dict]:
         """What the policy alone said at the last check-in: [{code, rule, kind, action}]."""
         raw = self.redis.hget(keys.device(imei), "policy_reasons")
-        return orjson.loads(raw) if raw else []
+        return DeviceRecord.decode({"policy_reasons": raw}).policy_reasons
 
-    def override(self, imei: str) -> dict | None:
+    def override(self, imei: str) -> Override | None:
         """The device's active override (a lapsed time-boxed one is gone by its TTL)."""
-        raw = self.redis.get(keys.device_override(imei))
-        return orjson.loads(raw) if raw else None
+        return decode_override(self.redis.get(keys.device_override(imei)))
 
     def _with_audit(self, write, audit_fields: dict) -> None:
         # One MULTI where the keys may share it; in a cluster the audit stream is another slot.
@@ -224,3 +253,54 @@ class DeviceStore:
     def exists(self, imei: str) -> bool:
         """True when the device has checked in at least once."""
         return bool(self.redis.exists(keys.device(imei)))
+
+    # --- every device at once (retention sweep, impact simulation) ----------------------------
+
+    def field_batches(
+        self, fields: Sequence[str], *, batch: int, scan_count: int
+    ) -> Iterator[list[tuple[str, list[Any]]]]:
+        """(imei, [value of each of FIELDS, raw as stored or None]) of every device record,
+        BATCH devices per pipelined read; decode the values with :mod:`service.store.records`.
+        Read-only; every primary of a cluster is scanned."""
+        read = hash_fields_reader(self.redis, fields)
+        for rows in scan_batches(
+            self.redis, keys.DEVICE_SCAN_PATTERN, read, batch=batch, scan_count=scan_count
+        ):
+            yield [(keys.imei_of_device_key(key), values) for key, values in rows]
+
+    def overrides_by_imei(self, *, batch: int, scan_count: int) -> dict[str, Any]:
+        """IMEI -> stored override (raw JSON; :func:`records.decode_override` reads it) of every
+        device that has one.
+
+        Overrides are few, so one SCAN of their own plus an MGET per batch is far cheaper than a
+        GET beside every device's HMGET (redis-py spends most of a pipeline on per-command work).
+        """
+        found: dict[str, Any] = {}
+        read = strings_reader(self.redis)
+        for rows in scan_batches(
+            self.redis, keys.DEVICE_OVERRIDE_SCAN_PATTERN, read, batch=batch, scan_count=scan_count
+        ):
+            for key, value in rows:
+                if value is not None:  # lapsed (TTL) between SCAN and MGET
+                    found[keys.imei_of_override_key(key)] = value
+        return found
+
+    def forget_facts(
+        self, imei: str, *, facts_read: str, history_read: str, new_history: str, drop_facts: bool
+    ) -> bool:
+        """Retention: remove the device's ``facts`` (when DROP_FACTS) and replace its history
+        with NEW_HISTORY ("" removes it), each only if it still holds what was read
+        (FACTS_READ, HISTORY_READ), so a check-in landing meanwhile is never undone. True when
+        something changed."""
+        changed = self._forget_facts(
+            keys=[keys.device(imei)],
+            args=[facts_read, history_read, new_history, "1" if drop_facts else "0"],
+        )
+        return bool(changed)
+
+    def trim_facts_stream(self, before: float) -> int:
+        """Retention: remove the check-in facts stream's entries recorded before BEFORE (epoch
+        seconds; stream ids are the time of recording); the number removed."""
+        return self.redis.xtrim(
+            keys.CHECKIN_FACTS, minid=f"{int(before * 1000)}-0", approximate=False
+        )

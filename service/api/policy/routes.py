@@ -58,7 +58,7 @@ def _publisher() -> Publisher:
         active = rl.policies.current()
         return active.policy if active.version == number else None
 
-    return Publisher(rl.redis, rl.policy_store, rl.audit, compiled_active)
+    return Publisher(rl.devices, rl.policy_store, rl.audit, compiled_active)
 
 
 def _active_number() -> int:

@@ -1,0 +1,282 @@
+"""What is stored per device, typed, with its one encoding.
+
+A device's record is the hash ``rl:dev:{imei}`` (:func:`keys.device`) and its override the JSON
+string ``rl:dev:{imei}:override`` (:func:`keys.device_override`). Every reader and writer goes
+through this module: :class:`DeviceRecord` decodes the hash's fields and encodes them back, byte
+for byte as they have always been stored; :func:`encode_override` / :func:`decode_override` do
+the same for the override. The one other writer is the check-in's Lua script
+(``store/devices.py``): it sets ``first_seen`` once and merges the newest ``history`` line inside
+Redis, in the line format :class:`HistoryLine` reads.
+
+Fields whose value is empty are not stored at all (memory per device bounds a fleet's Redis):
+in :meth:`DeviceRecord.encode` they come out as None, meaning "delete the field".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from service.engine.model import DeviceState, Override, iso_utc
+
+#: Field order of the hash as a check-in writes it.
+FIELDS = (
+    "first_seen",
+    "facts",
+    "device",
+    "verdict",
+    "reasons",
+    "observed",
+    "lock_at",
+    "policy_reasons",
+    "state",
+    "distributor",
+    "policy_version",
+    "activation",
+    "history",
+)
+
+_DAMAGE = (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError)
+
+
+class RecordError(ValueError):
+    """A stored field that cannot be read (a damaged record); the message names the field."""
+
+
+@dataclass(frozen=True, slots=True)
+class LastCheckin:
+    """The facts of the device's latest check-in (field ``facts``): when, and the place label
+    each signal gave. Kept to explain the verdict and to replay it in a simulation."""
+
+    at: float
+    places: dict[str, str]
+
+    def encode(self) -> bytes:
+        """Stored form: ``{"at": <epoch seconds>, "places": {signal: label}}``."""
+        return orjson.dumps({"at": self.at, "places": self.places})
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> LastCheckin:
+        """Inverse of :meth:`encode`; RecordError when RAW is not such a document."""
+        try:
+            data = orjson.loads(raw)
+            places = data["places"]
+            if not isinstance(places, dict):
+                raise TypeError("places is not an object")
+            return cls(at=float(data["at"]), places=places)
+        except _DAMAGE as exc:
+            raise RecordError("facts") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryLine:
+    """One entry of the decision history (field ``history``, newest line first).
+
+    Stored as ``signature|since|count|entry``: the outcome signature (no ``|`` in it), the epoch
+    seconds of the first check-in with that outcome, how many check-ins in a row had it, and the
+    latest of them as JSON (``at``, ``verdict``, ``reasons``, ``places``, ``policy_version``).
+    ``since`` and ``entry`` are kept as the text stored, so an untouched line encodes back to
+    the very same bytes (the retention sweep compares what it read with what it writes).
+    """
+
+    signature: str
+    since: str
+    count: int
+    entry: str
+
+    @classmethod
+    def parse(cls, line: str) -> HistoryLine:
+        """One stored line; RecordError when it is not ``sig|since|count|json``."""
+        try:
+            signature, since, count, entry = line.split("|", 3)
+            return cls(signature, since, int(count), entry)
+        except ValueError as exc:
+            raise RecordError("history") from exc
+
+    def encode(self) -> str:
+        """The stored line."""
+        return f"{self.signature}|{self.since}|{self.count}|{self.entry}"
+
+    @property
+    def at(self) -> float:
+        """Epoch seconds of the latest check-in of this entry."""
+        try:
+            return orjson.loads(self.entry)["at"]
+        except _DAMAGE as exc:
+            raise RecordError("history") from exc
+
+    def decision(self) -> dict[str, Any]:
+        """API form: the entry with ``at``, ``since`` (ISO-8601 UTC) and ``count``."""
+        try:
+            out = orjson.loads(self.entry)
+            out["at"] = iso_utc(out["at"])
+            out["since"] = iso_utc(float(self.since))
+        except _DAMAGE as exc:
+            raise RecordError("history") from exc
+        out["count"] = self.count
+        return out
+
+
+def history_signature(outcome: str) -> str:
+    """OUTCOME made fit for the first column of a history line (no ``|``)."""
+    return outcome.replace("|", "/")
+
+
+def encode_history(lines: Iterable[HistoryLine]) -> str:
+    """Stored form of a decision history ("" for none)."""
+    return "\n".join(line.encode() for line in lines)
+
+
+def decode_history(raw: str | None) -> tuple[HistoryLine, ...]:
+    """The lines of a stored history, newest first (none for an absent field)."""
+    if not raw:
+        return ()
+    return tuple(HistoryLine.parse(line) for line in raw.split("\n"))
+
+
+def encode_state(state: DeviceState) -> bytes | None:
+    """Stored form of the engine state (its empty parts left out); None when all is empty."""
+    kept = {k: v for k, v in state.to_dict().items() if v}
+    return orjson.dumps(kept) if kept else None
+
+
+def decode_state(raw: str | bytes | None) -> DeviceState:
+    """The engine state of a stored ``state`` field (the empty state when absent)."""
+    try:
+        return DeviceState.from_dict(orjson.loads(raw) if raw else None)
+    except _DAMAGE as exc:
+        raise RecordError("state") from exc
+
+
+def _json(name: str, raw: str | bytes | None, default: Any = None) -> Any:
+    if not raw:
+        return default
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise RecordError(name) from exc
+
+
+def _json_or_none(value: Any) -> bytes | None:
+    return orjson.dumps(value) if value else None
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRecord:
+    """A device's record (the hash ``rl:dev:{imei}``), typed.
+
+    What the latest check-in concluded (``verdict``, ``reasons``, ``observed``, ``lock_at``,
+    ``policy_reasons``: what the policy alone said, for the scope check of unlocks), from what
+    (``facts``, ``device``: SIM operator MCC+MNC, model, firmware), the engine state carried to
+    the next check-in, the activation record once there is one, and the decision history.
+    A field absent from the hash has its default here.
+    """
+
+    first_seen: float | None = None
+    facts: LastCheckin | None = None
+    device: dict[str, str] = field(default_factory=dict)
+    verdict: str | None = None
+    reasons: list[dict] = field(default_factory=list)
+    observed: list[dict] = field(default_factory=list)
+    lock_at: str | None = None
+    policy_reasons: list[dict] = field(default_factory=list)
+    state: DeviceState = field(default_factory=DeviceState)
+    distributor: str | None = None
+    policy_version: int | None = None
+    #: ``{"at": ISO-8601, "places": {signal: label}, "in_territory": bool | None}``.
+    activation: dict | None = None
+    history: tuple[HistoryLine, ...] = ()
+
+    @classmethod
+    def decode(cls, fields: Mapping[str, Any]) -> DeviceRecord:
+        """The record of stored FIELDS (all of the hash, or only some of them); RecordError
+        naming the field when one cannot be read."""
+        get = fields.get
+        first_seen = get("first_seen")
+        facts = get("facts")
+        policy_version = get("policy_version")
+        try:
+            first_seen = float(first_seen) if first_seen else None
+        except ValueError as exc:
+            raise RecordError("first_seen") from exc
+        try:
+            policy_version = int(policy_version) if policy_version else None
+        except ValueError as exc:
+            raise RecordError("policy_version") from exc
+        return cls(
+            first_seen=first_seen,
+            facts=LastCheckin.decode(facts) if facts else None,
+            device=_json("device", get("device"), {}),
+            verdict=get("verdict") or None,
+            reasons=_json("reasons", get("reasons"), []),
+            observed=_json("observed", get("observed"), []),
+            lock_at=get("lock_at") or None,
+            policy_reasons=_json("policy_reasons", get("policy_reasons"), []),
+            state=decode_state(get("state")),
+            distributor=get("distributor") or None,
+            policy_version=policy_version,
+            activation=_json("activation", get("activation")),
+            history=decode_history(get("history")),
+        )
+
+    def encode(self) -> dict[str, Any]:
+        """Every field's stored form, in storage order; None for a field not to be stored."""
+        return {
+            "first_seen": repr(self.first_seen) if self.first_seen is not None else None,
+            "facts": self.facts.encode() if self.facts is not None else None,
+            "device": _json_or_none(self.device),
+            "verdict": self.verdict or None,
+            "reasons": _json_or_none(self.reasons),
+            "observed": _json_or_none(self.observed),
+            "lock_at": self.lock_at or None,
+            "policy_reasons": _json_or_none(self.policy_reasons),
+            "state": encode_state(self.state),
+            "distributor": self.distributor or None,
+            "policy_version": self.policy_version,
+            "activation": orjson.dumps(self.activation) if self.activation is not None else None,
+            "history": encode_history(self.history) or None,
+        }
+
+    def decisions(self, limit: int | None = None) -> list[dict[str, Any]]:
+        """The recent decisions in API form, newest first; ``count`` check-ins with the same
+        outcome since ``since`` are merged into one entry."""
+        return [line.decision() for line in self.history[:limit]]
+
+
+def encode_override(override: Override) -> bytes:
+    """Stored form of an override (JSON; times as epoch seconds, lifts sorted)."""
+    return orjson.dumps(
+        {
+            "kind": override.kind,
+            "lifts": sorted(override.lifts),
+            "reason": override.reason,
+            "ticket": override.ticket,
+            "actor": override.actor,
+            "role": override.role,
+            "created_at": override.created_at,
+            "expires_at": override.expires_at,
+        }
+    )
+
+
+def decode_override(raw: str | bytes | None) -> Override | None:
+    """The override of a stored value (None for none); RecordError when it cannot be read."""
+    if not raw:
+        return None
+    try:
+        data = orjson.loads(raw)
+        return Override(
+            kind=data["kind"],
+            lifts=frozenset(data.get("lifts", ())),
+            reason=data.get("reason", ""),
+            ticket=data.get("ticket"),
+            actor=data.get("actor"),
+            role=data.get("role"),
+            created_at=float(data.get("created_at", 0.0)),
+            expires_at=data.get("expires_at"),
+        )
+    except _DAMAGE as exc:
+        raise RecordError("override") from exc
