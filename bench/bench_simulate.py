@@ -22,8 +22,8 @@ from pathlib import Path
 import orjson
 import redis as redis_lib
 
-from service.engine.bundle import load_bundle_dir
 from service.engine.compiler import compile_bundle
+from service.engine.loading import load_bundle_dir
 from service.engine.model import Facts, Place
 from service.policy.simulate import device_batches, load_overrides, simulate
 from service.store import keys

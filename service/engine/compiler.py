@@ -45,7 +45,7 @@ from typing import Any
 
 import orjson
 
-from service.engine.bundle import AllocationIndex, validate_and_index
+from service.engine.allocation_index import AllocationIndex
 from service.engine.model import (
     DAY_S,
     SANCTIONED_REGION,
@@ -57,6 +57,7 @@ from service.engine.model import (
     combine_actions,
     earliest_lock_at,
 )
+from service.engine.validation import validate_and_index
 
 __all__ = [
     "CompiledPolicy",
@@ -382,7 +383,7 @@ def _present(rule: CompiledRule, places: Mapping[str, Place]) -> dict[str, str]:
 def compile_bundle(bundle: Mapping[str, Any]) -> CompiledPolicy:
     """Validate ``bundle`` (raw or already normalised) and compile it.
 
-    Raises :class:`~service.engine.bundle.BundleError` when invalid. Allocations are parsed and
+    Raises :class:`~service.engine.validation.BundleError` when invalid. Allocations are parsed and
     sorted once, so a million of them compile in a few seconds and a lookup stays O(log n).
     """
     normalised, index = validate_and_index(bundle)
