@@ -78,7 +78,7 @@ class AllocationIndex:
         if not self._starts:
             return None
         body = imei[:14]
-        if len(body) != 14 or not body.isdigit():
+        if not is_digits(body, 14):  # isdigit() alone lets "²" through to int()
             return None
         value = int(body)
         i = bisect_right(self._starts, value) - 1

@@ -17,6 +17,11 @@ Choices where the spec is silent:
 - TACs and range bounds must be *strings* of digits: YAML reads an unquoted ``01234567`` as an
   octal number, which would silently change the TAC.
 - Rule and distributor ids: letters, digits, ``_ . -`` (they appear in keys, logs and URLs).
+- Every open-ended field is bounded (the ``MAX_``/``MIN_`` constants below, and
+  docs/decisions.md "Bundle bounds"): a bundle that validates can be decided for any check-in
+  up to :data:`~service.engine.model.MAX_DECISION_TIME` and its verdicts formatted, and no field
+  is large enough to hurt (a grace of 3,000,000 days put ``lock_at`` in the year 10240).
+  Error messages quote at most :data:`QUOTE_CHARS` characters of what was given.
 
 Allocations get a hand-written fast path (a bundle may hold a million of them); anything the fast
 path does not accept is re-checked by :class:`AllocationSchema` for its exact error messages.
@@ -25,6 +30,7 @@ path does not accept is re-checked by :class:`AllocationSchema` for its exact er
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from functools import cache
 from typing import Any
@@ -43,6 +49,7 @@ from marshmallow import (
 
 from service.engine.allocation_index import is_digits
 from service.engine.model import (
+    DAY_S,
     DISTRIBUTOR_TERRITORY,
     RULE_KINDS,
     SANCTIONED_REGION,
@@ -57,6 +64,30 @@ MODES = ("enforce", "observe")
 _TAC = re.compile(r"[0-9]{8}\Z")
 _BODY = re.compile(r"[0-9]{14}\Z")
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+
+# Bounds (docs/decisions.md, "Bundle bounds").
+#: Bundle and distributor names: shown in the console, the CLI and audit details.
+MAX_NAME_CHARS = 200
+#: How long a device waits between check-ins: a minute (a fleet calling every second is a
+#: self-inflicted flood) to a year (the longest offline lock SPEC §12 allows).
+MIN_NEXT_CHECKIN_S = 60
+MAX_NEXT_CHECKIN_S = 365 * DAY_S
+#: Grace before a lock: up to a year (a longer grace is a ``warn`` rule).
+MAX_GRACE_DAYS = 365
+MAX_RULES = 200
+MAX_DISTRIBUTORS = 10_000
+#: Regions of a rule, territories of a distributor (before repeated codes are dropped).
+MAX_REGIONS = 1_000
+#: Allocations in the whole bundle (the engine is measured with a million).
+MAX_ALLOCATIONS = 5_000_000
+#: How much of a rejected value an error message quotes.
+QUOTE_CHARS = 40
+
+
+def quote(value: Any) -> str:
+    """``repr`` of a rejected value for an error message, cut to :data:`QUOTE_CHARS`."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 1] + "…"
 
 
 @cache
@@ -83,7 +114,7 @@ class RegionCode(fields.String):
         text = super()._deserialize(value, attr, data, **kwargs).strip().upper()
         if not is_region_code(text):
             kind = "subdivision" if "-" in text else "country"
-            raise ValidationError(f"unknown {kind} code {value!r}")
+            raise ValidationError(f"unknown {kind} code {quote(value)}")
         return text
 
 
@@ -94,6 +125,24 @@ def _dedupe(codes: list[str]) -> list[str]:
 _id_field_validator = validate.Regexp(
     _ID, error="must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
 )
+
+
+def is_id(value: Any) -> bool:
+    """True for a well-formed rule or distributor id."""
+    return isinstance(value, str) and _ID.match(value) is not None
+
+
+def _check_name(value: str) -> None:
+    """Names: 1-200 characters, none of them a control character or a lone surrogate (which
+    no UTF-8 encoder accepts, so such a name could be validated but never stored or shown)."""
+    if not 1 <= len(value) <= MAX_NAME_CHARS:
+        raise ValidationError(f"must be 1-{MAX_NAME_CHARS} characters")
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+        raise ValidationError("must not hold control characters or lone surrogates")
+
+
+def _at_most(limit: int, what: str) -> validate.Length:
+    return validate.Length(max=limit, error=f"at most {limit:,} {what}")
 
 
 class AllocationSchema(Schema):
@@ -163,6 +212,8 @@ class AllocationList(fields.Field):
     ) -> list[dict[str, str]]:
         if not isinstance(value, list):
             raise ValidationError("Not a valid list.")
+        if len(value) > MAX_ALLOCATIONS:  # before looking at a single one of them
+            raise ValidationError(f"at most {MAX_ALLOCATIONS:,} allocations in a bundle")
         out: list[dict[str, str]] = []
         errors: dict[int, Any] = {}
         for i, item in enumerate(value):
@@ -191,9 +242,14 @@ class DistributorSchema(Schema):
         unknown = RAISE
 
     id = fields.String(required=True, validate=_id_field_validator)
-    name = fields.String(load_default=None, allow_none=True)
+    name = fields.String(load_default=None, allow_none=True, validate=_check_name)
     territories = fields.List(
-        RegionCode(), required=True, validate=validate.Length(min=1, error="must not be empty")
+        RegionCode(),
+        required=True,
+        validate=[
+            validate.Length(min=1, error="must not be empty"),
+            _at_most(MAX_REGIONS, "territories"),
+        ],
     )
     allocations = AllocationList(load_default=list)
 
@@ -207,8 +263,17 @@ class DistributorSchema(Schema):
         }
 
 
+class _OneOf(validate.OneOf):
+    """``OneOf`` whose message quotes at most :data:`QUOTE_CHARS` of the rejected value."""
+
+    def _format_error(self, value: Any) -> str:
+        return self.error.format(
+            input=quote(value), choices=self.choices_text, labels=self.labels_text
+        )
+
+
 def _one_of(what: str, choices: tuple[str, ...]) -> validate.OneOf:
-    return validate.OneOf(choices, error=f"unknown {what} {{input!r}}; expected one of {{choices}}")
+    return _OneOf(choices, error=f"unknown {what} {{input}}; expected one of {{choices}}")
 
 
 _TERRITORY_ONLY = ("bind", "unknown_device", "distributors")
@@ -229,11 +294,14 @@ class RuleSchema(Schema):
         load_default="enforce",
         validate=_one_of("mode", MODES),
     )
-    regions = fields.List(RegionCode())
+    regions = fields.List(RegionCode(), validate=_at_most(MAX_REGIONS, "regions"))
     signals = fields.List(
         fields.String(validate=_one_of("signal", SIGNALS)),
         required=True,
-        validate=validate.Length(min=1, error="must not be empty"),
+        validate=[
+            validate.Length(min=1, error="must not be empty"),
+            _at_most(len(SIGNALS), "signals, each once"),
+        ],
     )
     min_signals = fields.Integer(strict=True, load_default=1)
     action = fields.String(
@@ -241,11 +309,17 @@ class RuleSchema(Schema):
         validate=_one_of("action", ACTIONS),
     )
     grace_days = fields.Integer(
-        strict=True, load_default=0, validate=validate.Range(min=0, error="must be >= 0")
+        strict=True,
+        load_default=0,
+        validate=validate.Range(0, MAX_GRACE_DAYS, error=f"must be 0-{MAX_GRACE_DAYS} (days)"),
     )
     bind = fields.String(validate=_one_of("bind", BINDS))
     unknown_device = fields.String(validate=_one_of("action", ACTIONS))
-    distributors = fields.List(fields.String(), allow_none=True)
+    distributors = fields.List(
+        fields.String(validate=_id_field_validator),
+        allow_none=True,
+        validate=_at_most(MAX_DISTRIBUTORS, "distributors"),
+    )
 
     @validates_schema(skip_on_field_errors=False, pass_original=True)
     def _check_rule(self, data: dict[str, Any], original: Any, **kwargs: Any) -> None:
@@ -302,15 +376,36 @@ class BundleSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    name = fields.String(load_default="default")
+    name = fields.String(load_default="default", validate=_check_name)
     next_checkin_s = fields.Integer(
-        strict=True, load_default=86400, validate=validate.Range(min=1, error="must be > 0")
+        strict=True,
+        load_default=86400,
+        validate=validate.Range(
+            MIN_NEXT_CHECKIN_S,
+            MAX_NEXT_CHECKIN_S,
+            error=f"must be {MIN_NEXT_CHECKIN_S}-{MAX_NEXT_CHECKIN_S} seconds (a minute to a year)",
+        ),
     )
     max_new_lock_ratio = fields.Float(
         load_default=0.05, validate=validate.Range(0, 1, error="must be between 0 and 1")
     )
-    rules = fields.List(fields.Nested(RuleSchema), load_default=list)
-    distributors = fields.List(fields.Nested(DistributorSchema), load_default=list)
+    rules = fields.List(
+        fields.Nested(RuleSchema), load_default=list, validate=_at_most(MAX_RULES, "rules")
+    )
+    distributors = fields.List(
+        fields.Nested(DistributorSchema),
+        load_default=list,
+        validate=_at_most(MAX_DISTRIBUTORS, "distributors"),
+    )
+
+    @validates_schema
+    def _check_total(self, data: dict[str, Any], **kwargs: Any) -> None:
+        total = sum(len(d["allocations"]) for d in data.get("distributors", ()))
+        if total > MAX_ALLOCATIONS:
+            raise ValidationError(
+                f"at most {MAX_ALLOCATIONS:,} allocations in a bundle ({total:,} given)",
+                "distributors",
+            )
 
     @post_load
     def _normalise(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 from marshmallow import ValidationError
 
 from service.engine.allocation_index import AllocationIndex, index_allocations
-from service.engine.schema import BUNDLE_SCHEMA
+from service.engine.schema import BUNDLE_SCHEMA, is_id, quote
 
 
 class BundleError(Exception):
@@ -70,7 +70,7 @@ def _cross_checks(data: Mapping[str, Any], errors: dict[str, list[str]]) -> None
             if isinstance(ident, str):
                 if ident in known:
                     errors.setdefault(f"distributors.{d}.id", []).append(
-                        f"duplicate distributor id {ident!r}"
+                        f"duplicate distributor id {quote(ident)}"
                     )
                 known.add(ident)
     if isinstance(rules, list):
@@ -81,12 +81,15 @@ def _cross_checks(data: Mapping[str, Any], errors: dict[str, list[str]]) -> None
             ident = rule.get("id")
             if isinstance(ident, str):
                 if ident in seen:
-                    errors.setdefault(f"rules.{r}.id", []).append(f"duplicate rule id {ident!r}")
+                    message = f"duplicate rule id {quote(ident)}"
+                    errors.setdefault(f"rules.{r}.id", []).append(message)
                 seen.add(ident)
             names = rule.get("distributors")
             if isinstance(names, list):
                 for j, name in enumerate(names):
-                    if isinstance(name, str) and name not in known:
+                    # A malformed name is reported by the schema; only a well-formed one can be
+                    # unknown.
+                    if is_id(name) and name not in known:
                         errors.setdefault(f"rules.{r}.distributors.{j}", []).append(
                             f"unknown distributor {name!r}"
                         )
