@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pycountry
 
-from service.engine.bundle import load_bundle_dir
 from service.engine.compiler import compile_bundle
+from service.engine.loading import load_bundle_dir
 from service.engine.model import DeviceState, Facts, Place
 
 SANCTIONED = ["CU", "IR", "SY", "KP", "SD"]

@@ -22,8 +22,8 @@ from pathlib import Path
 import orjson
 import redis as redis_lib
 
-from service.engine.bundle import load_bundle_dir
 from service.engine.compiler import compile_bundle
+from service.engine.loading import load_bundle_dir
 from service.engine.model import Facts, Override, Place
 from service.policy.simulate import REPLAY_FIELDS, SCAN_COUNT, simulate
 from service.store import keys

@@ -14,7 +14,7 @@ from service.api.openapi import ErrorResponsesPlugin, RegionlockApi
 from service.config import ConfigError, Settings, load_settings
 from service.crypto.signing import KeyRing
 from service.devices.checkin import CheckinService
-from service.engine.bundle import load_bundle_dir
+from service.engine.loading import load_bundle_dir
 from service.evidence import Evidence, GeoIP, GpsGeocoder
 from service.evidence.mcc import mcc_mnc_of_imsi
 from service.policy.runtime import PolicyCache

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from service.engine.bundle import BundleError, load_bundle_dir, validate_bundle
 from service.engine.compiler import compile_bundle
+from service.engine.loading import load_bundle_dir
+from service.engine.validation import BundleError, validate_bundle
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from service.engine.bundle import load_bundle_dir
 from service.engine.cases import Case, CaseError, load_cases, parse_cases, run_cases
 from service.engine.compiler import CompiledPolicy, compile_bundle
+from service.engine.loading import load_bundle_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = load_cases(ROOT / "policies" / "cases")

@@ -12,7 +12,7 @@ import pytest
 from service.console import audit as console_audit
 from service.console.bundle_text import check_text, dump_bundle
 from service.console.security import SECRET_KEY_FILE, load_secret_key
-from service.engine.bundle import load_bundle_dir
+from service.engine.loading import load_bundle_dir
 from service.store import keys
 from service.store.tokens import ROLES, TokenStore, digest
 from tests.conftest import ROOT, audit_entries, bearer

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from service.cli import main
-from service.engine.bundle import load_bundle_dir
+from service.engine.loading import load_bundle_dir
 from service.policy.allocations import (
     OwnerIndex,
     imei_luhn_ok,

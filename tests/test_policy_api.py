@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from service.engine.bundle import load_bundle_dir
+from service.engine.loading import load_bundle_dir
 from service.store import keys
 from service.store.tokens import ROLES, TokenStore
 from tests.conftest import audit_entries, bearer

@@ -14,8 +14,8 @@ from marshmallow import ValidationError
 from stdnum import luhn
 
 from service.api.checkin.schemas import CheckinSchema
-from service.engine.bundle import load_bundle_dir
 from service.engine.compiler import compile_bundle
+from service.engine.loading import load_bundle_dir
 from service.engine.model import (
     ACTION_RANK,
     DISTRIBUTOR_TERRITORY,

@@ -48,7 +48,7 @@ def test_every_published_version_carries_a_snapshot_workers_load(client, tokens,
 
 def test_a_version_without_snapshot_is_compiled(redis):
     store = PolicyStore(redis)
-    from service.engine.bundle import load_bundle_dir
+    from service.engine.loading import load_bundle_dir
     from tests.conftest import ROOT
 
     store.publish(load_bundle_dir(ROOT / "policies"), "someone", "no snapshot", None)

@@ -16,7 +16,8 @@ from typing import Any
 import click
 
 from service.cli.common import ACTOR_OPTION, actor_name, redis_client
-from service.engine.bundle import BundleError, load_bundle_dir
+from service.engine.loading import load_bundle_dir
+from service.engine.validation import BundleError
 
 _RULE = "-" * 80
 
@@ -323,7 +324,7 @@ def distributors_import(
             sys.exit(1)
         click.echo(f"{distributor_id}: {count} allocations after merging")
         if dry_run:
-            from service.engine.bundle import validate_bundle
+            from service.engine.validation import validate_bundle
 
             try:
                 validate_bundle(bundle)

@@ -25,7 +25,7 @@ def serve(workers: int | None, threads: int) -> None:
     import logging
 
     from service.crypto.signing import KeyRingError
-    from service.engine.bundle import BundleError
+    from service.engine.validation import BundleError
     from service.web.logs import configure_logging
 
     configure_logging()

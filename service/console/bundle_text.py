@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from service.engine.bundle import BundleError, validate_bundle
+from service.engine.validation import BundleError, validate_bundle
 
 #: The editor refuses texts larger than this (a bundle with very many allocations belongs in
 #: the CLI, not a textarea).

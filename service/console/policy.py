@@ -26,8 +26,8 @@ from service.console import present, security
 from service.console.blueprint import bp
 from service.console.bundle_text import MAX_TEXT, check_text, dump_bundle
 from service.console.diff import changed, side_by_side
-from service.engine.bundle import BundleError
 from service.engine.compiler import CompiledPolicy, compile_bundle
+from service.engine.validation import BundleError
 from service.policy.diff import diff_summary, format_summary
 from service.policy.publishing import Publisher, SafetyBrake, UnknownVersion, VersionConflict
 from service.policy.publishing import version_metadata as _version_metadata

@@ -8,9 +8,9 @@ No Flask, Redis or geoip2 here, and no I/O beyond reading YAML in :func:`load_bu
     decision = apply_override(decision, override, now)
 """
 
-from service.engine.bundle import BundleError, load_bundle_dir, validate_bundle
 from service.engine.cases import Case, CaseError, CaseResult, load_cases, run_cases
 from service.engine.compiler import CompiledPolicy, compile_bundle
+from service.engine.loading import load_bundle_dir
 from service.engine.model import (
     SIGNALS,
     Decision,
@@ -22,6 +22,7 @@ from service.engine.model import (
     apply_override,
     combine_actions,
 )
+from service.engine.validation import BundleError, validate_bundle
 
 __all__ = [
     "SIGNALS",

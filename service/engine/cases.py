@@ -33,7 +33,6 @@ from typing import Any
 
 import yaml
 
-from service.engine.bundle import is_region_code
 from service.engine.compiler import CompiledPolicy
 from service.engine.model import (
     RULE_KINDS,
@@ -45,6 +44,7 @@ from service.engine.model import (
     apply_override,
     iso_utc,
 )
+from service.engine.schema import is_region_code
 
 #: Time of a case's first check-in when it gives no ``at``.
 DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC).timestamp()

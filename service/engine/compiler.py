@@ -40,12 +40,12 @@ Semantics (SPEC §4), with the choices made where it is silent:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
-from service.engine.bundle import AllocationIndex, validate_and_index
+from service.engine.allocation_index import AllocationIndex
 from service.engine.model import (
     DAY_S,
     SANCTIONED_REGION,
@@ -57,6 +57,7 @@ from service.engine.model import (
     combine_actions,
     earliest_lock_at,
 )
+from service.engine.validation import validate_and_index
 
 __all__ = [
     "CompiledPolicy",
@@ -193,114 +194,179 @@ class CompiledPolicy:
     def decide(self, facts: Facts) -> Decision:
         """Evaluate every rule for one check-in and combine the enforced hits into a verdict.
 
+        Three steps: judge each rule by its kind (a reason, or None for no hit), postpone lock
+        hits by their grace period, then combine the enforced reasons with the named conflict
+        strategy (:func:`combine_actions`) into a :class:`Decision`.
+
         Pure: reads only ``facts`` and the compiled bundle; the new device state is returned in
         ``Decision.state`` for the caller to persist.
         """
         places = facts.places
-        now = facts.now
-        old_bindings = facts.state.bindings
-        old_first_hits = facts.state.first_hits
-        # Copy-on-write: most check-ins change nothing, and then the old state is reused.
-        bindings: dict[str, bool] | None = None
-        first_hits: dict[str, float] | None = None
         distributor_id = self._index.owner_of(facts.imei)
-        info = self._distributors.get(distributor_id) if distributor_id is not None else None
+        device = self._distributors.get(distributor_id) if distributor_id is not None else None
+        state = _StateChanges(facts.state)
         reasons: list[Reason] = []
         observed: list[Reason] = []
-
         for rule in self.rules:
-            bound = False
-            reason_distributor: str | None = None
-            territories: tuple[str, ...] = ()
             if rule.kind == SANCTIONED_REGION:
-                code = "sanctioned_region"
-                matched = _sanction_signals(rule, places)
-                hit = matched is not None
-                if matched is not None:
-                    region, signals = _best_region(rule, matched, places)
-            else:
-                code = "outside_territory"
-                if rule.distributors is not None and distributor_id not in rule.distributors:
-                    continue
-                if info is None:
-                    # Unknown device: nothing to compare places with, the rule's
-                    # unknown_device action applies as is.
-                    if rule.unknown_device != "allow":
-                        reason = Reason(
-                            code,
-                            rule.id,
-                            rule.kind,
-                            rule.unknown_device,
-                            signals=_present(rule, places),
-                        )
-                        (reasons if rule.enforced else observed).append(reason)
-                    continue
-                outside, present = _territory_signals(rule, places, info.territory_set)
-                hit = len(outside) >= rule.min_signals
-                if rule.bind_activation:
-                    stored = old_bindings.get(rule.id)
-                    if stored is not None:
-                        bound, hit = True, stored
-                    elif hit or present >= rule.min_signals:  # the evidence decides it
-                        if bindings is None:
-                            bindings = dict(old_bindings)
-                        bindings[rule.id] = hit
-                if hit:
-                    # A bound hit may have no outside signal now (back home): report what the
-                    # device says now, flagged as bound.
-                    signals = _present(rule, places) if bound else outside
-                    region = _most_common_label(signals)
-                    reason_distributor, territories = info.id, info.territories
-
-            if not hit:
-                if rule.id in old_first_hits:  # a clean check-in restarts the grace period
-                    if first_hits is None:
-                        first_hits = dict(old_first_hits)
-                    del first_hits[rule.id]
+                reason = _judge_sanctions(rule, places)
+            elif rule.distributors is not None and distributor_id not in rule.distributors:
+                continue  # another distributor's devices (or unknown ones): not judged here
+            elif device is None:
+                # Unknown device: its unknown_device action applies as is (no grace, no binding).
+                reason = _judge_unknown_device(rule, places)
+                if reason is not None:
+                    (reasons if rule.enforced else observed).append(reason)
                 continue
-
-            action = rule.action
-            lock_at: float | None = None
+            else:
+                reason = _judge_territory(rule, places, device, state)
+            if reason is None:
+                state.clear_first_hit(rule.id)  # a clean check-in restarts the grace period
+                continue
             if rule.grace_s:
-                first = old_first_hits.get(rule.id)
-                if first is None:
-                    first = now
-                    if first_hits is None:
-                        first_hits = dict(old_first_hits)
-                    first_hits[rule.id] = now
-                if now < first + rule.grace_s:
-                    code, action, lock_at = "grace_period", "warn", first + rule.grace_s
-            reason = Reason(
-                code,
-                rule.id,
-                rule.kind,
-                action,
-                region,
-                signals,
-                reason_distributor,
-                territories,
-                lock_at,
-                bound,
-            )
+                reason = _with_grace(rule, reason, facts.now, state)
             (reasons if rule.enforced else observed).append(reason)
+        return _decision(reasons, observed, distributor_id, state.result())
 
-        if bindings is None and first_hits is None:
-            state = facts.state
-        else:
-            state = DeviceState(
-                bindings=bindings if bindings is not None else dict(old_bindings),
-                first_hits=first_hits if first_hits is not None else dict(old_first_hits),
-            )
-        if not reasons:  # the common case: skip combining nothing
-            return Decision("allow", (), tuple(observed), None, distributor_id, state)
-        return Decision(
-            combine_actions([r.action for r in reasons]),
-            tuple(reasons),
-            tuple(observed),
-            earliest_lock_at(reasons),
-            distributor_id,
-            state,
+
+class _StateChanges:
+    """The device state as it changes during one decision, copied on first write: most
+    check-ins change nothing, and then the old state object itself is handed back."""
+
+    __slots__ = ("_old", "_bindings", "_first_hits")
+
+    def __init__(self, old: DeviceState):
+        self._old = old
+        self._bindings: dict[str, bool] | None = None
+        self._first_hits: dict[str, float] | None = None
+
+    def binding(self, rule_id: str) -> bool | None:
+        """The stored answer of a ``bind: activation`` rule (True: outside), None when unbound."""
+        return self._old.bindings.get(rule_id)
+
+    def bind(self, rule_id: str, outside: bool) -> None:
+        """Fix a ``bind: activation`` rule's answer for this device from now on."""
+        if self._bindings is None:
+            self._bindings = dict(self._old.bindings)
+        self._bindings[rule_id] = outside
+
+    def first_hit(self, rule_id: str, now: float) -> float:
+        """When the rule first hit this device; ``now`` (and recorded) when this is the first."""
+        first = self._old.first_hits.get(rule_id)
+        if first is None:
+            first = now
+            if self._first_hits is None:
+                self._first_hits = dict(self._old.first_hits)
+            self._first_hits[rule_id] = now
+        return first
+
+    def clear_first_hit(self, rule_id: str) -> None:
+        """Forget the rule's first hit (the device checked in without hitting it)."""
+        if rule_id in self._old.first_hits:
+            if self._first_hits is None:
+                self._first_hits = dict(self._old.first_hits)
+            del self._first_hits[rule_id]
+
+    def result(self) -> DeviceState:
+        """The state to persist: the old object when nothing changed."""
+        if self._bindings is None and self._first_hits is None:
+            return self._old
+        return DeviceState(
+            bindings=self._bindings if self._bindings is not None else dict(self._old.bindings),
+            first_hits=(
+                self._first_hits if self._first_hits is not None else dict(self._old.first_hits)
+            ),
         )
+
+
+def _judge_sanctions(rule: CompiledRule, places: Mapping[str, Place]) -> Reason | None:
+    """A ``sanctioned_region`` reason when ``min_signals`` signals put the device in one of the
+    rule's regions, else None."""
+    matched = _sanction_signals(rule, places)
+    if matched is None:
+        return None
+    region, signals = _best_region(rule, matched, places)
+    return Reason("sanctioned_region", rule.id, rule.kind, rule.action, region, signals)
+
+
+def _judge_unknown_device(rule: CompiledRule, places: Mapping[str, Place]) -> Reason | None:
+    """A territory rule on a device no allocation holds: nothing to compare places with, so the
+    rule's ``unknown_device`` action applies at once (``allow``: no reason)."""
+    if rule.unknown_device == "allow":
+        return None
+    return Reason(
+        "outside_territory",
+        rule.id,
+        rule.kind,
+        rule.unknown_device,
+        signals=_present(rule, places),
+    )
+
+
+def _judge_territory(
+    rule: CompiledRule,
+    places: Mapping[str, Place],
+    device: DistributorInfo,
+    state: _StateChanges,
+) -> Reason | None:
+    """An ``outside_territory`` reason when the device is outside its distributor's territories
+    (by ``min_signals`` signals now, or by the stored binding of a ``bind: activation`` rule),
+    else None. Binds the rule's first decided answer."""
+    outside, present = _territory_signals(rule, places, device.territory_set)
+    hit = len(outside) >= rule.min_signals
+    bound = False
+    if rule.bind_activation:
+        stored = state.binding(rule.id)
+        if stored is not None:
+            bound, hit = True, stored
+        elif hit or present >= rule.min_signals:  # the evidence decides it
+            state.bind(rule.id, hit)
+    if not hit:
+        return None
+    # A bound hit may have no outside signal now (back home): report what the device says now,
+    # flagged as bound.
+    signals = _present(rule, places) if bound else outside
+    return Reason(
+        "outside_territory",
+        rule.id,
+        rule.kind,
+        rule.action,
+        _most_common_label(signals),
+        signals,
+        device.id,
+        device.territories,
+        None,
+        bound,
+    )
+
+
+def _with_grace(rule: CompiledRule, reason: Reason, now: float, state: _StateChanges) -> Reason:
+    """Until first hit + the rule's grace, a lock hit is a ``grace_period`` warning that names
+    when the lock comes (``lock_at``); after it, the rule's own reason."""
+    lock_at = state.first_hit(rule.id, now) + rule.grace_s
+    if now < lock_at:
+        return replace(reason, code="grace_period", action="warn", lock_at=lock_at)
+    return reason
+
+
+def _decision(
+    reasons: list[Reason],
+    observed: list[Reason],
+    distributor_id: str | None,
+    state: DeviceState,
+) -> Decision:
+    """Combine the enforced reasons into the verdict (the strongest action wins); observed
+    reasons are reported but never change it."""
+    if not reasons:  # the common case: skip combining nothing
+        return Decision("allow", (), tuple(observed), None, distributor_id, state)
+    return Decision(
+        combine_actions([r.action for r in reasons]),
+        tuple(reasons),
+        tuple(observed),
+        earliest_lock_at(reasons),
+        distributor_id,
+        state,
+    )
 
 
 def _sanction_signals(rule: CompiledRule, places: Mapping[str, Place]) -> list[str] | None:
@@ -382,7 +448,7 @@ def _present(rule: CompiledRule, places: Mapping[str, Place]) -> dict[str, str]:
 def compile_bundle(bundle: Mapping[str, Any]) -> CompiledPolicy:
     """Validate ``bundle`` (raw or already normalised) and compile it.
 
-    Raises :class:`~service.engine.bundle.BundleError` when invalid. Allocations are parsed and
+    Raises :class:`~service.engine.validation.BundleError` when invalid. Allocations are parsed and
     sorted once, so a million of them compile in a few seconds and a lookup stays O(log n).
     """
     normalised, index = validate_and_index(bundle)

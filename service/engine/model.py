@@ -19,6 +19,11 @@ from typing import Any
 #: Seconds in a day (grace periods, key grace, retention).
 DAY_S = 86_400
 
+#: The latest check-in time (epoch seconds: 9000-01-01) the engine is built to decide. With the
+#: bundle bounds (engine/schema.py) every time derived from one, such as ``lock_at`` (a first
+#: hit plus at most a year of grace), stays within what :func:`iso_utc` formats (year 9999).
+MAX_DECISION_TIME = 221_845_392_000.0
+
 #: Every signal that can place a device, in the order they are reported.
 SIGNALS: tuple[str, ...] = ("ip", "gps", "network", "sim")
 

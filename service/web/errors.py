@@ -10,6 +10,7 @@ from flask import Flask, current_app, jsonify
 from marshmallow import INCLUDE, Schema, fields
 from werkzeug.exceptions import HTTPException
 
+from service.engine.validation import flatten_messages
 from service.web.metrics import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
@@ -91,27 +92,6 @@ def error_response(
     return response
 
 
-def flatten_fields(messages, prefix: str = "") -> dict[str, list[str]]:
-    """marshmallow's nested messages as {"sim.imsi": ["..."]}: every bad field named by path."""
-    out: dict[str, list[str]] = {}
-    if isinstance(messages, dict):
-        for key, value in messages.items():
-            path = f"{prefix}.{key}" if prefix else str(key)
-            if key == "_schema":
-                path = prefix or "_schema"
-            for sub_path, sub_messages in flatten_fields(value, path).items():
-                out.setdefault(sub_path, []).extend(sub_messages)
-    elif isinstance(messages, list) and all(isinstance(m, str) for m in messages):
-        out[prefix or "_schema"] = list(messages)
-    elif isinstance(messages, list):
-        for item in messages:
-            for sub_path, sub_messages in flatten_fields(item, prefix).items():
-                out.setdefault(sub_path, []).extend(sub_messages)
-    else:
-        out[prefix or "_schema"] = [str(messages)]
-    return out
-
-
 # Errors that mean "Redis cannot serve right now" (down, unreachable, loading, failing over,
 # out of memory, cluster reconfiguring), as opposed to a command Redis refused.
 _OUTAGES: tuple[type[Exception], ...] = (
@@ -175,7 +155,7 @@ def register_error_handlers(app: Flask) -> None:
             # flask-smorest/webargs: messages keyed by location ("json", "query").
             fields: dict[str, list[str]] = {}
             for location_messages in messages.values():
-                fields.update(flatten_fields(location_messages))
+                fields.update(flatten_messages(location_messages, root="_schema"))
             return error_response(422, "the request has invalid fields", fields=fields)
         if status == 400 and messages is not None:
             return error_response(400, "the body is not valid JSON")

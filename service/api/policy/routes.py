@@ -18,8 +18,8 @@ from service.api.policy.schemas import (
     ValidSchema,
     VersionListSchema,
 )
-from service.engine.bundle import BundleError, validate_bundle
 from service.engine.compiler import CompiledPolicy, compile_bundle
+from service.engine.validation import BundleError, validate_bundle
 from service.policy.publishing import (
     Publisher,
     SafetyBrake,

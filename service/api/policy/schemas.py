@@ -1,7 +1,7 @@
 """Schemas of the policy editors' API (SPEC §6).
 
 The bundle itself is a plain ``Dict`` here: the engine validates it (every error with its
-path), so its schema is written once, in ``service/engine/bundle.py``.
+path), so its schema is written once, in ``service/engine/schema.py``.
 """
 
 from __future__ import annotations

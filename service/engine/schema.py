@@ -1,0 +1,421 @@
+"""The policy bundle's schema: every field, its checks and its normalised form.
+
+One schema serves the YAML seed in ``policies/`` and the JSON of the policy API. The entry points
+are in :mod:`service.engine.validation` (``validate_bundle``), which adds the checks that span
+several objects and the allocation overlap check.
+
+Choices where the spec is silent:
+
+- Unknown *top-level* keys are ignored (``EXCLUDE``) so a bundle read from ``GET /v1/policy``
+  (which adds ``version``, ``published_at`` ...) can be posted back as is. Unknown keys inside a
+  rule, a distributor or an allocation are errors (``RAISE``): a typo such as ``min_signal`` or
+  ``form`` would otherwise silently fall back to a default.
+- Fields of the other rule type are errors (``regions`` on a territory rule; ``bind``,
+  ``unknown_device``, ``distributors`` on a sanctions rule) for the same reason.
+- Region and territory codes are accepted in any case and normalised to upper case; repeated
+  codes are dropped (first kept). Repeated signals are an error.
+- TACs and range bounds must be *strings* of digits: YAML reads an unquoted ``01234567`` as an
+  octal number, which would silently change the TAC.
+- Rule and distributor ids: letters, digits, ``_ . -`` (they appear in keys, logs and URLs).
+- Every open-ended field is bounded (the ``MAX_``/``MIN_`` constants below, and
+  docs/decisions.md "Bundle bounds"): a bundle that validates can be decided for any check-in
+  up to :data:`~service.engine.model.MAX_DECISION_TIME` and its verdicts formatted, and no field
+  is large enough to hurt (a grace of 3,000,000 days put ``lock_at`` in the year 10240).
+  Error messages quote at most :data:`QUOTE_CHARS` characters of what was given.
+
+Allocations get a hand-written fast path (a bundle may hold a million of them); anything the fast
+path does not accept is re-checked by :class:`AllocationSchema` for its exact error messages.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
+
+import pycountry
+from marshmallow import (
+    EXCLUDE,
+    RAISE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
+
+from service.engine.allocation_index import is_digits
+from service.engine.model import (
+    DAY_S,
+    DISTRIBUTOR_TERRITORY,
+    RULE_KINDS,
+    SANCTIONED_REGION,
+    SIGNALS,
+)
+
+ACTIONS = ("allow", "warn", "lock")
+BINDS = ("activation", "every_checkin")
+MODES = ("enforce", "observe")
+
+# Anchored with \Z because marshmallow's Regexp validator uses match(), not fullmatch().
+_TAC = re.compile(r"[0-9]{8}\Z")
+_BODY = re.compile(r"[0-9]{14}\Z")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+
+# Bounds (docs/decisions.md, "Bundle bounds").
+#: Bundle and distributor names: shown in the console, the CLI and audit details.
+MAX_NAME_CHARS = 200
+#: How long a device waits between check-ins: a minute (a fleet calling every second is a
+#: self-inflicted flood) to a year (the longest offline lock SPEC §12 allows).
+MIN_NEXT_CHECKIN_S = 60
+MAX_NEXT_CHECKIN_S = 365 * DAY_S
+#: Grace before a lock: up to a year (a longer grace is a ``warn`` rule).
+MAX_GRACE_DAYS = 365
+MAX_RULES = 200
+MAX_DISTRIBUTORS = 10_000
+#: Regions of a rule, territories of a distributor (before repeated codes are dropped).
+MAX_REGIONS = 1_000
+#: Allocations in the whole bundle (the engine is measured with a million).
+MAX_ALLOCATIONS = 5_000_000
+#: How much of a rejected value an error message quotes.
+QUOTE_CHARS = 40
+
+
+def quote(value: Any) -> str:
+    """``repr`` of a rejected value for an error message, cut to :data:`QUOTE_CHARS`."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else text[: QUOTE_CHARS - 1] + "…"
+
+
+@cache
+def _country_codes() -> frozenset[str]:
+    return frozenset(c.alpha_2 for c in pycountry.countries)
+
+
+@cache
+def _subdivision_codes() -> frozenset[str]:
+    return frozenset(s.code for s in pycountry.subdivisions)
+
+
+def is_region_code(code: str) -> bool:
+    """True for an ISO 3166-1 alpha-2 country or an ISO 3166-2 subdivision code (upper case)."""
+    if "-" in code:
+        return code in _subdivision_codes()
+    return code in _country_codes()
+
+
+class RegionCode(fields.String):
+    """A country (``CU``) or subdivision (``UA-43``) code, normalised to upper case."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs).strip().upper()
+        if not is_region_code(text):
+            kind = "subdivision" if "-" in text else "country"
+            raise ValidationError(f"unknown {kind} code {quote(value)}")
+        return text
+
+
+def _dedupe(codes: list[str]) -> list[str]:
+    return list(dict.fromkeys(codes))
+
+
+_id_field_validator = validate.Regexp(
+    _ID, error="must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+)
+
+
+def is_id(value: Any) -> bool:
+    """True for a well-formed rule or distributor id."""
+    return isinstance(value, str) and _ID.match(value) is not None
+
+
+def _check_name(value: str) -> None:
+    """Names: 1-200 characters, none of them a control character or a lone surrogate (which
+    no UTF-8 encoder accepts, so such a name could be validated but never stored or shown)."""
+    if not 1 <= len(value) <= MAX_NAME_CHARS:
+        raise ValidationError(f"must be 1-{MAX_NAME_CHARS} characters")
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+        raise ValidationError("must not hold control characters or lone surrogates")
+
+
+def _at_most(limit: int, what: str) -> validate.Length:
+    return validate.Length(max=limit, error=f"at most {limit:,} {what}")
+
+
+class AllocationSchema(Schema):
+    """One allocation: ``{"tac": "35387923"}`` (every IMEI with that TAC) or
+    ``{"from": "86012345000000", "to": "86012345099999"}`` (14-digit IMEI bodies, inclusive)."""
+
+    class Meta:
+        unknown = RAISE
+
+    tac = fields.String(validate=validate.Regexp(_TAC, error="must be a string of 8 digits"))
+    from_ = fields.String(
+        data_key="from", validate=validate.Regexp(_BODY, error="must be a string of 14 digits")
+    )
+    to = fields.String(validate=validate.Regexp(_BODY, error="must be a string of 14 digits"))
+
+    @validates_schema(skip_on_field_errors=False, pass_original=True)
+    def _one_form(self, data: dict[str, Any], original: Any, **kwargs: Any) -> None:
+        # Judge the form by the keys given, not the ones that passed their field checks, so a
+        # malformed TAC is reported once (at "tac") rather than also as "no allocation given".
+        given = set(original) if isinstance(original, Mapping) else set()
+        has_tac = "tac" in given
+        has_range = "from" in given or "to" in given
+        if has_tac and has_range:
+            raise ValidationError("give either tac or from/to, not both")
+        if not has_tac and not has_range:
+            raise ValidationError("give either tac or from and to")
+        if has_range:
+            if "from" not in given:
+                raise ValidationError("required with 'to'", "from")
+            if "to" not in given:
+                raise ValidationError("required with 'from'", "to")
+            if "from_" in data and "to" in data and data["from_"] > data["to"]:
+                # Same-length digit strings compare like the numbers they spell.
+                raise ValidationError("must not be greater than 'to'", "from")
+
+    @post_load
+    def _normalise(self, data: dict[str, Any], **kwargs: Any) -> dict[str, str]:
+        if "tac" in data:
+            return {"tac": data["tac"]}
+        return {"from": data["from_"], "to": data["to"]}
+
+
+_ALLOCATION_SCHEMA = AllocationSchema()
+
+
+def _fast_allocation(item: Any) -> dict[str, str] | None:
+    """The common well-formed allocation, checked without marshmallow's per-field machinery;
+    None sends the item to :class:`AllocationSchema` for exact error messages."""
+    if type(item) is not dict:
+        return None
+    if len(item) == 1:
+        tac = item.get("tac")
+        if is_digits(tac, 8):
+            return {"tac": tac}
+    elif len(item) == 2:
+        low, high = item.get("from"), item.get("to")
+        if is_digits(low, 14) and is_digits(high, 14) and low <= high:
+            return {"from": low, "to": high}
+    return None
+
+
+class AllocationList(fields.Field):
+    """A list of allocations, validated in a tight loop (see module docstring)."""
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kwargs: Any
+    ) -> list[dict[str, str]]:
+        if not isinstance(value, list):
+            raise ValidationError("Not a valid list.")
+        if len(value) > MAX_ALLOCATIONS:  # before looking at a single one of them
+            raise ValidationError(f"at most {MAX_ALLOCATIONS:,} allocations in a bundle")
+        out: list[dict[str, str]] = []
+        errors: dict[int, Any] = {}
+        for i, item in enumerate(value):
+            fast = _fast_allocation(item)
+            if fast is not None:
+                out.append(fast)
+                continue
+            if not isinstance(item, Mapping):
+                errors[i] = ["must be an object with 'tac' or 'from' and 'to'"]
+                continue
+            try:
+                loaded = _ALLOCATION_SCHEMA.load(item)
+            except ValidationError as exc:
+                errors[i] = exc.messages
+                continue
+            out.append(loaded)
+        if errors:
+            raise ValidationError(errors)
+        return out
+
+
+class DistributorSchema(Schema):
+    """An authorized distributor: where it may sell (``territories``) and which IMEIs it got."""
+
+    class Meta:
+        unknown = RAISE
+
+    id = fields.String(required=True, validate=_id_field_validator)
+    name = fields.String(load_default=None, allow_none=True, validate=_check_name)
+    territories = fields.List(
+        RegionCode(),
+        required=True,
+        validate=[
+            validate.Length(min=1, error="must not be empty"),
+            _at_most(MAX_REGIONS, "territories"),
+        ],
+    )
+    allocations = AllocationList(load_default=list)
+
+    @post_load
+    def _normalise(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return {
+            "id": data["id"],
+            "name": data["name"] if data.get("name") is not None else data["id"],
+            "territories": _dedupe(data["territories"]),
+            "allocations": data["allocations"],
+        }
+
+
+class _OneOf(validate.OneOf):
+    """``OneOf`` whose message quotes at most :data:`QUOTE_CHARS` of the rejected value."""
+
+    def _format_error(self, value: Any) -> str:
+        return self.error.format(
+            input=quote(value), choices=self.choices_text, labels=self.labels_text
+        )
+
+
+def _one_of(what: str, choices: tuple[str, ...]) -> validate.OneOf:
+    return _OneOf(choices, error=f"unknown {what} {{input}}; expected one of {{choices}}")
+
+
+_TERRITORY_ONLY = ("bind", "unknown_device", "distributors")
+
+
+class RuleSchema(Schema):
+    """One rule; fields of the other rule type are errors (see module docstring)."""
+
+    class Meta:
+        unknown = RAISE
+
+    id = fields.String(required=True, validate=_id_field_validator)
+    type = fields.String(
+        required=True,
+        validate=_one_of("rule type", RULE_KINDS),
+    )
+    mode = fields.String(
+        load_default="enforce",
+        validate=_one_of("mode", MODES),
+    )
+    regions = fields.List(RegionCode(), validate=_at_most(MAX_REGIONS, "regions"))
+    signals = fields.List(
+        fields.String(validate=_one_of("signal", SIGNALS)),
+        required=True,
+        validate=[
+            validate.Length(min=1, error="must not be empty"),
+            _at_most(len(SIGNALS), "signals, each once"),
+        ],
+    )
+    min_signals = fields.Integer(strict=True, load_default=1)
+    action = fields.String(
+        load_default="lock",
+        validate=_one_of("action", ACTIONS),
+    )
+    grace_days = fields.Integer(
+        strict=True,
+        load_default=0,
+        validate=validate.Range(0, MAX_GRACE_DAYS, error=f"must be 0-{MAX_GRACE_DAYS} (days)"),
+    )
+    bind = fields.String(validate=_one_of("bind", BINDS))
+    unknown_device = fields.String(validate=_one_of("action", ACTIONS))
+    distributors = fields.List(
+        fields.String(validate=_id_field_validator),
+        allow_none=True,
+        validate=_at_most(MAX_DISTRIBUTORS, "distributors"),
+    )
+
+    @validates_schema(skip_on_field_errors=False, pass_original=True)
+    def _check_rule(self, data: dict[str, Any], original: Any, **kwargs: Any) -> None:
+        errors: dict[str, list[str]] = {}
+        given = original.get("signals") if isinstance(original, Mapping) else None
+        if isinstance(given, list):
+            seen: set[Any] = set()
+            for signal in given:
+                if isinstance(signal, str) and signal in seen:
+                    errors.setdefault("signals", []).append(f"signal {signal!r} repeated")
+                if isinstance(signal, str):
+                    seen.add(signal)
+            low = data.get("min_signals")
+            # Judged against the signals as written, so a typo in one signal does not also
+            # produce a confusing min_signals error.
+            if seen and isinstance(low, int) and not 1 <= low <= len(seen):
+                errors["min_signals"] = [f"must be between 1 and {len(seen)} (the signals listed)"]
+        kind = data.get("type")
+        if kind == SANCTIONED_REGION:
+            if "regions" not in data and "regions" not in errors:
+                errors["regions"] = ["required for sanctioned_region rules"]
+            elif data.get("regions") == []:
+                errors["regions"] = ["must not be empty"]
+            for name in _TERRITORY_ONLY:
+                if name in data:
+                    errors[name] = ["only for distributor_territory rules"]
+        elif kind == DISTRIBUTOR_TERRITORY and "regions" in data:
+            errors["regions"] = ["only for sanctioned_region rules"]
+        if errors:
+            raise ValidationError(errors)
+
+    @post_load
+    def _normalise(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        # A fixed key order per type keeps the normalised bundle (and its hash/diff) stable.
+        out: dict[str, Any] = {"id": data["id"], "type": data["type"], "mode": data["mode"]}
+        if data["type"] == SANCTIONED_REGION:
+            out["regions"] = _dedupe(data["regions"])
+        out["signals"] = list(data["signals"])
+        out["min_signals"] = data["min_signals"]
+        out["action"] = data["action"]
+        out["grace_days"] = data["grace_days"]
+        if data["type"] == DISTRIBUTOR_TERRITORY:
+            out["bind"] = data.get("bind", "activation")
+            out["unknown_device"] = data.get("unknown_device", "allow")
+            # None means "every distributor"; [] would mean "none" and is kept as such.
+            dists = data.get("distributors")
+            out["distributors"] = _dedupe(dists) if dists is not None else None
+        return out
+
+
+class BundleSchema(Schema):
+    """The whole bundle. Unknown top-level keys are ignored (see module docstring)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    name = fields.String(load_default="default", validate=_check_name)
+    next_checkin_s = fields.Integer(
+        strict=True,
+        load_default=86400,
+        validate=validate.Range(
+            MIN_NEXT_CHECKIN_S,
+            MAX_NEXT_CHECKIN_S,
+            error=f"must be {MIN_NEXT_CHECKIN_S}-{MAX_NEXT_CHECKIN_S} seconds (a minute to a year)",
+        ),
+    )
+    max_new_lock_ratio = fields.Float(
+        load_default=0.05, validate=validate.Range(0, 1, error="must be between 0 and 1")
+    )
+    rules = fields.List(
+        fields.Nested(RuleSchema), load_default=list, validate=_at_most(MAX_RULES, "rules")
+    )
+    distributors = fields.List(
+        fields.Nested(DistributorSchema),
+        load_default=list,
+        validate=_at_most(MAX_DISTRIBUTORS, "distributors"),
+    )
+
+    @validates_schema
+    def _check_total(self, data: dict[str, Any], **kwargs: Any) -> None:
+        total = sum(len(d["allocations"]) for d in data.get("distributors", ()))
+        if total > MAX_ALLOCATIONS:
+            raise ValidationError(
+                f"at most {MAX_ALLOCATIONS:,} allocations in a bundle ({total:,} given)",
+                "distributors",
+            )
+
+    @post_load
+    def _normalise(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return {
+            "name": data["name"],
+            "next_checkin_s": data["next_checkin_s"],
+            "max_new_lock_ratio": float(data["max_new_lock_ratio"]),
+            "rules": data["rules"],
+            "distributors": data["distributors"],
+        }
+
+
+BUNDLE_SCHEMA = BundleSchema()
