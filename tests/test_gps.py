@@ -77,6 +77,7 @@ DISPUTED_PLACES = [
     ("Quneitra (Syrian side)", 33.125, 35.824, Place("SY", "SY-QU")),
     ("Halaib", 22.220, 36.640, Place("EG")),
     ("Bir Tawil", 21.870, 33.750, Place("EG")),
+    ("Wadi Halfa salient, north of 22°N", 22.100, 31.400, Place("EG", "EG-ASN")),
     ("Abyei", 9.595, 28.436, Place("SD", "SD-GK")),
     ("Kafia Kingi", 9.270, 24.420, Place("SD")),
     ("Guantánamo naval base", 19.906, -75.155, Place("US")),
