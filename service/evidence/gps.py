@@ -31,10 +31,12 @@ except Ukraine, whose internationally recognised border the polygons keep: see
 Subdivisions are approximate near internal borders (nearest town, not a polygon); the country,
 which is what sanctions and territory rules mostly name, is exact to the polygon data.
 
-Cost: :meth:`GpsGeocoder.warm` (or the first lookup) maps the polygon file (memory-mapped, the
-pages are shared between processes) and loads the gazetteer (about one second). A lookup costs
-a few microseconds for the zone plus a k-d tree query for the subdivision
-(``python -m bench.bench_evidence --only speed`` prints the figures).
+Cost: :meth:`GpsGeocoder.warm` (or the first lookup) maps the polygon file (memory-mapped, so
+its pages are file-backed and shared between worker processes) and loads the gazetteer (about
+one second); a process holds about 50 MB more afterwards (25 MB with the old nearest-town
+method). The data is loaded once per process and shared by every geocoder on the same files. A
+lookup costs 1-3 µs for the zone plus a k-d tree query for the subdivision, 10-20 µs in all
+(``python -m bench.bench_evidence --only speed``; docs/accuracy.md).
 """
 
 from __future__ import annotations
