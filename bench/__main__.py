@@ -16,6 +16,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench.bench_http", ["--seconds", "10"]),
     ("bench.bench_simulate", ["--devices", "1000000"]),
     ("bench.bench_memory", ["--devices", "5000"]),
+    ("bench.bench_evidence", ["--per-band", "150"]),
 ]
 
 

