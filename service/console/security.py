@@ -61,8 +61,8 @@ def configure_app(app: Flask) -> None:
     """Secret key and session cookie flags for the console (called when bp is registered)."""
     settings = app.config["SETTINGS"]
     if not app.secret_key:
-        app.secret_key = settings.extra.get("secret_key") or load_secret_key(settings.var_dir)
-    secure = settings.extra.get("secure_cookies")
+        app.secret_key = settings.secret_key or load_secret_key(settings.var_dir)
+    secure = settings.secure_cookies
     if secure is None:
         secure = os.environ.get(SECURE_COOKIE_ENV, "").lower() in ("1", "true", "yes", "on")
     app.config.update(

@@ -32,17 +32,12 @@ from service.web.errors import ApiError
 
 blp = ApiBlueprint("policy", __name__, url_prefix="/v1/policy", description="Policy editors")
 
-#: Body limit of the policy calls (a bundle may carry a million allocations, ~50 MB of JSON);
-#: every other call keeps the app-wide MAX_CONTENT_LENGTH (1 MiB).
-POLICY_MAX_CONTENT_LENGTH = 64 << 20
-
 
 @blp.before_request
 def _allow_big_bundles() -> None:
-    settings = current_app.extensions["regionlock"].settings
-    request.max_content_length = int(
-        settings.extra.get("policy_max_content_length", POLICY_MAX_CONTENT_LENGTH)
-    )
+    # A bundle may carry a million allocations (~50 MB of JSON); every other call keeps the
+    # app-wide limit (Settings.max_body_bytes).
+    request.max_content_length = current_app.extensions["regionlock"].settings.policy_max_body_bytes
 
 
 def _json(document: dict, status: int = 200) -> Response:
