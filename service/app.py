@@ -25,6 +25,7 @@ from service.store.policy import PolicyStore
 from service.store.tokens import TokenStore
 from service.web.auth import TokenCache
 from service.web.errors import OutageBreaker, register_error_handlers, unavailable_response
+from service.web.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class Regionlock:
     policies: PolicyCache
     checkin: CheckinService
     keys: KeyRing
+    metrics: Metrics
     breaker: OutageBreaker = field(default_factory=OutageBreaker)
 
 
@@ -94,6 +96,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         checkin=CheckinService(evidence, devices, policies, mcc_mnc_of_imsi),
         # Made on first start (var/keys, 0600); the private keys never leave that folder.
         keys=KeyRing(settings.key_ring_dir).ensure(),
+        # Made here, not at import: multiprocess mode follows the settings, whatever was
+        # imported first; each app has its own registry.
+        metrics=Metrics(settings.metrics_dir),
     )
     _init_hardening(app, settings, cluster=isinstance(client, RedisCluster))
 
@@ -125,12 +130,8 @@ def _init_hardening(app: Flask, settings: Settings, cluster: bool) -> None:
     """
     from service.web.hardening import init_rate_limits, security_headers
     from service.web.logs import init_request_logging
-    from service.web.metrics import REQUESTS
 
-    def observe(endpoint: str, method: str, status: int) -> None:
-        REQUESTS.labels(endpoint, method, status).inc()
-
-    init_request_logging(app, observe=observe)
+    init_request_logging(app, observe=app.extensions["regionlock"].metrics.observe_request)
 
     @app.before_request
     def _fail_fast_while_redis_is_away():

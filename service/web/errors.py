@@ -10,8 +10,6 @@ from flask import Flask, current_app, jsonify
 from marshmallow import INCLUDE, Schema, fields
 from werkzeug.exceptions import HTTPException
 
-from service.web.metrics import REDIS_ERRORS
-
 log = logging.getLogger(__name__)
 
 _CODES = {
@@ -185,7 +183,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(redis.exceptions.RedisError)
     @app.errorhandler(redis.exceptions.RedisClusterException)
     def _redis_down(exc: Exception):
-        REDIS_ERRORS.labels(type(exc).__name__).inc()
+        current_app.extensions["regionlock"].metrics.redis_error(exc)
         if not is_outage(exc):
             # Redis refused a command (WRONGTYPE, a bad argument…): a bug of ours, not an
             # outage, so no "try again later".
