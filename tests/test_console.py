@@ -628,3 +628,90 @@ def test_redis_down_gives_a_friendly_503_page(make_app, app, tokens):
         "/console/api/policy/validate", json={"text": ""}, headers={"X-CSRF-Token": "x"}
     )
     assert api.status_code in (400, 503) and api.mimetype == "application/json"
+
+
+def test_console_api_errors_use_the_api_payload_and_codes(app, as_role, tokens):
+    editor = as_role("editor")
+
+    def error_of(response) -> dict:
+        assert response.mimetype == "application/json"
+        return response.get_json()["error"]
+
+    bad = editor.api("/console/api/policy/validate", {"nope": 1})
+    assert bad.status_code == 400 and error_of(bad)["code"] == "bad_request"
+    forbidden = as_role("agent").api("/console/api/policy/validate", {"text": ""})
+    assert forbidden.status_code == 403 and error_of(forbidden)["code"] == "forbidden"
+    signed_out = Console(app.test_client())
+    unauthorized = signed_out.api("/console/api/policy/validate", {"text": ""})
+    assert unauthorized.status_code == 401 and error_of(unauthorized)["code"] == "unauthorized"
+    missing = editor.api("/console/api/no/such/thing", {"text": ""})
+    assert missing.status_code == 404 and error_of(missing)["code"] == "not_found"
+    no_csrf = editor.api("/console/api/policy/validate", {"text": ""}, csrf=False)
+    assert no_csrf.status_code == 400 and error_of(no_csrf)["code"] == "bad_request"
+    invalid = editor.api("/console/api/policy/simulate", {"text": "rules: 3"})
+    assert invalid.status_code == 422
+    error = error_of(invalid)
+    assert error["code"] == "invalid_bundle" and "rules" in error["fields"]
+    assert invalid.get_json()["errors"][0]["line"] == 1  # the lines the editor marks
+
+
+def test_console_outage_trips_the_breaker_the_api_uses(make_app, app, tokens):
+    signed_in = Console(app.test_client())
+    signed_in.sign_in(tokens["agent"])
+    cookie = signed_in.client.get_cookie(COOKIE, path="/console").value
+    down = make_app(redis_url="redis://127.0.0.1:1/0", secret_key=app.secret_key)
+    breaker = down.extensions["regionlock"].breaker
+    breaker.pause_s = 30
+    client = down.test_client()
+    client.set_cookie(COOKIE, cookie, path="/console")
+
+    page = client.get("/console/devices")
+    assert page.status_code == 503 and page.mimetype == "text/html"
+    assert "Temporarily unavailable" in text(page)
+    assert breaker.is_open()
+    # The API now answers at once, as after an outage it met itself.
+    api = client.post("/v1/checkin", json={"imei": HK}, headers=bearer(tokens["device"]))
+    assert api.status_code == 503 and api.headers["Retry-After"]
+    # And so does the console: a page, and the editor's JSON in the one payload.
+    again = client.get("/console/audit")
+    assert again.status_code == 503 and again.headers["Retry-After"] == "5"
+    assert "Temporarily unavailable" in text(again)
+    editor_api = client.post(
+        "/console/api/policy/validate", json={"text": ""}, headers={"X-CSRF-Token": "x"}
+    )
+    assert editor_api.status_code == 503 and editor_api.headers["Retry-After"] == "5"
+    assert editor_api.get_json()["error"]["code"] == "unavailable"
+    for response in (page, api, again, editor_api):
+        body = text(response)
+        assert "127.0.0.1" not in body and "Connection refused" not in body
+        assert "Error 111" not in body
+
+
+def test_a_refused_redis_command_is_a_500_without_its_text(as_role, client, tokens, redis):
+    # A key of the wrong type: Redis refuses the command with its own words (WRONGTYPE …).
+    redis.delete(keys.AUDIT)
+    redis.set(keys.AUDIT, "not a stream")
+    auditor = as_role("auditor")
+    page = auditor.get("/console/audit")
+    assert page.status_code == 500 and page.mimetype == "text/html"
+    assert "Something went wrong" in text(page)
+    api = client.get("/v1/audit", headers=bearer(tokens["auditor"]))
+    assert api.status_code == 500
+    assert api.get_json()["error"] == {"code": "internal_error", "message": "internal error"}
+    assert "Retry-After" not in page.headers and "Retry-After" not in api.headers
+    for response in (page, api):
+        assert "WRONGTYPE" not in text(response) and "wrong kind" not in text(response)
+    assert not auditor.client.application.extensions["regionlock"].breaker.is_open()
+
+
+def test_unexpected_errors_never_show_their_text(as_role, app, client, tokens, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internals: /srv/regionlock/var/keys")
+
+    monkeypatch.setattr(app.extensions["regionlock"].audit, "query", broken)
+    page = as_role("auditor").get("/console/audit")
+    api = client.get("/v1/audit", headers=bearer(tokens["auditor"]))
+    assert page.status_code == api.status_code == 500
+    assert api.get_json()["error"]["code"] == "internal_error"
+    for response in (page, api):
+        assert "secret internals" not in text(response) and "/srv" not in text(response)

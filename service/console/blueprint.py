@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, flash, g, request, session
+from flask import Blueprint, Response, current_app, flash, g, request, session
 from flask.blueprints import BlueprintSetupState
-from werkzeug.exceptions import BadRequest
+from werkzeug.exceptions import BadRequest, ServiceUnavailable
 
 from service.console import security
 from service.console.present import ROLE_LABELS
@@ -73,6 +73,11 @@ def _check_request() -> None:
     g.console_user = None
     if request.endpoint == "console.static":
         return
+    settings = current_app.config["SETTINGS"]
+    if current_app.extensions["regionlock"].breaker.is_open():
+        # Redis was just found away (by the API or the console): answer at once instead of
+        # waiting out the socket timeouts on the session lookup.
+        raise ServiceUnavailable(retry_after=settings.retry_after_s)
     # CSRF first: a forged request is refused before anything else is looked at.
     if request.method not in _SAFE_METHODS and not security.csrf_ok():
         raise CsrfFailed()

@@ -26,10 +26,17 @@ from service.console import present, security
 from service.console.blueprint import bp
 from service.console.bundle_text import MAX_TEXT, check_text, dump_bundle
 from service.console.diff import changed, side_by_side
+from service.console.errors import error_answer
 from service.engine.bundle import BundleError
 from service.engine.compiler import CompiledPolicy, compile_bundle
 from service.policy.diff import diff_summary, format_summary
-from service.policy.publishing import Publisher, SafetyBrake, UnknownVersion, VersionConflict
+from service.policy.publishing import (
+    Publisher,
+    SafetyBrake,
+    UnknownVersion,
+    VersionConflict,
+    brake_message,
+)
 from service.policy.publishing import version_metadata as _version_metadata
 
 MAX_NOTE = 1000
@@ -322,7 +329,7 @@ def policy_publish() -> ResponseReturnValue:
             expected,
             check.bundle,
             note,
-            {"brake": str(exc)},
+            {"brake": brake_message(exc.report)},
             report=exc.report.to_dict(),
             braked=True,
             status=409,
@@ -387,16 +394,15 @@ def _api_text() -> tuple[str | None, ResponseReturnValue | None]:
     _allow_big_texts()
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("text"), str):
-        error = {"error": {"code": "bad_request", "message": 'send {"text": "..."}'}}
-        return None, (jsonify(error), 400)
+        return None, error_answer(400, 'send {"text": "..."}')
     return body["text"], None
 
 
 def _api_user_error() -> ResponseReturnValue | None:
     if security.current_user() is None:
-        return jsonify({"error": {"code": "unauthorized", "message": "sign in again"}}), 401
+        return error_answer(401)
     if not security.can("policy:write"):
-        return jsonify({"error": {"code": "forbidden", "message": "not for your role"}}), 403
+        return error_answer(403)
     return None
 
 
@@ -417,7 +423,17 @@ def api_policy_simulate() -> ResponseReturnValue:
         return refused
     check = check_text(text)
     if not check.valid:
-        return jsonify(check.to_dict()), 422
+        # The API's invalid_bundle error, plus the lines the editor marks.
+        fields: dict[str, list[str]] = {}
+        for error in check.errors:
+            fields.setdefault(error["path"] or "_schema", []).extend(error["messages"])
+        count = len(check.errors)
+        error = {
+            "code": "invalid_bundle",
+            "message": f"the bundle is invalid ({count} {'error' if count == 1 else 'errors'})",
+            "fields": fields,
+        }
+        return jsonify({"error": error, **check.to_dict()}), 422
     _active_number()
     report = _publisher().simulate(compile_bundle(check.bundle)).to_dict()  # type: ignore[arg-type]
     return jsonify({"valid": True, "errors": [], "report": report})

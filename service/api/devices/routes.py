@@ -16,7 +16,13 @@ from service.api.devices.schemas import (
 )
 from service.api.parsing import ApiBlueprint
 from service.devices.document import device_document, override_out
-from service.devices.overrides import OverrideService, SanctionsScopeError, normalise_imei
+from service.devices.overrides import (
+    SCOPE_MESSAGE,
+    InvalidImei,
+    OverrideService,
+    SanctionsScopeError,
+    normalise_imei,
+)
 from service.web.auth import require
 from service.web.errors import ApiError
 
@@ -26,8 +32,8 @@ blp = ApiBlueprint("devices", __name__, url_prefix="/v1/devices", description="S
 def _imei(raw: str) -> str:
     try:
         return normalise_imei(raw)
-    except ValueError as exc:
-        raise ApiError(422, "the IMEI is not valid", fields={"imei": [str(exc)]}) from None
+    except InvalidImei as exc:
+        raise ApiError(422, "the IMEI is not valid", fields={"imei": [exc.problem]}) from None
 
 
 def _document(imei: str) -> dict | None:
@@ -70,7 +76,10 @@ class Unlock(MethodView):
             )
         except SanctionsScopeError as exc:
             raise ApiError(
-                403, str(exc), code="sanctions_scope", extra={"rules": exc.rules}
+                403,
+                SCOPE_MESSAGE,
+                code="sanctions_scope",
+                extra={"rules": exc.rules},
             ) from None
         still_locked = bool(outcome.still_locked_by)
         return {

@@ -25,6 +25,7 @@ from service.policy.publishing import (
     SafetyBrake,
     UnknownVersion,
     VersionConflict,
+    brake_message,
     version_metadata,
 )
 from service.web.auth import require
@@ -133,7 +134,8 @@ class ActivePolicy(MethodView):
         except SafetyBrake as exc:
             raise ApiError(
                 409,
-                f'safety brake: {exc} — check the report, or publish with "force": true',
+                f"safety brake: {brake_message(exc.report)} — check the report, or publish "
+                'with "force": true',
                 code="safety_brake",
                 extra={"report": exc.report.to_dict()},
             ) from None
@@ -218,8 +220,8 @@ class Rollback(MethodView):
             published = _publisher().rollback(
                 body["version"], note=body["note"], actor=g.principal.name, role=g.principal.role
             )
-        except UnknownVersion as exc:
-            raise ApiError(404, str(exc)) from None
+        except UnknownVersion:
+            raise ApiError(404, f"there is no policy version {body['version']}") from None
         except BundleError as exc:
             raise _invalid(exc) from None
         except VersionConflict as exc:
