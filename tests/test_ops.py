@@ -97,6 +97,33 @@ def test_metrics_label_unknown_paths_as_one_series(app, client):
     assert after == before + 3
 
 
+def test_invented_methods_and_unknown_paths_add_no_series(app, client):
+    """Issue 12.2: every label value a client can choose is folded into one."""
+
+    def series() -> set[tuple]:
+        registry = app.extensions["regionlock"].metrics.registry
+        return {
+            tuple(sorted(sample.labels.items()))
+            for metric in registry.collect()
+            if metric.name == "regionlock_http_requests"
+            for sample in metric.samples
+            if sample.name == "regionlock_http_requests_total"
+        }
+
+    # One of each kind first, so their series exist.
+    client.open("/v1/checkin", method="BREW")
+    client.open("/nowhere", method="BREW")
+    client.open("/no/such/page", method="GET")
+    before = series()
+    for n in range(25):
+        client.open("/v1/checkin", method=f"INVENTED{n}")
+        client.open(f"/nowhere/{n}", method=f"X{n}")
+        client.open(f"/no/such/page/{n}", method="GET")
+    assert series() == before
+    labels = {dict(s)["method"] for s in before}
+    assert labels <= {"GET", "other"}
+
+
 def test_metrics_count_redis_errors(make_app, tokens):
     app = make_app(redis_url=f"redis://127.0.0.1:{free_port()}/0")
     before = _sample(app, "regionlock_redis_errors_total", kind="ConnectionError")

@@ -28,6 +28,13 @@ from prometheus_client import (
 )
 from prometheus_client import multiprocess as _multiprocess
 
+# Methods counted under their own name (RFC 9110 and PATCH); any other a client invents is
+# counted as "other", so nobody can add series (memory, scrape size) by making names up.
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+OTHER_METHOD = "other"
+
 _DECISION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -86,8 +93,9 @@ class Metrics:
         )
 
     def observe_request(self, endpoint: str, method: str, status: int) -> None:
-        """Count one answered request."""
-        self.requests.labels(endpoint, method, status).inc()
+        """Count one answered request. ENDPOINT is the route template (``unmatched`` for a path
+        no route serves); an unknown METHOD is counted as ``other``."""
+        self.requests.labels(endpoint, method if method in _METHODS else OTHER_METHOD, status).inc()
 
     def record_verdict(self, document: dict) -> None:
         """Count one check-in verdict and each of its reason codes."""
