@@ -715,3 +715,96 @@ def test_unexpected_errors_never_show_their_text(as_role, app, client, tokens, m
     assert api.get_json()["error"]["code"] == "internal_error"
     for response in (page, api):
         assert "secret internals" not in text(response) and "/srv" not in text(response)
+
+
+# --- console 500s found by the outside probe (issue 12.8) ---------------------------------
+
+DEEP = "name: deep\nnote: x\nrules: " + "[" * 5000 + "]" * 5000 + "\n"
+LONG_NUMBER = "name: long\nmax_new_lock_ratio: " + "1" * 5000 + "\n"
+
+
+@pytest.mark.parametrize(("source", "line"), [(DEEP, 3), (LONG_NUMBER, 2)])
+def test_hostile_yaml_is_a_422_at_its_line(as_role, source, line):
+    [error] = check_text(source).errors
+    assert error["line"] == line and error["path"] == ""
+    editor = as_role("editor")
+    live = editor.api("/console/api/policy/validate", {"text": source})
+    assert live.status_code == 200
+    assert live.get_json()["valid"] is False and live.get_json()["errors"] == [error]
+    simulated = editor.api("/console/api/policy/simulate", {"text": source})
+    assert simulated.status_code == 422 and simulated.get_json()["errors"] == [error]
+    review = editor.post("/console/policy/review", {"text": source, "expected_version": 1})
+    assert review.status_code == 422 and f"Line {line}" in text(review)
+
+
+def test_hostile_yaml_messages(as_role):
+    [deep] = check_text(DEEP).errors
+    assert "nested" in deep["messages"][0]
+    [number] = check_text(LONG_NUMBER).errors
+    assert "number" in number["messages"][0] and "digits" in number["messages"][0]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/console/audit\r\nSet-Cookie: stolen=1",
+        "/console/audit\nX-Injected: 1",
+        "/console/audit\r",
+        "/console/\x00audit",
+        "/console/audit\t",
+    ],
+)
+def test_sign_in_next_with_control_characters_is_ignored(console, tokens, target):
+    response = console.sign_in(tokens["auditor"], next=target)
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/console/audit"
+    assert "stolen" not in response.headers.get("Set-Cookie", "")
+    # Signed in, the page asked with that next= goes to the landing page too.
+    again = console.get("/console/sign-in", query_string={"next": target})
+    assert again.status_code == 302 and again.headers["Location"] == "/console/audit"
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    ["99999999999999999999-0", "1-18446744073709551616", "18446744073709551616-1", "0x1-1"],
+)
+def test_malformed_audit_cursor_is_a_notice_not_an_outage(as_role, cursor):
+    response = as_role("auditor").get("/console/audit", query_string={"before": cursor})
+    assert response.status_code == 200
+    assert "That page link is not valid" in text(response)
+
+
+def test_largest_cursor_still_pages(as_role):
+    last = f"{(1 << 64) - 1}-{(1 << 64) - 1}"
+    response = as_role("auditor").get("/console/audit", query_string={"before": last})
+    assert response.status_code == 200 and "not valid" not in text(response)
+
+
+def _padded(source: str, size: int) -> str:
+    """SOURCE grown to SIZE characters with comment lines (still the same bundle)."""
+    line = "# " + "padding " * 12 + "\n"
+    return source + line * ((size - len(source)) // len(line) + 1)
+
+
+@pytest.mark.parametrize("size", [750_000, 1_990_000])
+def test_texts_that_validate_live_are_reviewed_and_published(as_role, size):
+    editor = as_role("editor")
+    source, version = _edited(editor, ("next_checkin_s: 86400", "next_checkin_s: 43200"))
+    big = _padded(source, size)
+    assert size <= len(big) <= 2_000_000
+    assert editor.api("/console/api/policy/validate", {"text": big}).get_json()["valid"]
+    edit = editor.post("/console/policy/edit", {"text": big, "expected_version": version})
+    assert edit.status_code == 200
+    review = editor.post("/console/policy/review", {"text": big, "expected_version": version})
+    assert review.status_code == 200, text(review)[:500]
+    assert "setting next_checkin_s: 86400 -&gt; 43200" in text(review)
+    form = {"text": big, "expected_version": version, "note": "twice a day"}
+    assert editor.post("/console/policy/publish", form).status_code == 302
+
+
+def test_texts_over_the_limit_are_refused_with_a_message(as_role):
+    editor = as_role("editor")
+    source, version = _edited(editor, ("next_checkin_s: 86400", "next_checkin_s: 43200"))
+    big = _padded(source, 2_000_100)
+    review = editor.post("/console/policy/review", {"text": big, "expected_version": version})
+    assert review.status_code == 422 and "over 2,000,000 characters" in text(review)

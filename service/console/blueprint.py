@@ -10,6 +10,7 @@ from werkzeug.exceptions import BadRequest, ServiceUnavailable
 
 from service.console import security
 from service.console.present import ROLE_LABELS
+from service.engine.roles import allowed
 
 bp = Blueprint(
     "console",
@@ -55,8 +56,6 @@ class CsrfFailed(BadRequest):
 
 def landing_endpoint(role: str) -> str | None:
     """Where ROLE starts in the console, None when it has nothing to do there."""
-    from service.engine.roles import allowed
-
     for permission, endpoint in _LANDING:
         if allowed(role, permission):
             return endpoint
@@ -78,6 +77,12 @@ def _check_request() -> None:
         # Redis was just found away (by the API or the console): answer at once instead of
         # waiting out the socket timeouts on the session lookup.
         raise ServiceUnavailable(retry_after=settings.retry_after_s)
+    limit = getattr(current_app.view_functions.get(request.endpoint or ""), "max_body_bytes", None)
+    if limit is not None and allowed(session.get("role") or "", "policy:write"):
+        # The editor's text (views marked by policy._carries_text): larger bodies, for people
+        # whose signed session says they may edit, set before the form is first read below.
+        request.max_content_length = limit
+        request.max_form_memory_size = limit
     # CSRF first: a forged request is refused before anything else is looked at.
     if request.method not in _SAFE_METHODS and not security.csrf_ok():
         raise CsrfFailed()

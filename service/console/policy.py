@@ -24,7 +24,7 @@ from flask.typing import ResponseReturnValue
 
 from service.console import present, security
 from service.console.blueprint import bp
-from service.console.bundle_text import MAX_TEXT, check_text, dump_bundle
+from service.console.bundle_text import MAX_TEXT_BODY, check_text, dump_bundle
 from service.console.diff import changed, side_by_side
 from service.console.errors import error_answer
 from service.engine.bundle import BundleError
@@ -99,10 +99,12 @@ def _text(bundle: dict[str, Any]) -> str:
     return dump_bundle(_for_text(bundle))
 
 
-def _allow_big_texts() -> None:
-    # A bundle text can exceed the app-wide 1 MiB body limit and werkzeug's form field limit.
-    request.max_content_length = 4 * MAX_TEXT
-    request.max_form_memory_size = 4 * MAX_TEXT
+def _carries_text(view: Any) -> Any:
+    """Mark a view whose body holds the editor's text: the blueprint raises the body limits
+    for it (above the app-wide 1 MiB and werkzeug's form limit) before the CSRF check reads
+    the form, so any text the live check accepts is accepted here too."""
+    view.max_body_bytes = MAX_TEXT_BODY
+    return view
 
 
 def _versions() -> list[dict[str, Any]]:
@@ -186,6 +188,7 @@ def policy_compare() -> ResponseReturnValue:
 
 @bp.route("/policy/edit", methods=["GET", "POST"])
 @security.needs("policy:write")
+@_carries_text
 def policy_edit() -> ResponseReturnValue:
     """The editor: the active bundle as YAML, or (POST, back from review) the text being edited."""
     active = _active_number()
@@ -223,7 +226,6 @@ def _render_editor(
 
 
 def _posted() -> tuple[str, int | None]:
-    _allow_big_texts()
     text = request.form.get("text", "")
     try:
         expected = int(request.form.get("expected_version", ""))
@@ -234,6 +236,7 @@ def _posted() -> tuple[str, int | None]:
 
 @bp.post("/policy/review")
 @security.needs("policy:write")
+@_carries_text
 def policy_review() -> ResponseReturnValue:
     """Check the edited text; when valid, show its diff and impact before publishing."""
     text, expected = _posted()
@@ -281,6 +284,7 @@ def _render_review(
 
 @bp.post("/policy/publish")
 @security.needs("policy:write")
+@_carries_text
 def policy_publish() -> ResponseReturnValue:
     """Publish the reviewed text as the next version."""
     text, expected = _posted()
@@ -391,7 +395,6 @@ def _api_text() -> tuple[str | None, ResponseReturnValue | None]:
     refused = _api_user_error()
     if refused is not None:
         return None, refused
-    _allow_big_texts()
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("text"), str):
         return None, error_answer(400, 'send {"text": "..."}')
@@ -407,6 +410,7 @@ def _api_user_error() -> ResponseReturnValue | None:
 
 
 @bp.post("/api/policy/validate")
+@_carries_text
 def api_policy_validate() -> ResponseReturnValue:
     """{"text"} -> {"valid", "errors": [{"path", "line", "column", "messages"}]}."""
     text, refused = _api_text()
@@ -416,6 +420,7 @@ def api_policy_validate() -> ResponseReturnValue:
 
 
 @bp.post("/api/policy/simulate")
+@_carries_text
 def api_policy_simulate() -> ResponseReturnValue:
     """{"text"} -> the simulation report of the bundle, or 422 with its errors."""
     text, refused = _api_text()

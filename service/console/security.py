@@ -119,7 +119,8 @@ def has_console_access(role: str) -> bool:
 
 def safe_next(target: str | None) -> str | None:
     """TARGET when it is a console path on this site, else None (no open redirects)."""
-    if not target:
+    if not target or not target.isprintable():
+        # CR/LF (header injection) or any other control character: not a page of ours.
         return None
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not parts.path.startswith("/console"):
