@@ -11,6 +11,7 @@ from flask import Flask, request
 from redis.cluster import RedisCluster
 
 from service.api.openapi import ErrorResponsesPlugin, RegionlockApi
+from service.api.parsing import ImeiConverter, imei_parameter_schema
 from service.config import ConfigError, Settings, load_settings
 from service.crypto.signing import KeyRing
 from service.devices.checkin import CheckinService
@@ -104,6 +105,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     api = RegionlockApi(app, spec_kwargs={"extra_plugins": [ErrorResponsesPlugin()]})
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    # <imei:...> path parameters, documented with the IMEI pattern.
+    app.url_map.converters["imei"] = ImeiConverter
+    api.register_converter(ImeiConverter, imei_parameter_schema)
     from service.api import docs, ops
     from service.api.audit.routes import blp as audit_blp
     from service.api.checkin.routes import blp as checkin_blp

@@ -238,6 +238,45 @@ def test_docs_page_and_openapi_document(client):
     assert spec["paths"]["/v1/keys"]["get"]["security"] == [{"bearer": []}]
 
 
+def test_405_names_the_allowed_methods(client):
+    response = client.get("/v1/checkin")
+    assert response.status_code == 405
+    assert response.get_json()["error"]["code"] == "method_not_allowed"
+    assert {m.strip() for m in response.headers["Allow"].split(",")} >= {"POST", "OPTIONS"}
+    console = client.put("/console/devices")
+    assert console.status_code == 405 and "GET" in console.headers["Allow"]
+
+
+def test_openapi_states_the_imei_pattern(client):
+    import re
+
+    spec = client.get("/v1/openapi.json").get_json()
+    paths = [p for p in spec["paths"] if "{imei}" in p]
+    assert len(paths) == 4
+    for path in paths:
+        # Path parameters are stated once per path, for all of its operations.
+        [imei] = [p for p in spec["paths"][path]["parameters"] if p["name"] == "imei"]
+        assert imei["in"] == "path"
+        pattern = re.compile(imei["schema"]["pattern"])
+        assert pattern.fullmatch(HK) and pattern.fullmatch(f"{HK[:2]}-{HK[2:8]} {HK[8:]}")
+        assert not pattern.fullmatch(HK[:-1]) and not pattern.fullmatch(f"{HK[:-1]}x")
+    body = spec["components"]["schemas"]["Checkin"]["properties"]["imei"]
+    assert body["pattern"] == imei["schema"]["pattern"]
+    assert re.fullmatch(
+        spec["components"]["schemas"]["Verdict"]["properties"]["imei"]["pattern"], HK
+    )
+
+
+def test_path_imei_is_read_as_its_pattern_says(client, tokens):
+    agent = bearer(tokens["agent"])
+    dashed = client.get(f"/v1/devices/{HK[:2]}-{HK[2:8]}%20{HK[8:]}", headers=agent)
+    assert dashed.status_code == 404  # an IMEI, never seen
+    for odd in (f"%09{HK}", f"{HK}%0A", f"{HK}%C2%A0"):
+        response = client.get(f"/v1/devices/{odd}", headers=agent)
+        assert response.status_code == 422, odd
+        assert response.get_json()["error"]["fields"] == {"imei": ["must be 15 digits"]}
+
+
 # --- the real server ---------------------------------------------------------------------
 
 

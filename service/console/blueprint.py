@@ -101,7 +101,8 @@ def _headers(response: Response) -> Response:
     response.headers.setdefault("Content-Security-Policy", _CSP)
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "same-origin"
+    # As the README promises for every page: console URLs carry IMEIs and audit filters.
+    response.headers["Referrer-Policy"] = "no-referrer"
     if request.endpoint != "console.static":
         # Pages show device records and policy: keep them out of shared caches and history.
         response.headers["Cache-Control"] = "no-store"
