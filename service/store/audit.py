@@ -33,6 +33,7 @@ def write_deferred(redis, deferred: list[dict]) -> None:
     for audit_fields in deferred:
         redis.xadd(keys.AUDIT, audit_fields)
 
+
 _STREAM_ID = re.compile(r"(\d{1,20})-(\d{1,20})\Z")
 
 
