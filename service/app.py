@@ -11,6 +11,7 @@ from flask import Flask, request
 from redis.cluster import RedisCluster
 
 from service.api.openapi import ErrorResponsesPlugin, RegionlockApi
+from service.api.parsing import ImeiConverter, imei_parameter_schema
 from service.config import ConfigError, Settings, load_settings
 from service.crypto.signing import KeyRing
 from service.devices.checkin import CheckinService
@@ -25,6 +26,7 @@ from service.store.policy import PolicyStore
 from service.store.tokens import TokenStore
 from service.web.auth import TokenCache
 from service.web.errors import OutageBreaker, register_error_handlers, unavailable_response
+from service.web.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class Regionlock:
     policies: PolicyCache
     checkin: CheckinService
     keys: KeyRing
+    metrics: Metrics
     breaker: OutageBreaker = field(default_factory=OutageBreaker)
 
 
@@ -66,7 +69,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         OPENAPI_VERSION="3.0.3",
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="v1/openapi.json",
-        MAX_CONTENT_LENGTH=settings.extra.get("max_content_length", settings.max_body_bytes),
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
         JSON_SORT_KEYS=False,
     )
 
@@ -94,11 +97,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         checkin=CheckinService(evidence, devices, policies, mcc_mnc_of_imsi),
         # Made on first start (var/keys, 0600); the private keys never leave that folder.
         keys=KeyRing(settings.key_ring_dir).ensure(),
+        # Made here, not at import: multiprocess mode follows the settings, whatever was
+        # imported first; each app has its own registry.
+        metrics=Metrics(settings.metrics_dir),
     )
     _init_hardening(app, settings, cluster=isinstance(client, RedisCluster))
 
     api = RegionlockApi(app, spec_kwargs={"extra_plugins": [ErrorResponsesPlugin()]})
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    # <imei:...> path parameters, documented with the IMEI pattern.
+    app.url_map.converters["imei"] = ImeiConverter
+    api.register_converter(ImeiConverter, imei_parameter_schema)
     from service.api import docs, ops
     from service.api.audit.routes import blp as audit_blp
     from service.api.checkin.routes import blp as checkin_blp
@@ -125,12 +134,8 @@ def _init_hardening(app: Flask, settings: Settings, cluster: bool) -> None:
     """
     from service.web.hardening import init_rate_limits, security_headers
     from service.web.logs import init_request_logging
-    from service.web.metrics import REQUESTS
 
-    def observe(endpoint: str, method: str, status: int) -> None:
-        REQUESTS.labels(endpoint, method, status).inc()
-
-    init_request_logging(app, observe=observe)
+    init_request_logging(app, observe=app.extensions["regionlock"].metrics.observe_request)
 
     @app.before_request
     def _fail_fast_while_redis_is_away():

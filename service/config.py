@@ -57,7 +57,16 @@ class Settings:
     rate_limits: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
     # Largest request body accepted (413 beyond it).
     max_body_bytes: int = 1 << 20
-    extra: Mapping[str, Any] = field(default_factory=dict)
+    # Largest body of the /v1/policy calls: a bundle may carry a million allocations (~50 MB).
+    policy_max_body_bytes: int = 64 << 20
+    # Key signing the console's session cookies; None: $REGIONLOCK_SECRET_KEY, else the key
+    # file under var_dir (console/security.py).
+    secret_key: str | None = None
+    # Console cookie sent over HTTPS only; None: $REGIONLOCK_SECURE_COOKIES decides.
+    secure_cookies: bool | None = None
+    # prometheus-client's multiprocess folder (one file per worker, /metrics sums them); None:
+    # metrics are this process's own. `regionlock serve` sets it (var/prometheus by default).
+    metrics_dir: Path | None = None
 
     @property
     def key_ring_dir(self) -> Path:
@@ -76,6 +85,9 @@ _ENV = {
     "REGIONLOCK_KEYS_DIR": "keys_dir",
     "REGIONLOCK_RATE_LIMITS": "rate_limits",
     "REGIONLOCK_MAX_BODY_BYTES": "max_body_bytes",
+    "REGIONLOCK_POLICY_MAX_BODY_BYTES": "policy_max_body_bytes",
+    # prometheus-client's own variable: whoever already sets it for other tools keeps working.
+    "PROMETHEUS_MULTIPROC_DIR": "metrics_dir",
 }
 
 
@@ -128,37 +140,71 @@ def _parse_rate_limits(value: Any) -> dict[str, str]:
     return merged
 
 
+def _optional_path(value: Any) -> Path | None:
+    return Path(value) if value not in (None, "") else None
+
+
+def _optional_str(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+def _optional_bool(name: str, value: Any) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name} must be on or off (1/0, true/false), got {value!r}")
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+    if number <= 0:
+        raise ConfigError(f"{name} must be positive, got {number}")
+    return number
+
+
+def _number(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+
+
+# How each field is read from the text of an environment variable (or a test's value).
+_COERCE: dict[str, Any] = {
+    "redis_url": lambda name, v: _optional_str(v),
+    "geoip_db": lambda name, v: _optional_str(v),
+    "policies_dir": lambda name, v: Path(v),
+    "bind": lambda name, v: str(v),
+    "trusted_proxies": lambda name, v: _parse_proxies(v),
+    "var_dir": lambda name, v: Path(v),
+    "facts_retention_days": _positive_int,
+    "decisions_kept": _positive_int,
+    "facts_stream_maxlen": _positive_int,
+    "policy_poll_s": _number,
+    "token_cache_s": _number,
+    "redis_timeout_s": _number,
+    "retry_after_s": _positive_int,
+    "keys_dir": lambda name, v: _optional_path(v),
+    "rate_limits": lambda name, v: _parse_rate_limits(v),
+    "max_body_bytes": _positive_int,
+    "policy_max_body_bytes": _positive_int,
+    "secret_key": lambda name, v: _optional_str(v),
+    "secure_cookies": _optional_bool,
+    "metrics_dir": lambda name, v: _optional_path(v),
+}
+
+
 def _coerce(name: str, value: Any) -> Any:
-    if name == "trusted_proxies":
-        return _parse_proxies(value)
-    if name == "rate_limits":
-        return _parse_rate_limits(value)
-    if name == "keys_dir":
-        return Path(value) if value not in (None, "") else None
-    if name in ("policies_dir", "var_dir"):
-        return Path(value)
-    if name in ("redis_url", "geoip_db"):
-        return str(value) if value not in (None, "") else None
-    if name in (
-        "facts_retention_days",
-        "decisions_kept",
-        "facts_stream_maxlen",
-        "retry_after_s",
-        "max_body_bytes",
-    ):
-        try:
-            number = int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
-        if number <= 0:
-            raise ConfigError(f"{name} must be positive, got {number}")
-        return number
-    if name in ("policy_poll_s", "token_cache_s", "redis_timeout_s"):
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name} must be a number, got {value!r}") from None
-    return value
+    return _COERCE[name](name, value)
 
 
 def load_settings(
@@ -171,12 +217,10 @@ def load_settings(
         if var in environ:
             values[name] = environ[var]
     known = {f.name for f in fields(Settings)}
-    extra = {}
     for key, value in (overrides or {}).items():
-        if key in known:
-            values[key] = value
-        else:
-            extra[key] = value
-    settings = replace(Settings(), **{k: _coerce(k, v) for k, v in values.items()}, extra=extra)
+        if key not in known:
+            raise ConfigError(f"unknown setting {key!r} (one of: {', '.join(sorted(known))})")
+        values[key] = value
+    settings = replace(Settings(), **{k: _coerce(k, v) for k, v in values.items()})
     _parse_bind(settings.bind)
     return settings

@@ -163,6 +163,9 @@ def test_max_body_bytes_from_the_environment():
         ("GET", "/metrics", False),
         ("GET", "/docs", False),
         ("GET", "/no/such/page", False),
+        ("GET", "/console/sign-in", False),
+        ("GET", "/console/no/such/page", False),
+        ("GET", "/console/static/console.css", False),
     ],
 )
 def test_security_headers_on_every_response(client, tokens, method, path, authorized):

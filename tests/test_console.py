@@ -628,3 +628,183 @@ def test_redis_down_gives_a_friendly_503_page(make_app, app, tokens):
         "/console/api/policy/validate", json={"text": ""}, headers={"X-CSRF-Token": "x"}
     )
     assert api.status_code in (400, 503) and api.mimetype == "application/json"
+
+
+def test_console_api_errors_use_the_api_payload_and_codes(app, as_role, tokens):
+    editor = as_role("editor")
+
+    def error_of(response) -> dict:
+        assert response.mimetype == "application/json"
+        return response.get_json()["error"]
+
+    bad = editor.api("/console/api/policy/validate", {"nope": 1})
+    assert bad.status_code == 400 and error_of(bad)["code"] == "bad_request"
+    forbidden = as_role("agent").api("/console/api/policy/validate", {"text": ""})
+    assert forbidden.status_code == 403 and error_of(forbidden)["code"] == "forbidden"
+    signed_out = Console(app.test_client())
+    unauthorized = signed_out.api("/console/api/policy/validate", {"text": ""})
+    assert unauthorized.status_code == 401 and error_of(unauthorized)["code"] == "unauthorized"
+    missing = editor.api("/console/api/no/such/thing", {"text": ""})
+    assert missing.status_code == 404 and error_of(missing)["code"] == "not_found"
+    no_csrf = editor.api("/console/api/policy/validate", {"text": ""}, csrf=False)
+    assert no_csrf.status_code == 400 and error_of(no_csrf)["code"] == "bad_request"
+    invalid = editor.api("/console/api/policy/simulate", {"text": "rules: 3"})
+    assert invalid.status_code == 422
+    error = error_of(invalid)
+    assert error["code"] == "invalid_bundle" and "rules" in error["fields"]
+    assert invalid.get_json()["errors"][0]["line"] == 1  # the lines the editor marks
+
+
+def test_console_outage_trips_the_breaker_the_api_uses(make_app, app, tokens):
+    signed_in = Console(app.test_client())
+    signed_in.sign_in(tokens["agent"])
+    cookie = signed_in.client.get_cookie(COOKIE, path="/console").value
+    down = make_app(redis_url="redis://127.0.0.1:1/0", secret_key=app.secret_key)
+    breaker = down.extensions["regionlock"].breaker
+    breaker.pause_s = 30
+    client = down.test_client()
+    client.set_cookie(COOKIE, cookie, path="/console")
+
+    page = client.get("/console/devices")
+    assert page.status_code == 503 and page.mimetype == "text/html"
+    assert "Temporarily unavailable" in text(page)
+    assert breaker.is_open()
+    # The API now answers at once, as after an outage it met itself.
+    api = client.post("/v1/checkin", json={"imei": HK}, headers=bearer(tokens["device"]))
+    assert api.status_code == 503 and api.headers["Retry-After"]
+    # And so does the console: a page, and the editor's JSON in the one payload.
+    again = client.get("/console/audit")
+    assert again.status_code == 503 and again.headers["Retry-After"] == "5"
+    assert "Temporarily unavailable" in text(again)
+    editor_api = client.post(
+        "/console/api/policy/validate", json={"text": ""}, headers={"X-CSRF-Token": "x"}
+    )
+    assert editor_api.status_code == 503 and editor_api.headers["Retry-After"] == "5"
+    assert editor_api.get_json()["error"]["code"] == "unavailable"
+    for response in (page, api, again, editor_api):
+        body = text(response)
+        assert "127.0.0.1" not in body and "Connection refused" not in body
+        assert "Error 111" not in body
+
+
+def test_a_refused_redis_command_is_a_500_without_its_text(as_role, client, tokens, redis):
+    # A key of the wrong type: Redis refuses the command with its own words (WRONGTYPE …).
+    redis.delete(keys.AUDIT)
+    redis.set(keys.AUDIT, "not a stream")
+    auditor = as_role("auditor")
+    page = auditor.get("/console/audit")
+    assert page.status_code == 500 and page.mimetype == "text/html"
+    assert "Something went wrong" in text(page)
+    api = client.get("/v1/audit", headers=bearer(tokens["auditor"]))
+    assert api.status_code == 500
+    assert api.get_json()["error"] == {"code": "internal_error", "message": "internal error"}
+    assert "Retry-After" not in page.headers and "Retry-After" not in api.headers
+    for response in (page, api):
+        assert "WRONGTYPE" not in text(response) and "wrong kind" not in text(response)
+    assert not auditor.client.application.extensions["regionlock"].breaker.is_open()
+
+
+def test_unexpected_errors_never_show_their_text(as_role, app, client, tokens, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internals: /srv/regionlock/var/keys")
+
+    monkeypatch.setattr(app.extensions["regionlock"].audit, "query", broken)
+    page = as_role("auditor").get("/console/audit")
+    api = client.get("/v1/audit", headers=bearer(tokens["auditor"]))
+    assert page.status_code == api.status_code == 500
+    assert api.get_json()["error"]["code"] == "internal_error"
+    for response in (page, api):
+        assert "secret internals" not in text(response) and "/srv" not in text(response)
+
+
+# --- console 500s found by the outside probe (issue 12.8) ---------------------------------
+
+DEEP = "name: deep\nnote: x\nrules: " + "[" * 5000 + "]" * 5000 + "\n"
+LONG_NUMBER = "name: long\nmax_new_lock_ratio: " + "1" * 5000 + "\n"
+
+
+@pytest.mark.parametrize(("source", "line"), [(DEEP, 3), (LONG_NUMBER, 2)])
+def test_hostile_yaml_is_a_422_at_its_line(as_role, source, line):
+    [error] = check_text(source).errors
+    assert error["line"] == line and error["path"] == ""
+    editor = as_role("editor")
+    live = editor.api("/console/api/policy/validate", {"text": source})
+    assert live.status_code == 200
+    assert live.get_json()["valid"] is False and live.get_json()["errors"] == [error]
+    simulated = editor.api("/console/api/policy/simulate", {"text": source})
+    assert simulated.status_code == 422 and simulated.get_json()["errors"] == [error]
+    review = editor.post("/console/policy/review", {"text": source, "expected_version": 1})
+    assert review.status_code == 422 and f"Line {line}" in text(review)
+
+
+def test_hostile_yaml_messages(as_role):
+    [deep] = check_text(DEEP).errors
+    assert "nested" in deep["messages"][0]
+    [number] = check_text(LONG_NUMBER).errors
+    assert "number" in number["messages"][0] and "digits" in number["messages"][0]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/console/audit\r\nSet-Cookie: stolen=1",
+        "/console/audit\nX-Injected: 1",
+        "/console/audit\r",
+        "/console/\x00audit",
+        "/console/audit\t",
+    ],
+)
+def test_sign_in_next_with_control_characters_is_ignored(console, tokens, target):
+    response = console.sign_in(tokens["auditor"], next=target)
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/console/audit"
+    assert "stolen" not in response.headers.get("Set-Cookie", "")
+    # Signed in, the page asked with that next= goes to the landing page too.
+    again = console.get("/console/sign-in", query_string={"next": target})
+    assert again.status_code == 302 and again.headers["Location"] == "/console/audit"
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    ["99999999999999999999-0", "1-18446744073709551616", "18446744073709551616-1", "0x1-1"],
+)
+def test_malformed_audit_cursor_is_a_notice_not_an_outage(as_role, cursor):
+    response = as_role("auditor").get("/console/audit", query_string={"before": cursor})
+    assert response.status_code == 200
+    assert "That page link is not valid" in text(response)
+
+
+def test_largest_cursor_still_pages(as_role):
+    last = f"{(1 << 64) - 1}-{(1 << 64) - 1}"
+    response = as_role("auditor").get("/console/audit", query_string={"before": last})
+    assert response.status_code == 200 and "not valid" not in text(response)
+
+
+def _padded(source: str, size: int) -> str:
+    """SOURCE grown to SIZE characters with comment lines (still the same bundle)."""
+    line = "# " + "padding " * 12 + "\n"
+    return source + line * ((size - len(source)) // len(line) + 1)
+
+
+@pytest.mark.parametrize("size", [750_000, 1_990_000])
+def test_texts_that_validate_live_are_reviewed_and_published(as_role, size):
+    editor = as_role("editor")
+    source, version = _edited(editor, ("next_checkin_s: 86400", "next_checkin_s: 43200"))
+    big = _padded(source, size)
+    assert size <= len(big) <= 2_000_000
+    assert editor.api("/console/api/policy/validate", {"text": big}).get_json()["valid"]
+    edit = editor.post("/console/policy/edit", {"text": big, "expected_version": version})
+    assert edit.status_code == 200
+    review = editor.post("/console/policy/review", {"text": big, "expected_version": version})
+    assert review.status_code == 200, text(review)[:500]
+    assert "setting next_checkin_s: 86400 -&gt; 43200" in text(review)
+    form = {"text": big, "expected_version": version, "note": "twice a day"}
+    assert editor.post("/console/policy/publish", form).status_code == 302
+
+
+def test_texts_over_the_limit_are_refused_with_a_message(as_role):
+    editor = as_role("editor")
+    source, version = _edited(editor, ("next_checkin_s: 86400", "next_checkin_s: 43200"))
+    big = _padded(source, 2_000_100)
+    review = editor.post("/console/policy/review", {"text": big, "expected_version": version})
+    assert review.status_code == 422 and "over 2,000,000 characters" in text(review)

@@ -52,7 +52,9 @@ def test_unknown_device_is_404_and_bad_imei_is_422(as_role):
     assert as_role("agent", "GET", f"/v1/devices/{UNKNOWN}").status_code == 404
     response = as_role("agent", "GET", "/v1/devices/123")
     assert response.status_code == 422
-    assert "imei" in response.get_json()["error"]["fields"]
+    assert response.get_json()["error"]["fields"] == {"imei": ["must be 15 digits"]}
+    luhn = as_role("agent", "GET", f"/v1/devices/{UNKNOWN[:-1]}{(int(UNKNOWN[-1]) + 1) % 10}")
+    assert luhn.get_json()["error"]["fields"] == {"imei": ["has an invalid Luhn check digit"]}
 
 
 def test_record_explains_the_verdict(checkin, as_role):
@@ -129,6 +131,7 @@ def test_agent_cannot_lift_sanctions_only_lock(checkin, as_role, redis):
     assert response.status_code == 403
     error = response.get_json()["error"]
     assert error["code"] == "sanctions_scope" and error["rules"] == ["sanctions"]
+    assert error["message"] == "only a compliance officer can lift a sanctioned_region lock"
     # nothing recorded for a refused request
     assert redis.get(keys.device_override(UNKNOWN)) is None
     assert audit_actions(redis) == []

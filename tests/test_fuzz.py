@@ -4,6 +4,8 @@ states."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -79,7 +81,7 @@ def test_every_v1_operation_is_fuzzed(client):
     for rule in client.application.url_map.iter_rules():
         if not rule.rule.startswith("/v1/") or rule.rule == "/v1/openapi.json":
             continue
-        path = rule.rule.replace("<int:", "{").replace("<", "{").replace(">", "}")
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)  # <int:number> -> {number}
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             served.add((path, method))
     assert served <= documented, served - documented

@@ -15,7 +15,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 
 from service.store.server import free_port
 from service.store.tokens import TokenStore
@@ -26,8 +25,9 @@ from tests.imeis import HK, UNKNOWN
 HAVANA = {"lat": 23.1136, "lon": -82.3666}
 
 
-def _sample(name: str, **labels) -> float:
-    return REGISTRY.get_sample_value(name, labels) or 0.0
+def _sample(app, name: str, **labels) -> float:
+    registry = app.extensions["regionlock"].metrics.registry
+    return registry.get_sample_value(name, labels) or 0.0
 
 
 def _lines(stream: io.StringIO) -> list[dict]:
@@ -37,16 +37,16 @@ def _lines(stream: io.StringIO) -> list[dict]:
 # --- metrics -----------------------------------------------------------------------------
 
 
-def test_metrics_count_requests_verdicts_reasons_and_latency(client, tokens):
+def test_metrics_count_requests_verdicts_reasons_and_latency(app, client, tokens):
     requests_before = _sample(
-        "regionlock_http_requests_total", endpoint="/v1/checkin", method="POST", status="200"
+        app, "regionlock_http_requests_total", endpoint="/v1/checkin", method="POST", status="200"
     )
     refused_before = _sample(
-        "regionlock_http_requests_total", endpoint="/v1/checkin", method="POST", status="401"
+        app, "regionlock_http_requests_total", endpoint="/v1/checkin", method="POST", status="401"
     )
-    locks_before = _sample("regionlock_verdicts_total", verdict="lock")
-    sanctions_before = _sample("regionlock_verdict_reasons_total", code="sanctioned_region")
-    decisions_before = _sample("regionlock_decision_seconds_count")
+    locks_before = _sample(app, "regionlock_verdicts_total", verdict="lock")
+    sanctions_before = _sample(app, "regionlock_verdict_reasons_total", code="sanctioned_region")
+    decisions_before = _sample(app, "regionlock_decision_seconds_count")
 
     device = bearer(tokens["device"])
     client.post("/v1/checkin", json={"imei": UNKNOWN, "gps": HAVANA}, headers=device)
@@ -60,43 +60,125 @@ def test_metrics_count_requests_verdicts_reasons_and_latency(client, tokens):
     assert "regionlock_decision_seconds_bucket" in text
     assert (
         _sample(
-            "regionlock_http_requests_total", endpoint="/v1/checkin", method="POST", status="200"
+            app,
+            "regionlock_http_requests_total",
+            endpoint="/v1/checkin",
+            method="POST",
+            status="200",
         )
         == requests_before + 2
     )
     assert (
         _sample(
-            "regionlock_http_requests_total", endpoint="/v1/checkin", method="POST", status="401"
+            app,
+            "regionlock_http_requests_total",
+            endpoint="/v1/checkin",
+            method="POST",
+            status="401",
         )
         == refused_before + 1
     )
-    assert _sample("regionlock_verdicts_total", verdict="lock") == locks_before + 1
-    assert _sample("regionlock_verdict_reasons_total", code="sanctioned_region") == (
+    assert _sample(app, "regionlock_verdicts_total", verdict="lock") == locks_before + 1
+    assert _sample(app, "regionlock_verdict_reasons_total", code="sanctioned_region") == (
         sanctions_before + 1
     )
-    assert _sample("regionlock_decision_seconds_count") == decisions_before + 2
+    assert _sample(app, "regionlock_decision_seconds_count") == decisions_before + 2
 
 
-def test_metrics_label_unknown_paths_as_one_series(client):
+def test_metrics_label_unknown_paths_as_one_series(app, client):
     before = _sample(
-        "regionlock_http_requests_total", endpoint="unmatched", method="GET", status="404"
+        app, "regionlock_http_requests_total", endpoint="unmatched", method="GET", status="404"
     )
     for n in range(3):
         client.get(f"/no/such/page/{n}")
     after = _sample(
-        "regionlock_http_requests_total", endpoint="unmatched", method="GET", status="404"
+        app, "regionlock_http_requests_total", endpoint="unmatched", method="GET", status="404"
     )
     assert after == before + 3
 
 
+def test_invented_methods_and_unknown_paths_add_no_series(app, client):
+    """Issue 12.2: every label value a client can choose is folded into one."""
+
+    def series() -> set[tuple]:
+        registry = app.extensions["regionlock"].metrics.registry
+        return {
+            tuple(sorted(sample.labels.items()))
+            for metric in registry.collect()
+            if metric.name == "regionlock_http_requests"
+            for sample in metric.samples
+            if sample.name == "regionlock_http_requests_total"
+        }
+
+    # One of each kind first, so their series exist.
+    client.open("/v1/checkin", method="BREW")
+    client.open("/nowhere", method="BREW")
+    client.open("/no/such/page", method="GET")
+    before = series()
+    for n in range(25):
+        client.open("/v1/checkin", method=f"INVENTED{n}")
+        client.open(f"/nowhere/{n}", method=f"X{n}")
+        client.open(f"/no/such/page/{n}", method="GET")
+    assert series() == before
+    labels = {dict(s)["method"] for s in before}
+    assert labels <= {"GET", "other"}
+
+
 def test_metrics_count_redis_errors(make_app, tokens):
     app = make_app(redis_url=f"redis://127.0.0.1:{free_port()}/0")
-    before = _sample("regionlock_redis_errors_total", kind="ConnectionError")
+    before = _sample(app, "regionlock_redis_errors_total", kind="ConnectionError")
     response = app.test_client().post(
         "/v1/checkin", json={"imei": HK}, headers=bearer(tokens["device"])
     )
     assert response.status_code == 503
-    assert _sample("regionlock_redis_errors_total", kind="ConnectionError") == before + 1
+    assert _sample(app, "regionlock_redis_errors_total", kind="ConnectionError") == before + 1
+
+
+def test_each_app_counts_in_its_own_registry(make_app):
+    first, second = make_app(), make_app()
+    first.test_client().get("/healthz")
+    labels = {"endpoint": "/healthz", "method": "GET", "status": "200"}
+    assert _sample(first, "regionlock_http_requests_total", **labels) == 1
+    assert _sample(second, "regionlock_http_requests_total", **labels) == 0
+
+
+_FORKED_WORKERS = """
+import os, sys
+from pathlib import Path
+import prometheus_client  # first, before any folder is known: the order must not matter
+assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+from service.web.metrics import Metrics
+metrics = Metrics(Path(sys.argv[1]))
+metrics.observe_request("/v1/checkin", "POST", 200)
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        metrics.observe_request("/v1/checkin", "POST", 200)
+        os._exit(0)
+    os.waitpid(pid, 0)
+sys.stdout.write(metrics.render()[0].decode())
+"""
+
+
+def test_multiprocess_metrics_whatever_was_imported_first(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    folder = tmp_path / "prometheus"
+    done = subprocess.run(
+        [sys.executable, "-c", _FORKED_WORKERS, str(folder)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    [line] = [
+        line
+        for line in done.stdout.splitlines()
+        if line.startswith("regionlock_http_requests_total{")
+    ]
+    assert float(line.rsplit(" ", 1)[1]) == 3.0  # the parent and both forked workers
+    assert len(list(folder.glob("counter_*.db"))) == 3
 
 
 # --- logs --------------------------------------------------------------------------------
@@ -154,6 +236,45 @@ def test_docs_page_and_openapi_document(client):
     assert {"200", "400", "401", "403", "413", "422", "429", "503"} <= set(checkin["responses"])
     assert "Retry-After" in checkin["responses"]["503"]["headers"]
     assert spec["paths"]["/v1/keys"]["get"]["security"] == [{"bearer": []}]
+
+
+def test_405_names_the_allowed_methods(client):
+    response = client.get("/v1/checkin")
+    assert response.status_code == 405
+    assert response.get_json()["error"]["code"] == "method_not_allowed"
+    assert {m.strip() for m in response.headers["Allow"].split(",")} >= {"POST", "OPTIONS"}
+    console = client.put("/console/devices")
+    assert console.status_code == 405 and "GET" in console.headers["Allow"]
+
+
+def test_openapi_states_the_imei_pattern(client):
+    import re
+
+    spec = client.get("/v1/openapi.json").get_json()
+    paths = [p for p in spec["paths"] if "{imei}" in p]
+    assert len(paths) == 4
+    for path in paths:
+        # Path parameters are stated once per path, for all of its operations.
+        [imei] = [p for p in spec["paths"][path]["parameters"] if p["name"] == "imei"]
+        assert imei["in"] == "path"
+        pattern = re.compile(imei["schema"]["pattern"])
+        assert pattern.fullmatch(HK) and pattern.fullmatch(f"{HK[:2]}-{HK[2:8]} {HK[8:]}")
+        assert not pattern.fullmatch(HK[:-1]) and not pattern.fullmatch(f"{HK[:-1]}x")
+    body = spec["components"]["schemas"]["Checkin"]["properties"]["imei"]
+    assert body["pattern"] == imei["schema"]["pattern"]
+    assert re.fullmatch(
+        spec["components"]["schemas"]["Verdict"]["properties"]["imei"]["pattern"], HK
+    )
+
+
+def test_path_imei_is_read_as_its_pattern_says(client, tokens):
+    agent = bearer(tokens["agent"])
+    dashed = client.get(f"/v1/devices/{HK[:2]}-{HK[2:8]}%20{HK[8:]}", headers=agent)
+    assert dashed.status_code == 404  # an IMEI, never seen
+    for odd in (f"%09{HK}", f"{HK}%0A", f"{HK}%C2%A0"):
+        response = client.get(f"/v1/devices/{odd}", headers=agent)
+        assert response.status_code == 422, odd
+        assert response.get_json()["error"]["fields"] == {"imei": ["must be 15 digits"]}
 
 
 # --- the real server ---------------------------------------------------------------------

@@ -322,6 +322,7 @@ def test_safety_brake_refuses_mass_locking_unless_forced(app, as_role, checkin, 
     assert braked.status_code == 409
     error = braked.get_json()["error"]
     assert error["code"] == "safety_brake"
+    assert error["message"].startswith("safety brake: 10 of 10 recorded devices (100.0%) would go")
     report = error["report"]
     assert report["evaluated"] == 10 and report["changes"] == {"allow->lock": 10}
     assert len(report["samples"]["allow->lock"]) == 5
@@ -393,6 +394,7 @@ def test_rollback_publishes_a_copy_of_an_earlier_version(as_role, redis):
 def test_rollback_to_an_unknown_version_is_404(as_role, redis):
     response = as_role("editor", "POST", "/v1/policy/rollback", {"version": 7, "note": "x"})
     assert response.status_code == 404
+    assert response.get_json()["error"]["message"] == "there is no policy version 7"
     assert as_role("editor", "GET", "/v1/policy").get_json()["version"] == 1
     assert policy_audit(redis) == []
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import redis as redis_lib
 from flask import Blueprint, Response, current_app, jsonify
 
-from service.web import metrics
-
 bp = Blueprint("ops", __name__)
 
 
@@ -26,7 +24,7 @@ def readyz():
         checks["redis"] = "ok"
         checks["policy_version"] = rl.policies.current().version
     except (redis_lib.RedisError, redis_lib.exceptions.RedisClusterException) as exc:
-        metrics.REDIS_ERRORS.labels(type(exc).__name__).inc()
+        rl.metrics.redis_error(exc)
         checks["redis"] = f"unreachable ({type(exc).__name__})"
     ready = checks.get("redis") == "ok" and checks.get("policy_version") is not None
     response = jsonify({"status": "ready" if ready else "not ready", "checks": checks})
@@ -39,5 +37,5 @@ def readyz():
 @bp.get("/metrics")
 def prometheus_metrics():
     """Prometheus exposition: requests, verdicts, decision latency, Redis errors."""
-    body, content_type = metrics.render()
+    body, content_type = current_app.extensions["regionlock"].metrics.render()
     return Response(body, content_type=content_type)

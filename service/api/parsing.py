@@ -2,11 +2,44 @@
 
 from __future__ import annotations
 
+import re
+
 import orjson
 from flask_smorest import Blueprint
 from marshmallow import ValidationError, fields
 from webargs import core
 from webargs.flaskparser import FlaskParser
+from werkzeug.routing import UnicodeConverter
+
+
+def digits_pattern(min_len: int, max_len: int) -> str:
+    """The pattern of what a digit field accepts: MIN_LEN to MAX_LEN digits with any spaces
+    and dashes (people paste numbers as printed); documented in the OpenAPI document."""
+    count = f"{{{min_len}}}" if min_len == max_len else f"{{{min_len},{max_len}}}"
+    return f"^[ -]*(?:[0-9][ -]*){count}$"
+
+
+#: An IMEI as the API accepts it (body fields and path parameters); its Luhn check digit is
+#: checked after it (a pattern cannot express it).
+IMEI_PATTERN = digits_pattern(15, 15)
+#: An IMEI as the API gives it back: 15 digits.
+IMEI_OUT_PATTERN = "^[0-9]{15}$"
+_IMEI = re.compile(IMEI_PATTERN.removesuffix("$") + r"\Z")
+
+
+def matches_imei_pattern(text: str) -> bool:
+    """True when TEXT is what IMEI_PATTERN documents (nothing else, not even a tab, is stripped)."""
+    return _IMEI.match(text) is not None
+
+
+class ImeiConverter(UnicodeConverter):
+    """``<imei:imei>`` in a route: any path segment, as before (the route answers 422 naming
+    what is wrong), documented in the OpenAPI document with IMEI_PATTERN."""
+
+
+def imei_parameter_schema(converter: ImeiConverter) -> dict:
+    """The OpenAPI schema of an ``<imei:...>`` path parameter."""
+    return {"type": "string", "pattern": IMEI_PATTERN}
 
 
 class JsonBodyParser(FlaskParser):
@@ -26,6 +59,10 @@ class Digits(fields.String):
     """A string of digits; spaces and dashes are stripped first (people paste IMEIs)."""
 
     def __init__(self, min_len: int, max_len: int, **kwargs):
+        kwargs["metadata"] = {
+            "pattern": digits_pattern(min_len, max_len),
+            **kwargs.get("metadata", {}),
+        }
         super().__init__(**kwargs)
         self.min_len = min_len
         self.max_len = max_len

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import click
@@ -66,14 +65,12 @@ def serve(workers: int | None, threads: int) -> None:
 def _prepare_metrics_dir(default: Path) -> None:
     """Point prometheus-client's multiprocess mode at a fresh folder (PROMETHEUS_MULTIPROC_DIR,
     else var/prometheus): every gunicorn worker writes its samples there, any worker's /metrics
-    sums them. Must run before prometheus_client is first imported."""
+    sums them (the app reads the folder from the variable when it is made)."""
     folder = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(default)))
     folder.mkdir(parents=True, exist_ok=True)
     # Samples of an earlier run would be added to this one's.
     for stale in folder.glob("*.db"):
         stale.unlink(missing_ok=True)
-    if "prometheus_client" in sys.modules:  # pragma: no cover - a programming error
-        click.echo("regionlock: warning: metrics are per worker (imported too early)", err=True)
 
 
 def _redacted(url: str) -> str:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 from flask import current_app, render_template, request
 from flask.typing import ResponseReturnValue
 
 from service.console import present, security
 from service.console.blueprint import bp
+from service.store.audit import is_cursor
 
 PAGE_SIZE = 50
 # Actions the service writes, offered as suggestions in the filter (free text still works).
@@ -22,7 +21,6 @@ KNOWN_ACTIONS = (
     "policy.publish",
     "policy.rollback",
 )
-_CURSOR = re.compile(r"\d{1,20}-\d{1,20}\Z")
 
 
 @bp.get("/audit")
@@ -36,7 +34,7 @@ def audit() -> ResponseReturnValue:
     }
     before = request.args.get("before", "")
     error = None
-    if before and not _CURSOR.match(before):
+    if before and not is_cursor(before):
         error = "That page link is not valid; showing the newest entries."
         before = ""
     entries, cursor = current_app.extensions["regionlock"].audit.query(

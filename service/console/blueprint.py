@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, flash, g, request, session
+from flask import Blueprint, Response, current_app, flash, g, request, session
 from flask.blueprints import BlueprintSetupState
-from werkzeug.exceptions import BadRequest
+from werkzeug.exceptions import BadRequest, ServiceUnavailable
 
 from service.console import security
 from service.console.present import ROLE_LABELS
+from service.engine.roles import allowed
 
 bp = Blueprint(
     "console",
@@ -55,8 +56,6 @@ class CsrfFailed(BadRequest):
 
 def landing_endpoint(role: str) -> str | None:
     """Where ROLE starts in the console, None when it has nothing to do there."""
-    from service.engine.roles import allowed
-
     for permission, endpoint in _LANDING:
         if allowed(role, permission):
             return endpoint
@@ -73,6 +72,17 @@ def _check_request() -> None:
     g.console_user = None
     if request.endpoint == "console.static":
         return
+    settings = current_app.config["SETTINGS"]
+    if current_app.extensions["regionlock"].breaker.is_open():
+        # Redis was just found away (by the API or the console): answer at once instead of
+        # waiting out the socket timeouts on the session lookup.
+        raise ServiceUnavailable(retry_after=settings.retry_after_s)
+    limit = getattr(current_app.view_functions.get(request.endpoint or ""), "max_body_bytes", None)
+    if limit is not None and allowed(session.get("role") or "", "policy:write"):
+        # The editor's text (views marked by policy._carries_text): larger bodies, for people
+        # whose signed session says they may edit, set before the form is first read below.
+        request.max_content_length = limit
+        request.max_form_memory_size = limit
     # CSRF first: a forged request is refused before anything else is looked at.
     if request.method not in _SAFE_METHODS and not security.csrf_ok():
         raise CsrfFailed()
@@ -91,7 +101,8 @@ def _headers(response: Response) -> Response:
     response.headers.setdefault("Content-Security-Policy", _CSP)
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "same-origin"
+    # As the README promises for every page: console URLs carry IMEIs and audit filters.
+    response.headers["Referrer-Policy"] = "no-referrer"
     if request.endpoint != "console.static":
         # Pages show device records and policy: keep them out of shared caches and history.
         response.headers["Cache-Control"] = "no-store"

@@ -17,6 +17,16 @@ from service.engine.validation import BundleError, validate_bundle
 #: The editor refuses texts larger than this (a bundle with very many allocations belongs in
 #: the CLI, not a textarea).
 MAX_TEXT = 2_000_000
+#: The largest body that can carry a text of MAX_TEXT characters: each character percent-
+#: encoded UTF-8 in a form (up to 12 bytes), plus the form's other fields. A longer text gets
+#: the editor's "over MAX_TEXT characters" error, not a bare 413.
+MAX_TEXT_BODY = 12 * MAX_TEXT + (64 << 10)
+#: Bundles are a few levels deep; a hostile text nested thousands deep would exhaust Python's
+#: stack in the (recursive) YAML composer.
+MAX_DEPTH = 64
+#: No bundle number needs more; a 5,000-digit one is beyond Python's int conversion limit, and
+#: a long sexagesimal (1:2:3:…) one costs quadratic time.
+MAX_NUMBER_DIGITS = 50
 
 
 @dataclass
@@ -34,6 +44,64 @@ class TextCheck:
     def to_dict(self) -> dict[str, Any]:
         """The console API form."""
         return {"valid": self.valid, "errors": self.errors}
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """Valid YAML the editor will not read (too deep, a number too long, a bad date)."""
+
+
+class _EditorLoader(yaml.SafeLoader):
+    """The safe loader, bounded: nesting depth, number length, and every scalar that Python
+    cannot convert is an error at its line instead of an exception."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):  # noqa: D102 - yaml.composer.Composer's
+        if self._depth >= MAX_DEPTH:
+            mark = self.peek_event().start_mark
+            raise _Refused(problem=f"nested more than {MAX_DEPTH} levels deep", problem_mark=mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _checked_scalar(construct: Any, what: str, bounded: bool) -> Any:
+    def checked(loader: _EditorLoader, node: yaml.ScalarNode) -> Any:
+        if bounded and len(node.value) > MAX_NUMBER_DIGITS:
+            raise _Refused(
+                problem=f"numbers have at most {MAX_NUMBER_DIGITS} digits",
+                problem_mark=node.start_mark,
+            )
+        try:
+            return construct(loader, node)
+        except (ValueError, TypeError, AttributeError, OverflowError):
+            raise _Refused(problem=f"not a valid {what}", problem_mark=node.start_mark) from None
+
+    return checked
+
+
+for _tag, _what, _bounded in (
+    ("tag:yaml.org,2002:int", "whole number", True),
+    ("tag:yaml.org,2002:float", "number", True),
+    ("tag:yaml.org,2002:timestamp", "date or time", False),
+):
+    _EditorLoader.add_constructor(
+        _tag, _checked_scalar(yaml.SafeLoader.yaml_constructors[_tag], _what, _bounded)
+    )
+
+
+def _parse(text: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree (for error lines) and the data of TEXT, read once."""
+    loader = _EditorLoader(text)
+    try:
+        root = loader.get_single_node()
+        return root, (loader.construct_document(root) if root is not None else None)
+    finally:
+        loader.dispose()
 
 
 class _BundleDumper(yaml.SafeDumper):
@@ -108,14 +176,15 @@ def check_text(text: str) -> TextCheck:
     if len(text) > MAX_TEXT:
         return TextCheck(errors=[_error("", 1, [f"the text is over {MAX_TEXT:,} characters"])])
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root, data = _parse(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
+        # The parser's own description of the editor's text (never an internal error).
+        problem = getattr(exc, "problem", None) or "the text could not be read"
         line = mark.line + 1 if mark is not None else 1
         column = mark.column + 1 if mark is not None else None
-        return TextCheck(errors=[_error("", line, [f"not valid YAML: {problem}"], column)])
+        message = problem if isinstance(exc, _Refused) else f"not valid YAML: {problem}"
+        return TextCheck(errors=[_error("", line, [message], column)])
     if data is None:
         return TextCheck(errors=[_error("", 1, ["the bundle is empty"])])
     alias_line = _first_alias_line(root)

@@ -15,7 +15,12 @@ from flask.typing import ResponseReturnValue
 from service.console import present, security
 from service.console.blueprint import bp
 from service.devices.document import device_document as _device_document
-from service.devices.overrides import OverrideService, SanctionsScopeError, normalise_imei
+from service.devices.overrides import (
+    InvalidImei,
+    OverrideService,
+    SanctionsScopeError,
+    normalise_imei,
+)
 from service.engine.model import SANCTIONED_REGION
 from service.engine.roles import liftable_kinds
 
@@ -41,7 +46,7 @@ def _service() -> OverrideService:
 def _canonical(raw: str) -> str:
     try:
         return normalise_imei(raw)
-    except ValueError:
+    except InvalidImei:
         abort(404, description=f"“{raw[:40]}” is not an IMEI (15 digits with a valid check digit).")
 
 
@@ -134,8 +139,8 @@ def devices() -> ResponseReturnValue:
     if query:
         try:
             return redirect(url_for("console.device", imei=normalise_imei(query)))
-        except ValueError as exc:
-            error = f"This IMEI {exc}."
+        except InvalidImei as exc:
+            error = f"This IMEI {exc.problem}."
     status = 422 if error else 200
     return render_template("console/devices.html", query=query, error=error), status
 

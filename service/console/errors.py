@@ -1,16 +1,29 @@
-"""Error pages: every failure under /console is a page in the console's layout (or JSON for
-the console's own /console/api endpoints), never the API's JSON or a bare server error."""
+"""Error pages: every failure under /console is a page in the console's layout, or, for the
+console's own /console/api endpoints, the API's one error payload with the API's codes.
+
+Redis errors go through the same classification as the API's (``web.errors.redis_failure``): an
+outage trips the app's breaker and is a 503 with Retry-After, a refused command is a 500. No
+answer ever carries an exception's text.
+"""
 
 from __future__ import annotations
 
 import logging
 
 import redis
-from flask import Response, abort, current_app, jsonify, render_template, request
+from flask import Response, abort, current_app, render_template, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException
 
 from service.console.blueprint import bp
+from service.web.errors import (
+    INTERNAL_MESSAGE,
+    UNAVAILABLE_MESSAGE,
+    error_response,
+    exception_headers,
+    redis_failure,
+    retry_after_headers,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,23 +47,40 @@ _TEXTS = {
     500: "An unexpected error happened and was logged. Nothing on this page was changed.",
 }
 
+# The console API's messages, in the API's voice.
+_MESSAGES = {
+    401: "sign in again",
+    403: "not for your role",
+    404: "there is nothing at this address",
+    405: "this method is not allowed here",
+    413: "the request is too large",
+    500: INTERNAL_MESSAGE,
+    503: UNAVAILABLE_MESSAGE,
+}
 
-def _wants_json() -> bool:
+
+def wants_json() -> bool:
+    """True for the console's own JSON endpoints (the editor's scripts)."""
     return request.path.startswith("/console/api/")
 
 
-def _page(status: int, text: str | None = None, headers: dict | None = None) -> Response:
-    if _wants_json():
-        response = jsonify({"error": {"code": str(status), "message": text or _TITLES[status]}})
-    else:
-        response = current_app.make_response(
-            render_template(
-                "console/error.html",
-                status=status,
-                title=_TITLES.get(status, "Error"),
-                text=text or _TEXTS.get(status, ""),
-            )
+def error_answer(status: int, text: str | None = None, headers: dict | None = None) -> Response:
+    """The console's answer for an error: its page, or the one JSON payload under /console/api.
+
+    TEXT is a message written for people (never an exception's text); without one, the
+    status's own wording is used.
+    """
+    if wants_json():
+        message = text or _MESSAGES.get(status) or _TITLES.get(status, "error").lower()
+        return error_response(status, message, headers=headers)
+    response = current_app.make_response(
+        render_template(
+            "console/error.html",
+            status=status,
+            title=_TITLES.get(status, "Error"),
+            text=text or _TEXTS.get(status, ""),
         )
+    )
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -64,20 +94,23 @@ def _http_error(exc: HTTPException) -> ResponseReturnValue:
     text = exc.description if status in (400, 404) and exc.description else None
     if status == 404 and text and text.startswith("The requested URL"):
         text = None
-    return _page(status, text)
+    if status >= 500:
+        text = None
+    return error_answer(status, text, exception_headers(exc))
 
 
 @bp.errorhandler(redis.exceptions.RedisError)
-def _redis_down(exc: redis.exceptions.RedisError) -> ResponseReturnValue:
-    log.warning("console: redis unavailable: %s", type(exc).__name__)
-    retry = str(current_app.config["SETTINGS"].retry_after_s)
-    return _page(503, headers={"Retry-After": retry})
+@bp.errorhandler(redis.exceptions.RedisClusterException)
+def _redis_error(exc: Exception) -> ResponseReturnValue:
+    if redis_failure(exc) == 503:
+        return error_answer(503, headers=retry_after_headers())
+    return error_answer(500)
 
 
 @bp.errorhandler(Exception)
 def _unexpected(exc: Exception) -> ResponseReturnValue:
     log.exception("console: unhandled error")
-    return _page(500)
+    return error_answer(500)
 
 
 @bp.route("/<path:anything>", methods=["GET", "POST"])

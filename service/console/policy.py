@@ -24,12 +24,19 @@ from flask.typing import ResponseReturnValue
 
 from service.console import present, security
 from service.console.blueprint import bp
-from service.console.bundle_text import MAX_TEXT, check_text, dump_bundle
+from service.console.bundle_text import MAX_TEXT_BODY, check_text, dump_bundle
 from service.console.diff import changed, side_by_side
+from service.console.errors import error_answer
 from service.engine.compiler import CompiledPolicy, compile_bundle
 from service.engine.validation import BundleError
 from service.policy.diff import diff_summary, format_summary
-from service.policy.publishing import Publisher, SafetyBrake, UnknownVersion, VersionConflict
+from service.policy.publishing import (
+    Publisher,
+    SafetyBrake,
+    UnknownVersion,
+    VersionConflict,
+    brake_message,
+)
 from service.policy.publishing import version_metadata as _version_metadata
 
 MAX_NOTE = 1000
@@ -92,10 +99,12 @@ def _text(bundle: dict[str, Any]) -> str:
     return dump_bundle(_for_text(bundle))
 
 
-def _allow_big_texts() -> None:
-    # A bundle text can exceed the app-wide 1 MiB body limit and werkzeug's form field limit.
-    request.max_content_length = 4 * MAX_TEXT
-    request.max_form_memory_size = 4 * MAX_TEXT
+def _carries_text(view: Any) -> Any:
+    """Mark a view whose body holds the editor's text: the blueprint raises the body limits
+    for it (above the app-wide 1 MiB and werkzeug's form limit) before the CSRF check reads
+    the form, so any text the live check accepts is accepted here too."""
+    view.max_body_bytes = MAX_TEXT_BODY
+    return view
 
 
 def _versions() -> list[dict[str, Any]]:
@@ -179,6 +188,7 @@ def policy_compare() -> ResponseReturnValue:
 
 @bp.route("/policy/edit", methods=["GET", "POST"])
 @security.needs("policy:write")
+@_carries_text
 def policy_edit() -> ResponseReturnValue:
     """The editor: the active bundle as YAML, or (POST, back from review) the text being edited."""
     active = _active_number()
@@ -216,7 +226,6 @@ def _render_editor(
 
 
 def _posted() -> tuple[str, int | None]:
-    _allow_big_texts()
     text = request.form.get("text", "")
     try:
         expected = int(request.form.get("expected_version", ""))
@@ -227,6 +236,7 @@ def _posted() -> tuple[str, int | None]:
 
 @bp.post("/policy/review")
 @security.needs("policy:write")
+@_carries_text
 def policy_review() -> ResponseReturnValue:
     """Check the edited text; when valid, show its diff and impact before publishing."""
     text, expected = _posted()
@@ -274,6 +284,7 @@ def _render_review(
 
 @bp.post("/policy/publish")
 @security.needs("policy:write")
+@_carries_text
 def policy_publish() -> ResponseReturnValue:
     """Publish the reviewed text as the next version."""
     text, expected = _posted()
@@ -322,7 +333,7 @@ def policy_publish() -> ResponseReturnValue:
             expected,
             check.bundle,
             note,
-            {"brake": str(exc)},
+            {"brake": brake_message(exc.report)},
             report=exc.report.to_dict(),
             braked=True,
             status=409,
@@ -384,23 +395,22 @@ def _api_text() -> tuple[str | None, ResponseReturnValue | None]:
     refused = _api_user_error()
     if refused is not None:
         return None, refused
-    _allow_big_texts()
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("text"), str):
-        error = {"error": {"code": "bad_request", "message": 'send {"text": "..."}'}}
-        return None, (jsonify(error), 400)
+        return None, error_answer(400, 'send {"text": "..."}')
     return body["text"], None
 
 
 def _api_user_error() -> ResponseReturnValue | None:
     if security.current_user() is None:
-        return jsonify({"error": {"code": "unauthorized", "message": "sign in again"}}), 401
+        return error_answer(401)
     if not security.can("policy:write"):
-        return jsonify({"error": {"code": "forbidden", "message": "not for your role"}}), 403
+        return error_answer(403)
     return None
 
 
 @bp.post("/api/policy/validate")
+@_carries_text
 def api_policy_validate() -> ResponseReturnValue:
     """{"text"} -> {"valid", "errors": [{"path", "line", "column", "messages"}]}."""
     text, refused = _api_text()
@@ -410,6 +420,7 @@ def api_policy_validate() -> ResponseReturnValue:
 
 
 @bp.post("/api/policy/simulate")
+@_carries_text
 def api_policy_simulate() -> ResponseReturnValue:
     """{"text"} -> the simulation report of the bundle, or 422 with its errors."""
     text, refused = _api_text()
@@ -417,7 +428,17 @@ def api_policy_simulate() -> ResponseReturnValue:
         return refused
     check = check_text(text)
     if not check.valid:
-        return jsonify(check.to_dict()), 422
+        # The API's invalid_bundle error, plus the lines the editor marks.
+        fields: dict[str, list[str]] = {}
+        for error in check.errors:
+            fields.setdefault(error["path"] or "_schema", []).extend(error["messages"])
+        count = len(check.errors)
+        error = {
+            "code": "invalid_bundle",
+            "message": f"the bundle is invalid ({count} {'error' if count == 1 else 'errors'})",
+            "fields": fields,
+        }
+        return jsonify({"error": error, **check.to_dict()}), 422
     _active_number()
     report = _publisher().simulate(compile_bundle(check.bundle)).to_dict()  # type: ignore[arg-type]
     return jsonify({"valid": True, "errors": [], "report": report})

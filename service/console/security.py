@@ -61,8 +61,8 @@ def configure_app(app: Flask) -> None:
     """Secret key and session cookie flags for the console (called when bp is registered)."""
     settings = app.config["SETTINGS"]
     if not app.secret_key:
-        app.secret_key = settings.extra.get("secret_key") or load_secret_key(settings.var_dir)
-    secure = settings.extra.get("secure_cookies")
+        app.secret_key = settings.secret_key or load_secret_key(settings.var_dir)
+    secure = settings.secure_cookies
     if secure is None:
         secure = os.environ.get(SECURE_COOKIE_ENV, "").lower() in ("1", "true", "yes", "on")
     app.config.update(
@@ -119,7 +119,8 @@ def has_console_access(role: str) -> bool:
 
 def safe_next(target: str | None) -> str | None:
     """TARGET when it is a console path on this site, else None (no open redirects)."""
-    if not target:
+    if not target or not target.isprintable():
+        # CR/LF (header injection) or any other control character: not a page of ours.
         return None
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not parts.path.startswith("/console"):

@@ -15,12 +15,15 @@ from service.store.audit import AuditStore
 from service.store.devices import DeviceStore
 from service.store.tokens import Principal
 
+#: Why an unlock was refused by its scope, as the caller is told.
+SCOPE_MESSAGE = "only a compliance officer can lift a sanctioned_region lock"
+
 
 class SanctionsScopeError(Exception):
     """The caller's role cannot lift the only lock(s) on the device."""
 
     def __init__(self, rules: list[str]):
-        super().__init__("only a compliance officer can lift a sanctioned_region lock")
+        super().__init__(SCOPE_MESSAGE)
         self.rules = rules
 
 
@@ -32,13 +35,21 @@ class UnlockOutcome:
     still_locked_by: list[dict] = field(default_factory=list)
 
 
+class InvalidImei(ValueError):
+    """Not an IMEI; ``problem`` says why, in words written for whoever typed it."""
+
+    def __init__(self, problem: str):
+        super().__init__(problem)
+        self.problem = problem
+
+
 def normalise_imei(raw: str) -> str:
-    """IMEI digits with spaces and dashes stripped; ValueError naming what is wrong."""
+    """IMEI digits with spaces and dashes stripped; InvalidImei naming what is wrong."""
     digits = raw.strip().replace(" ", "").replace("-", "")
     if not digits.isascii() or not digits.isdigit() or len(digits) != 15:
-        raise ValueError("must be 15 digits")
+        raise InvalidImei("must be 15 digits")
     if not luhn.is_valid(digits):
-        raise ValueError("has an invalid Luhn check digit")
+        raise InvalidImei("has an invalid Luhn check digit")
     return digits
 
 
@@ -123,8 +134,13 @@ class OverrideService:
                 continue
             try:
                 imei = normalise_imei(cell)
-            except ValueError as exc:
-                yield {"line": line_no, "value": cell[:40], "status": "invalid", "error": str(exc)}
+            except InvalidImei as exc:
+                yield {
+                    "line": line_no,
+                    "value": cell[:40],
+                    "status": "invalid",
+                    "error": exc.problem,
+                }
                 continue
             if imei in seen:
                 yield {"line": line_no, "imei": imei, "status": "unchanged", "error": "duplicate"}
@@ -144,8 +160,8 @@ class OverrideService:
                 self.unlock(
                     imei, principal, reason, ticket, expires_in_s, action="device.bulk_unlock"
                 )
-            except SanctionsScopeError as exc:
-                yield {"line": line_no, "imei": imei, "status": "refused", "error": str(exc)}
+            except SanctionsScopeError:
+                yield {"line": line_no, "imei": imei, "status": "refused", "error": SCOPE_MESSAGE}
                 continue
             yield {"line": line_no, "imei": imei, "status": "applied"}
 

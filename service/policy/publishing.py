@@ -29,15 +29,20 @@ __all__ = [
 _ROLLBACK_ATTEMPTS = 3
 
 
+def brake_message(report: SimulationReport) -> str:
+    """Why the safety brake stopped a publish, in words for the editor."""
+    return (
+        f"{report.changes.get('allow->lock', 0)} of {report.evaluated} recorded devices "
+        f"({report.allow_to_lock_ratio:.1%}) would go from allow to lock; the limit is "
+        f"{report.max_new_lock_ratio:.1%} (max_new_lock_ratio)"
+    )
+
+
 class SafetyBrake(Exception):
     """The candidate would lock too many recorded devices that are allowed now."""
 
     def __init__(self, report: SimulationReport):
-        super().__init__(
-            f"{report.changes.get('allow->lock', 0)} of {report.evaluated} recorded devices "
-            f"({report.allow_to_lock_ratio:.1%}) would go from allow to lock; the limit is "
-            f"{report.max_new_lock_ratio:.1%} (max_new_lock_ratio)"
-        )
+        super().__init__(brake_message(report))
         self.report = report
 
 

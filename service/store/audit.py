@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import orjson
@@ -31,6 +32,16 @@ def write_deferred(redis, deferred: list[dict]) -> None:
     """Write the entries ``add_entry`` deferred (Redis Cluster only)."""
     for audit_fields in deferred:
         redis.xadd(keys.AUDIT, audit_fields)
+
+
+_STREAM_ID = re.compile(r"(\d{1,20})-(\d{1,20})\Z")
+
+
+def is_cursor(text: str) -> bool:
+    """True when TEXT can be a paging cursor: a stream id, two unsigned 64-bit numbers
+    (``1718000000000-0``). Anything else would be a command Redis refuses."""
+    match = _STREAM_ID.match(text)
+    return match is not None and all(int(part) < 1 << 64 for part in match.groups())
 
 
 class AuditStore:

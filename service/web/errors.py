@@ -9,9 +9,9 @@ import redis
 from flask import Flask, current_app, jsonify
 from marshmallow import INCLUDE, Schema, fields
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
 
 from service.engine.validation import flatten_messages
-from service.web.metrics import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,20 @@ _CODES = {
     415: "unsupported_media_type",
     422: "invalid_request",
     429: "rate_limited",
+    500: "internal_error",
     503: "unavailable",
 }
+
+
+def error_code(status: int) -> str:
+    """The code of STATUS in the one error payload: ours above, else werkzeug's status name
+    (431 -> request_header_fields_too_large)."""
+    if status in _CODES:
+        return _CODES[status]
+    name = HTTP_STATUS_CODES.get(status)
+    if name is None:
+        return "internal_error" if status >= 500 else "bad_request"
+    return "_".join(name.lower().replace("-", " ").replace("'", "").split())
 
 
 class ErrorBodySchema(Schema):
@@ -66,7 +78,7 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-        self.code = code or _CODES.get(status, "error")
+        self.code = code or error_code(status)
         self.fields = fields
         self.extra = extra or {}
         self.headers = headers or {}
@@ -81,7 +93,7 @@ def error_response(
     headers: dict | None = None,
 ):
     """A Flask response in the one error format."""
-    body: dict = {"code": code or _CODES.get(status, "error"), "message": message}
+    body: dict = {"code": code or error_code(status), "message": message}
     if fields is not None:
         body["fields"] = fields
     body.update(extra or {})
@@ -129,14 +141,42 @@ class OutageBreaker:
         return time.monotonic() < self._until
 
 
+#: What a client is told when Redis is away, or when something failed on our side: never the
+#: exception's own text, which may hold addresses, keys or internals.
+UNAVAILABLE_MESSAGE = "the decision store is unreachable; try again later"
+INTERNAL_MESSAGE = "internal error"
+
+
+def retry_after_headers() -> dict[str, str]:
+    """The Retry-After header of a 503."""
+    return {"Retry-After": str(current_app.config["SETTINGS"].retry_after_s)}
+
+
 def unavailable_response():
     """The one answer to any call while Redis is unreachable: 503 with Retry-After."""
-    retry = str(current_app.config["SETTINGS"].retry_after_s)
-    return error_response(
-        503,
-        "the decision store is unreachable; try again later",
-        headers={"Retry-After": retry},
-    )
+    return error_response(503, UNAVAILABLE_MESSAGE, headers=retry_after_headers())
+
+
+def redis_failure(exc: BaseException) -> int:
+    """Count, log and classify a Redis error met while answering a request (API or console).
+
+    An outage trips the app's breaker and is a 503; any other Redis error is a command Redis
+    refused (WRONGTYPE, a bad argument…), a bug of ours and not an outage, so a 500 without
+    "try again later". Returns the status to answer with.
+    """
+    rl = current_app.extensions["regionlock"]
+    rl.metrics.redis_error(exc)
+    if not is_outage(exc):
+        log.error("redis refused a command", exc_info=exc)
+        return 500
+    log.warning("redis unavailable: %s", type(exc).__name__)
+    rl.breaker.trip()
+    return 503
+
+
+def exception_headers(exc: HTTPException) -> dict[str, str]:
+    """The headers an HTTP error carries besides its body's type (405: Allow)."""
+    return {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -159,23 +199,17 @@ def register_error_handlers(app: Flask) -> None:
             return error_response(422, "the request has invalid fields", fields=fields)
         if status == 400 and messages is not None:
             return error_response(400, "the body is not valid JSON")
-        message = exc.description if status < 500 else "internal error"
-        return error_response(status, message)
+        message = exc.description if status < 500 else INTERNAL_MESSAGE
+        return error_response(status, message, headers=exception_headers(exc))
 
     @app.errorhandler(redis.exceptions.RedisError)
     @app.errorhandler(redis.exceptions.RedisClusterException)
     def _redis_down(exc: Exception):
-        REDIS_ERRORS.labels(type(exc).__name__).inc()
-        if not is_outage(exc):
-            # Redis refused a command (WRONGTYPE, a bad argument…): a bug of ours, not an
-            # outage, so no "try again later".
-            log.error("redis refused a command", exc_info=exc)
-            return error_response(500, "internal error")
-        log.warning("redis unavailable: %s", type(exc).__name__)
-        current_app.extensions["regionlock"].breaker.trip()
-        return unavailable_response()
+        if redis_failure(exc) == 503:
+            return unavailable_response()
+        return error_response(500, INTERNAL_MESSAGE)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
         log.exception("unhandled error")
-        return error_response(500, "internal error")
+        return error_response(500, INTERNAL_MESSAGE)

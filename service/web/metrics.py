@@ -1,58 +1,119 @@
-"""Prometheus metrics, served at /metrics.
+"""Prometheus metrics, served at /metrics, made by the app factory (one ``Metrics`` per app).
 
-Under gunicorn every worker is its own process: ``regionlock serve`` sets
-``PROMETHEUS_MULTIPROC_DIR`` (under var/) before this module is imported, so each worker writes
+Under gunicorn every worker is its own process: ``regionlock serve`` gives the app a folder
+(``Settings.metrics_dir``, prometheus-client's ``PROMETHEUS_MULTIPROC_DIR``), each worker writes
 its samples to files there and a scrape of any worker sums them all (prometheus-client's
-multiprocess mode). Without that variable (tests, a single process) the default registry is used.
+multiprocess mode). Without a folder (tests, a single process) the app's own registry is served.
+
+Nothing is made at import: the metrics are built in ``create_app`` after the settings are read,
+and multiprocess mode is switched on there, so the order in which modules (or prometheus-client)
+are imported does not matter.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
-    REGISTRY,
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
     CollectorRegistry,
     Counter,
     Histogram,
     generate_latest,
+    values,
 )
 from prometheus_client import multiprocess as _multiprocess
 
-REQUESTS = Counter(
-    "regionlock_http_requests",
-    "HTTP requests answered, by route template, method and status",
-    ["endpoint", "method", "status"],
+# Methods counted under their own name (RFC 9110 and PATCH); any other a client invents is
+# counted as "other", so nobody can add series (memory, scrape size) by making names up.
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
-VERDICTS = Counter("regionlock_verdicts", "Check-in verdicts given", ["verdict"])
-VERDICT_REASONS = Counter(
-    "regionlock_verdict_reasons", "Reasons given in check-in verdicts, by reason code", ["code"]
-)
-DECISION_SECONDS = Histogram(
-    "regionlock_decision_seconds",
-    "Time to decide and record one check-in (evidence, Redis reads, engine, Redis write)",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-)
-REDIS_ERRORS = Counter(
-    "regionlock_redis_errors", "Requests that failed because Redis could not be used", ["kind"]
-)
+OTHER_METHOD = "other"
+
+_DECISION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
-def record_verdict(document: dict) -> None:
-    """Count one check-in verdict and each of its reason codes."""
-    VERDICTS.labels(document["verdict"]).inc()
-    for reason in document.get("reasons", ()):
-        VERDICT_REASONS.labels(reason["code"]).inc()
+def _use_multiprocess_files(folder: Path) -> None:
+    """Make every metric value made from now on in this process live in FOLDER's files.
+
+    prometheus-client picks its value class when it is first imported, from the environment;
+    setting the class here (its hook for custom process identifiers) makes the choice
+    independent of import order. Samples are written under $PROMETHEUS_MULTIPROC_DIR, read when
+    a value's file is opened, so the variable is set too (and forked workers inherit it).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.MultiProcessValue()
 
 
-def render() -> tuple[bytes, str]:
-    """The exposition text (every worker's samples in multiprocess mode) and its media type."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        _multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+class Metrics:
+    """The service's counters and histogram, registered in a registry of their own."""
+
+    def __init__(self, multiprocess_dir: Path | None = None):
+        self.multiprocess_dir = multiprocess_dir
+        if multiprocess_dir is not None:
+            _use_multiprocess_files(multiprocess_dir)
+        self.registry = CollectorRegistry()
+        if multiprocess_dir is None:
+            # What the default registry offers a single process: its CPU, memory and GC.
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                self.registry.register(collector)
+        self.requests = Counter(
+            "regionlock_http_requests",
+            "HTTP requests answered, by route template, method and status",
+            ["endpoint", "method", "status"],
+            registry=self.registry,
+        )
+        self.verdicts = Counter(
+            "regionlock_verdicts", "Check-in verdicts given", ["verdict"], registry=self.registry
+        )
+        self.verdict_reasons = Counter(
+            "regionlock_verdict_reasons",
+            "Reasons given in check-in verdicts, by reason code",
+            ["code"],
+            registry=self.registry,
+        )
+        self.decision_seconds = Histogram(
+            "regionlock_decision_seconds",
+            "Time to decide and record one check-in (evidence, Redis reads, engine, Redis write)",
+            buckets=_DECISION_BUCKETS,
+            registry=self.registry,
+        )
+        self.redis_errors = Counter(
+            "regionlock_redis_errors",
+            "Requests that failed because Redis could not be used",
+            ["kind"],
+            registry=self.registry,
+        )
+
+    def observe_request(self, endpoint: str, method: str, status: int) -> None:
+        """Count one answered request. ENDPOINT is the route template (``unmatched`` for a path
+        no route serves); an unknown METHOD is counted as ``other``."""
+        self.requests.labels(endpoint, method if method in _METHODS else OTHER_METHOD, status).inc()
+
+    def record_verdict(self, document: dict) -> None:
+        """Count one check-in verdict and each of its reason codes."""
+        self.verdicts.labels(document["verdict"]).inc()
+        for reason in document.get("reasons", ()):
+            self.verdict_reasons.labels(reason["code"]).inc()
+
+    def redis_error(self, exc: BaseException) -> None:
+        """Count one request that Redis failed (by the error's class name)."""
+        self.redis_errors.labels(type(exc).__name__).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text (every worker's samples in multiprocess mode) and its media type."""
+        if self.multiprocess_dir is not None:
+            registry = CollectorRegistry()
+            _multiprocess.MultiProcessCollector(registry, path=str(self.multiprocess_dir))
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
 def mark_worker_dead(pid: int) -> None:

@@ -7,6 +7,7 @@ from flask.views import MethodView
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
 
 from service.api.parsing import ApiBlueprint
+from service.store.audit import is_cursor
 from service.web.auth import require
 
 blp = ApiBlueprint("audit", __name__, url_prefix="/v1", description="Audit trail")
@@ -29,7 +30,7 @@ class AuditQueryArgsSchema(Schema):
     @validates("before")
     def _stream_id(self, value: str, **_) -> None:
         # Redis stream ids are two unsigned 64-bit numbers; a larger one is a Redis error.
-        if any(int(part) >= 1 << 64 for part in value.split("-")):
+        if not is_cursor(value):
             raise ValidationError("is not a cursor given by this API")
 
 

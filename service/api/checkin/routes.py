@@ -12,7 +12,6 @@ from service.api.checkin.schemas import CheckinSchema, VerdictSchema
 from service.api.parsing import ApiBlueprint
 from service.web.auth import require
 from service.web.client import client_ip
-from service.web.metrics import DECISION_SECONDS, record_verdict
 
 blp = ApiBlueprint("checkin", __name__, url_prefix="/v1", description="Device check-ins")
 
@@ -36,8 +35,8 @@ class Checkin(MethodView):
         )
         started = time.perf_counter()
         document = rl.checkin.decide(body, ip, time.time())
-        DECISION_SECONDS.observe(time.perf_counter() - started)
-        record_verdict(document)
+        rl.metrics.decision_seconds.observe(time.perf_counter() - started)
+        rl.metrics.record_verdict(document)
         document["nonce"] = body.get("nonce")
         signed = rl.keys.sign(document)
         # Serialised with orjson directly (the schema above documents the shape), keys sorted

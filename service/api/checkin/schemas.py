@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates
 from stdnum import luhn
 
-from service.api.parsing import Digits
+from service.api.parsing import IMEI_OUT_PATTERN, Digits
 
 
 class _Lenient(Schema):
@@ -74,7 +74,7 @@ class DeviceOverrideSchema(Schema):
 
 
 class VerdictSchema(Schema):
-    imei = fields.String(required=True)
+    imei = fields.String(required=True, metadata={"pattern": IMEI_OUT_PATTERN})
     verdict = fields.String(required=True, validate=validate.OneOf(["allow", "warn", "lock"]))
     reasons = fields.List(fields.Nested(ReasonSchema), required=True)
     observed = fields.List(fields.Nested(ReasonSchema), required=True)

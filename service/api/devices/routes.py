@@ -14,9 +14,15 @@ from service.api.devices.schemas import (
     UnlockResultSchema,
     UnlockSchema,
 )
-from service.api.parsing import ApiBlueprint
+from service.api.parsing import ApiBlueprint, matches_imei_pattern
 from service.devices.document import device_document, override_out
-from service.devices.overrides import OverrideService, SanctionsScopeError, normalise_imei
+from service.devices.overrides import (
+    SCOPE_MESSAGE,
+    InvalidImei,
+    OverrideService,
+    SanctionsScopeError,
+    normalise_imei,
+)
 from service.web.auth import require
 from service.web.errors import ApiError
 
@@ -24,10 +30,12 @@ blp = ApiBlueprint("devices", __name__, url_prefix="/v1/devices", description="S
 
 
 def _imei(raw: str) -> str:
+    if not matches_imei_pattern(raw):
+        raise ApiError(422, "the IMEI is not valid", fields={"imei": ["must be 15 digits"]})
     try:
         return normalise_imei(raw)
-    except ValueError as exc:
-        raise ApiError(422, "the IMEI is not valid", fields={"imei": [str(exc)]}) from None
+    except InvalidImei as exc:
+        raise ApiError(422, "the IMEI is not valid", fields={"imei": [exc.problem]}) from None
 
 
 def _document(imei: str) -> dict | None:
@@ -40,7 +48,7 @@ def _service() -> OverrideService:
     return OverrideService(rl.devices, rl.audit)
 
 
-@blp.route("/<imei>")
+@blp.route("/<imei:imei>")
 class Device(MethodView):
     @blp.doc(security=[{"bearer": []}])
     @blp.response(200, DeviceSchema)
@@ -54,7 +62,7 @@ class Device(MethodView):
         return document
 
 
-@blp.route("/<imei>/unlock")
+@blp.route("/<imei:imei>/unlock")
 class Unlock(MethodView):
     @blp.doc(security=[{"bearer": []}])
     @blp.response(201, UnlockResultSchema)
@@ -70,7 +78,10 @@ class Unlock(MethodView):
             )
         except SanctionsScopeError as exc:
             raise ApiError(
-                403, str(exc), code="sanctions_scope", extra={"rules": exc.rules}
+                403,
+                SCOPE_MESSAGE,
+                code="sanctions_scope",
+                extra={"rules": exc.rules},
             ) from None
         still_locked = bool(outcome.still_locked_by)
         return {
@@ -87,7 +98,7 @@ class Unlock(MethodView):
         }
 
 
-@blp.route("/<imei>/lock")
+@blp.route("/<imei:imei>/lock")
 class Lock(MethodView):
     @blp.doc(security=[{"bearer": []}])
     @blp.response(201, OverrideOutSchema)
@@ -100,7 +111,7 @@ class Lock(MethodView):
         )
 
 
-@blp.route("/<imei>/override")
+@blp.route("/<imei:imei>/override")
 class RemoveOverride(MethodView):
     @blp.doc(security=[{"bearer": []}])
     @blp.response(204)

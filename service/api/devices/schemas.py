@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, fields, validate
 
+from service.api.parsing import IMEI_OUT_PATTERN
+
 TEN_YEARS_S = 10 * 365 * 86_400
 
 
@@ -49,7 +51,7 @@ class OverrideOutSchema(Schema):
 
 
 class UnlockResultSchema(Schema):
-    imei = fields.String()
+    imei = fields.String(metadata={"pattern": IMEI_OUT_PATTERN})
     override = fields.Nested(OverrideOutSchema)
     still_locked = fields.Boolean()
     still_locked_by = fields.List(fields.Dict())
@@ -57,7 +59,7 @@ class UnlockResultSchema(Schema):
 
 
 class DeviceSchema(Schema):
-    imei = fields.String()
+    imei = fields.String(metadata={"pattern": IMEI_OUT_PATTERN})
     tac = fields.String()
     distributor = fields.Dict(allow_none=True)
     activation = fields.Dict(allow_none=True)

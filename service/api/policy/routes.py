@@ -25,6 +25,7 @@ from service.policy.publishing import (
     SafetyBrake,
     UnknownVersion,
     VersionConflict,
+    brake_message,
     version_metadata,
 )
 from service.web.auth import require
@@ -32,17 +33,12 @@ from service.web.errors import ApiError
 
 blp = ApiBlueprint("policy", __name__, url_prefix="/v1/policy", description="Policy editors")
 
-#: Body limit of the policy calls (a bundle may carry a million allocations, ~50 MB of JSON);
-#: every other call keeps the app-wide MAX_CONTENT_LENGTH (1 MiB).
-POLICY_MAX_CONTENT_LENGTH = 64 << 20
-
 
 @blp.before_request
 def _allow_big_bundles() -> None:
-    settings = current_app.extensions["regionlock"].settings
-    request.max_content_length = int(
-        settings.extra.get("policy_max_content_length", POLICY_MAX_CONTENT_LENGTH)
-    )
+    # A bundle may carry a million allocations (~50 MB of JSON); every other call keeps the
+    # app-wide limit (Settings.max_body_bytes).
+    request.max_content_length = current_app.extensions["regionlock"].settings.policy_max_body_bytes
 
 
 def _json(document: dict, status: int = 200) -> Response:
@@ -138,7 +134,8 @@ class ActivePolicy(MethodView):
         except SafetyBrake as exc:
             raise ApiError(
                 409,
-                f'safety brake: {exc} — check the report, or publish with "force": true',
+                f"safety brake: {brake_message(exc.report)} — check the report, or publish "
+                'with "force": true',
                 code="safety_brake",
                 extra={"report": exc.report.to_dict()},
             ) from None
@@ -223,8 +220,8 @@ class Rollback(MethodView):
             published = _publisher().rollback(
                 body["version"], note=body["note"], actor=g.principal.name, role=g.principal.role
             )
-        except UnknownVersion as exc:
-            raise ApiError(404, str(exc)) from None
+        except UnknownVersion:
+            raise ApiError(404, f"there is no policy version {body['version']}") from None
         except BundleError as exc:
             raise _invalid(exc) from None
         except VersionConflict as exc:
