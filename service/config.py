@@ -51,8 +51,15 @@ class Settings:
     # Redis socket timeouts: a check-in fails fast with 503 instead of hanging a worker.
     redis_timeout_s: float = 0.5
     retry_after_s: int = 5
-    # Ed25519 key ring that signs verdicts; None means var_dir/keys (outside the repository).
+    # The deployment's secret files (made on first start when absent); None means var_dir/keys.
     keys_dir: Path | None = None
+    # Files every host of a deployment must share (SPEC §15); None: made under key_ring_dir.
+    signing_kek_file: Path | None = None
+    secret_key_file: Path | None = None
+    # Seconds between re-reads of the signing keys by a worker, and between a rotation and the
+    # new key's first signature (longer than the re-read interval plus clock skew, SPEC §15).
+    keys_refresh_s: float = 1.0
+    key_activation_delay_s: float = 10.0
     # Per-role request limits (flask-limiter syntax, ";" between several), "anonymous" per IP.
     rate_limits: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
     # Largest request body accepted (413 beyond it).
@@ -74,6 +81,9 @@ _ENV = {
     "REGIONLOCK_VAR_DIR": "var_dir",
     "REGIONLOCK_FACTS_RETENTION_DAYS": "facts_retention_days",
     "REGIONLOCK_KEYS_DIR": "keys_dir",
+    "REGIONLOCK_SIGNING_KEK_FILE": "signing_kek_file",
+    "REGIONLOCK_SECRET_KEY_FILE": "secret_key_file",
+    "REGIONLOCK_KEY_ACTIVATION_DELAY_S": "key_activation_delay_s",
     "REGIONLOCK_RATE_LIMITS": "rate_limits",
     "REGIONLOCK_MAX_BODY_BYTES": "max_body_bytes",
 }
@@ -133,7 +143,7 @@ def _coerce(name: str, value: Any) -> Any:
         return _parse_proxies(value)
     if name == "rate_limits":
         return _parse_rate_limits(value)
-    if name == "keys_dir":
+    if name in ("keys_dir", "signing_kek_file", "secret_key_file"):
         return Path(value) if value not in (None, "") else None
     if name in ("policies_dir", "var_dir"):
         return Path(value)
@@ -158,6 +168,14 @@ def _coerce(name: str, value: Any) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    if name in ("keys_refresh_s", "key_activation_delay_s"):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name} must be a number, got {value!r}") from None
+        if not number > 0:
+            raise ConfigError(f"{name} must be positive, got {number}")
+        return number
     return value
 
 
@@ -179,4 +197,9 @@ def load_settings(
             extra[key] = value
     settings = replace(Settings(), **{k: _coerce(k, v) for k, v in values.items()}, extra=extra)
     _parse_bind(settings.bind)
+    if settings.key_activation_delay_s <= settings.keys_refresh_s:
+        raise ConfigError(
+            "REGIONLOCK_KEY_ACTIVATION_DELAY_S must be longer than the key re-read interval "
+            f"({settings.keys_refresh_s} s)"
+        )
     return settings

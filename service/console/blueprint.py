@@ -76,12 +76,18 @@ def _check_request() -> None:
     # CSRF first: a forged request is refused before anything else is looked at.
     if request.method not in _SAFE_METHODS and not security.csrf_ok():
         raise CsrfFailed()
-    if not session.get("tok"):
+    if not session.get("sid"):
         return
     principal = security.principal_of_session()
-    if principal is None or principal.role != session.get("role"):
-        session.clear()
-        flash("Your token has been revoked or replaced: you are signed out.", "warning")
+    if principal is None:
+        ended_here = security.load_session() is None
+        security.end_session()
+        if ended_here:
+            flash(
+                "Your session has ended (signed out, or idle too long): sign in again.", "warning"
+            )
+        else:
+            flash("Your token has been revoked or replaced: you are signed out.", "warning")
         return
     g.console_user = principal
 
