@@ -11,6 +11,7 @@ import time
 
 import orjson
 import pytest
+import redis as redis_lib
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -244,8 +245,8 @@ def test_secrets_are_owner_only_and_redis_holds_no_usable_private_key(app, tmp_p
     assert b64url(raw).encode() not in dump and raw.hex().encode() not in dump
     # Sealed under the KEK: another KEK does not open it.
     other = KeyRing(SigningKeyStore(redis), SharedSecret(KEK_NAME, b"x" * 32, "test"))
-    with pytest.raises(KeyRingError, match=record["kid"]):
-        other.refresh(force=True)
+    with pytest.raises(KeyRingError, match=f"signing key {record['kid']} cannot sign here"):
+        other.sign({"a": 1})
 
 
 def test_keys_dir_from_the_environment(monkeypatch, tmp_path):
@@ -264,7 +265,64 @@ def test_an_unreadable_ring_does_not_stop_signing(make_app, tokens, redis, caplo
     time.sleep(0.1)
     answer = _checkin(client, tokens["device"]).get_json()
     assert answer["kid"] == kid and firmware_verifies(answer, _jwks(client, tokens))
-    assert "signing keys not re-read" in caplog.text
+    assert "signing key record 2030-01-a is unreadable" in caplog.text
+    assert list(_jwks(client, tokens)) == [kid]
+
+
+def test_a_worker_that_cannot_reread_the_ring_stops_signing_after_half_the_delay(
+    make_app, tokens, redis
+):
+    # Its view could miss a rotation: past half the activation delay it might sign with a key
+    # the other hosts stop publishing, so it answers 503 instead (as check-ins do anyway
+    # while Redis is away); the key set stays served from memory.
+    app = make_app(keys_refresh_s=0.05, key_activation_delay_s=0.4)
+    ring = app.extensions["regionlock"].keys
+    assert ring.sign({"a": 1})["kid"]
+    ring.store = _Unreachable()
+    time.sleep(0.06)
+    assert ring.sign({"a": 1})["kid"]  # fresh enough
+    time.sleep(0.25)
+    with pytest.raises(redis_lib.ConnectionError):
+        ring.sign({"a": 1})
+    assert ring.jwks()["keys"]
+
+
+class _Unreachable:
+    def read(self):
+        raise redis_lib.ConnectionError("away")
+
+
+def test_a_ring_kept_on_disk_by_an_earlier_version_is_imported(make_app, tokens, tmp_path):
+    folder = tmp_path / "var" / "keys"
+    folder.mkdir(parents=True)
+    old_keys = {}
+    for kid in ("2026-10-a", "2026-11-a", "2026-09-a"):
+        old_keys[kid] = Ed25519PrivateKey.generate()
+        (folder / f"{kid}.pem").write_bytes(
+            old_keys[kid].private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    now = time.time()
+    ring = {
+        "active": "2026-11-a",
+        "keys": [
+            {"kid": "2026-09-a", "created_at": now - 90 * 86400, "publish_until": now - 10},
+            {"kid": "2026-10-a", "created_at": now - 30 * 86400, "publish_until": now + 86400},
+            {"kid": "2026-11-a", "created_at": now - 86400, "publish_until": None},
+        ],
+    }
+    (folder / "ring.json").write_bytes(orjson.dumps(ring))
+    client = make_app().test_client()
+    answer = _checkin(client, tokens["device"]).get_json()
+    assert answer["kid"] == "2026-11-a"
+    jwks = _jwks(client, tokens)
+    assert list(jwks) == ["2026-11-a", "2026-10-a"]  # the withdrawn one stays withdrawn
+    public = old_keys["2026-11-a"].public_key()
+    public.verify(b64url_decode(answer["signature"]), signed_bytes(answer))
+    assert firmware_verifies(answer, jwks)
 
 
 def test_private_keys_never_reach_logs_or_answers(make_app, tokens, redis, caplog):

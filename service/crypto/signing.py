@@ -212,8 +212,8 @@ class Sealer:
 class KeyStore(Protocol):
     """Where the ring is kept (``service.store.signing_keys.SigningKeyStore``)."""
 
-    def read(self) -> tuple[int, dict[str, dict]]:
-        """The ring's version and its records by kid."""
+    def read(self) -> tuple[int, dict[str, dict | None]]:
+        """The ring's version and its records by kid (None: an unreadable record)."""
         ...
 
     def apply(
@@ -312,15 +312,15 @@ class KeyRing:
         while True:
             version, records = self.store.read()
             at = self.clock() if now is None else now
-            infos = [KeyInfo.from_record(r) for r in records.values()]
-            previous = signing_key_at(infos, at)
+            readable = _readable(records)
+            previous = signing_key_at([info for info, _ in readable.values()], at)
             kid = next_kid(set(records), at)
             active_from = at + self.activation_delay_s
             retire_at = active_from + self.activation_delay_s + grace_days * DAY_S
             writes: dict[str, dict] = {kid: self._new_record(kid, at, active_from)}
             deletes: list[str] = []
-            for old_kid, record in records.items():
-                info = KeyInfo.from_record(record)
+            # Unreadable records are left alone (reported by every re-read), never guessed at.
+            for old_kid, (info, record) in readable.items():
                 if not info.published_at(at):
                     deletes.append(old_kid)  # out of its publication: nothing may cite it
                     continue
@@ -390,17 +390,30 @@ class KeyRing:
             if not force and old is not None and old.version == version:
                 self._snapshot = replace(old, loaded_at=time.monotonic())
                 return
-            if not records:
-                raise KeyRingError("no signing keys in Redis (`regionlock serve` makes one)")
-            infos = tuple(KeyInfo.from_record(r) for r in records.values())
+            infos: list[KeyInfo] = []
             private: dict[str, Ed25519PrivateKey] = {}
             for kid, record in records.items():
+                if record is None:
+                    log.error("signing key record %s is unreadable; left out", kid)
+                    continue
+                try:
+                    infos.append(KeyInfo.from_record(record))
+                except (KeyError, TypeError, ValueError):
+                    log.error("signing key record %s is malformed; left out", kid)
+                    continue
                 sealed = record.get("sealed")
                 if sealed is None:
-                    continue
+                    continue  # retired for good: published for its grace, never signs again
                 known = old.private.get(kid) if old is not None else None
-                private[kid] = known or self.sealer.open(kid, sealed, record.get("kek_id"))
-            self._snapshot = _Snapshot(version, infos, private, time.monotonic())
+                try:
+                    private[kid] = known or self.sealer.open(kid, sealed, record.get("kek_id"))
+                except KeyRingError as exc:
+                    # Still published; if it is the one to sign, signing fails loudly rather
+                    # than falling back on a key the other hosts may have stopped publishing.
+                    log.error("%s", exc)
+            if not infos:
+                raise KeyRingError("no signing keys in Redis (`regionlock serve` makes one)")
+            self._snapshot = _Snapshot(version, tuple(infos), private, time.monotonic())
 
     def _current(self, for_signing: bool, refresh: bool = True) -> _Snapshot:
         now = time.monotonic()
@@ -440,8 +453,13 @@ class KeyRing:
         """DOCUMENT with ``kid`` and ``signature`` added (any old ``signature`` replaced)."""
         snapshot = self._current(for_signing=True)
         info = signing_key_at(snapshot.keys, self.clock())
-        if info is None or info.kid not in snapshot.private:
-            raise KeyRingError("no signing key is active (or its private half is gone)")
+        if info is None:
+            raise KeyRingError("no signing key is active")
+        if info.kid not in snapshot.private:
+            raise KeyRingError(
+                f"the signing key {info.kid} cannot sign here: its private half did not open "
+                f"with this host's key-encryption key (id {self.sealer.kek_id})"
+            )
         body = {k: v for k, v in document.items() if k != "signature"}
         body["kid"] = info.kid
         body["signature"] = b64url(snapshot.private[info.kid].sign(canonical_json(body)))
@@ -458,6 +476,19 @@ class KeyRing:
         signing = signing_key_at(snapshot.keys, now)
         ordered = sorted(snapshot.keys, key=lambda k: (k is not signing, -k.created_at))
         return {"keys": [_jwk(info.kid, info.x) for info in ordered if info.published_at(now)]}
+
+
+def _readable(records: Mapping[str, dict | None]) -> dict[str, tuple[KeyInfo, dict]]:
+    """The records that parse, with their KeyInfo."""
+    out = {}
+    for kid, record in records.items():
+        if record is None:
+            continue
+        try:
+            out[kid] = (KeyInfo.from_record(record), record)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
 
 
 def _import_legacy(folder: Path, sealer: Sealer, now: float) -> dict[str, dict]:

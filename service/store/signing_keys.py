@@ -39,6 +39,15 @@ return 1
 """
 
 
+def _decode(raw: str) -> dict | None:
+    """A record, or None when it is not a JSON object (the ring reports it and goes on)."""
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 class SigningKeyStore:
     """Reads the ring whole; changes it by compare-and-set on its version."""
 
@@ -47,13 +56,13 @@ class SigningKeyStore:
         self.cluster = isinstance(redis, RedisCluster)
         self._apply = redis.register_script(_APPLY)
 
-    def read(self) -> tuple[int, dict[str, dict]]:
+    def read(self) -> tuple[int, dict[str, dict | None]]:
         """The ring's version and every key record by kid, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.get(keys.SIGNING_KEYS_VERSION)
         pipe.hgetall(keys.SIGNING_KEYS)
         version, records = pipe.execute()
-        return int(version or 0), {kid: orjson.loads(raw) for kid, raw in records.items()}
+        return int(version or 0), {kid: _decode(raw) for kid, raw in records.items()}
 
     def version(self) -> int:
         """The ring's version alone (bumped by every change)."""
