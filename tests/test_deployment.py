@@ -332,3 +332,32 @@ def test_shared_secret_ids_are_the_first_8_hex_digits_of_the_sha256():
     value = bytes(range(32))
     assert secret_id(value) == hashlib.sha256(value).hexdigest()[:8]
     assert re.fullmatch(r"[0-9a-f]{8}", secret_id(value))
+
+
+def test_a_replaced_console_key_is_accepted_once_its_id_is_forgotten(
+    hosts, shared, redis, redis_url, tmp_path, monkeypatch
+):
+    from click.testing import CliRunner
+
+    from service.cli import main
+    from service.store.audit import AuditStore
+
+    hosts("a")
+    fresh = tmp_path / "new-console-key"
+    create_secret_file(fresh)
+    with pytest.raises(SecretMismatch):
+        hosts("b", secret_key_file=fresh)
+    monkeypatch.setenv("REGIONLOCK_REDIS_URL", redis_url)
+    runner = CliRunner()
+    refused = runner.invoke(main, ["keys", "forget-id", KEK_NAME])
+    assert refused.exit_code == 2 and redis.hget(keys.SECRET_IDS, KEK_NAME)
+    done = runner.invoke(main, ["keys", "forget-id", "console-secret-key", "--actor", "ops-1"])
+    assert done.exit_code == 0, done.output
+    hosts("b", secret_key_file=fresh)  # records the new id
+    assert redis.hget(keys.SECRET_IDS, "console-secret-key") == secret_id(
+        bytes.fromhex(fresh.read_text())
+    )
+    [entry] = AuditStore(redis).query(action="secrets.forget_id")[0]
+    assert entry["actor"] == "ops-1" and entry["detail"] == {"name": "console-secret-key"}
+    again = runner.invoke(main, ["keys", "forget-id", "no-such-secret"])
+    assert again.exit_code == 2 and len(AuditStore(redis).query(action="secrets.forget_id")[0]) == 1
