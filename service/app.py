@@ -13,7 +13,9 @@ from redis.cluster import RedisCluster
 from service.api.openapi import ErrorResponsesPlugin, RegionlockApi
 from service.api.parsing import ImeiConverter, imei_parameter_schema
 from service.config import ConfigError, Settings, load_settings
-from service.crypto.signing import KeyRing
+from service.console.security import SESSION_IDLE
+from service.crypto.secrets import load_shared_secret
+from service.crypto.signing import KEK_NAME, KeyRing
 from service.devices.checkin import CheckinService
 from service.engine.loading import load_bundle_dir
 from service.evidence import Evidence, GeoIP, GpsGeocoder
@@ -23,12 +25,20 @@ from service.store.audit import AuditStore
 from service.store.client import connect_redis
 from service.store.devices import DeviceStore
 from service.store.policy import PolicyStore
+from service.store.secret_ids import SecretIdStore
+from service.store.sessions import ConsoleSessionStore
+from service.store.signing_keys import SigningKeyStore
 from service.store.tokens import TokenStore
 from service.web.auth import TokenCache
+from service.web.deployment import DeploymentChecks
 from service.web.errors import OutageBreaker, register_error_handlers, unavailable_response
 from service.web.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+# /v1 paths answered while Redis is away: the OpenAPI document, and the key set (the last one
+# read; the token is checked against the worker's cache, see service.web.auth).
+SERVED_FROM_MEMORY = frozenset({"/v1/openapi.json", "/v1/keys"})
 
 
 @dataclass
@@ -47,6 +57,8 @@ class Regionlock:
     checkin: CheckinService
     keys: KeyRing
     metrics: Metrics
+    sessions: ConsoleSessionStore
+    deployment: DeploymentChecks
     breaker: OutageBreaker = field(default_factory=OutageBreaker)
 
 
@@ -84,6 +96,22 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     policy_store = PolicyStore(client)
     policies = PolicyCache(policy_store, lambda: seed_bundle, poll_s=settings.policy_poll_s)
+    audit = AuditStore(client)
+    # Every host signs with the deployment's keys, kept in Redis and sealed under the
+    # key-encryption key handed to every host (made on first start on a single host).
+    kek = load_shared_secret(KEK_NAME, settings.key_ring_dir / KEK_NAME, settings.signing_kek_file)
+    keys = KeyRing(
+        SigningKeyStore(client),
+        kek,
+        refresh_s=settings.keys_refresh_s,
+        activation_delay_s=settings.key_activation_delay_s,
+    )
+    deployment = DeploymentChecks(SecretIdStore(client))
+    deployment.add_secret(kek)
+    deployment.add_step(
+        # Not audited: nothing was changed by anyone (rotations and imports by the CLI are).
+        lambda: keys.ensure(legacy_dir=settings.key_ring_dir)
+    )
     app.extensions["regionlock"] = Regionlock(
         settings=settings,
         redis=client,
@@ -91,12 +119,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         token_store=token_store,
         tokens=TokenCache(token_store, settings.token_cache_s),
         devices=devices,
-        audit=AuditStore(client),
+        audit=audit,
         policy_store=policy_store,
         policies=policies,
         checkin=CheckinService(evidence, devices, policies, mcc_mnc_of_imsi),
-        # Made on first start (var/keys, 0600); the private keys never leave that folder.
-        keys=KeyRing(settings.key_ring_dir).ensure(),
+        keys=keys,
+        sessions=ConsoleSessionStore(client, idle_s=int(SESSION_IDLE.total_seconds())),
+        deployment=deployment,
         # Made here, not at import: multiprocess mode follows the settings, whatever was
         # imported first; each app has its own registry.
         metrics=Metrics(settings.metrics_dir),
@@ -121,8 +150,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     api.register_blueprint(keys_blp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(docs.bp)
-    app.register_blueprint(console_bp)
+    app.register_blueprint(console_bp)  # adds the console's secret key to the checks
     register_error_handlers(app)
+    # The shared secrets agree with the deployment's, the first signing key exists: or no
+    # start (SecretMismatch names both ids). With Redis away, they run at its return.
+    deployment.start()
     return app
 
 
@@ -138,13 +170,22 @@ def _init_hardening(app: Flask, settings: Settings, cluster: bool) -> None:
     init_request_logging(app, observe=app.extensions["regionlock"].metrics.observe_request)
 
     @app.before_request
+    def _refuse_while_the_deployment_disagrees():
+        # Start-up checks left pending by a Redis outage run at its return; a host whose
+        # secrets turn out not to be the deployment's then serves nothing (logged once).
+        checks = app.extensions["regionlock"].deployment
+        if not checks.ready() and checks.refused is not None:
+            return unavailable_response()
+        return None
+
+    @app.before_request
     def _fail_fast_while_redis_is_away():
         # Before the rate limiter, which would otherwise be the first to wait on Redis.
         # /v1/openapi.json needs no Redis; /readyz always probes for real.
         path = request.path
         if (
             path.startswith("/v1/")
-            and path != "/v1/openapi.json"
+            and path not in SERVED_FROM_MEMORY
             and app.extensions["regionlock"].breaker.is_open()
         ):
             return unavailable_response()

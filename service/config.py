@@ -51,17 +51,24 @@ class Settings:
     # Redis socket timeouts: a check-in fails fast with 503 instead of hanging a worker.
     redis_timeout_s: float = 0.5
     retry_after_s: int = 5
-    # Ed25519 key ring that signs verdicts; None means var_dir/keys (outside the repository).
+    # The deployment's secret files (made on first start when absent); None means var_dir/keys.
     keys_dir: Path | None = None
+    # Files every host of a deployment must share (SPEC §15); None: made under key_ring_dir.
+    signing_kek_file: Path | None = None
+    secret_key_file: Path | None = None
+    # Seconds between re-reads of the signing keys by a worker, and between a rotation and the
+    # new key's first signature (longer than the re-read interval plus clock skew, SPEC §15).
+    keys_refresh_s: float = 1.0
+    key_activation_delay_s: float = 10.0
     # Per-role request limits (flask-limiter syntax, ";" between several), "anonymous" per IP.
     rate_limits: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
     # Largest request body accepted (413 beyond it).
     max_body_bytes: int = 1 << 20
     # Largest body of the /v1/policy calls: a bundle may carry a million allocations (~50 MB).
     policy_max_body_bytes: int = 64 << 20
-    # Key signing the console's session cookies; None: $REGIONLOCK_SECRET_KEY, else the key
-    # file under var_dir (console/security.py).
-    secret_key: str | None = None
+    # Key signing the console's session cookies; None: $REGIONLOCK_SECRET_KEY, else the file
+    # secret_key_file, else var/keys/console-secret-key made on first start (console/security.py).
+    secret_key: str | bytes | None = None
     # Console cookie sent over HTTPS only; None: $REGIONLOCK_SECURE_COOKIES decides.
     secure_cookies: bool | None = None
     # prometheus-client's multiprocess folder (one file per worker, /metrics sums them); None:
@@ -83,6 +90,9 @@ _ENV = {
     "REGIONLOCK_VAR_DIR": "var_dir",
     "REGIONLOCK_FACTS_RETENTION_DAYS": "facts_retention_days",
     "REGIONLOCK_KEYS_DIR": "keys_dir",
+    "REGIONLOCK_SIGNING_KEK_FILE": "signing_kek_file",
+    "REGIONLOCK_SECRET_KEY_FILE": "secret_key_file",
+    "REGIONLOCK_KEY_ACTIVATION_DELAY_S": "key_activation_delay_s",
     "REGIONLOCK_RATE_LIMITS": "rate_limits",
     "REGIONLOCK_MAX_BODY_BYTES": "max_body_bytes",
     "REGIONLOCK_POLICY_MAX_BODY_BYTES": "policy_max_body_bytes",
@@ -178,6 +188,13 @@ def _number(name: str, value: Any) -> float:
         raise ConfigError(f"{name} must be a number, got {value!r}") from None
 
 
+def _positive_number(name: str, value: Any) -> float:
+    number = _number(name, value)
+    if not number > 0:
+        raise ConfigError(f"{name} must be positive, got {number}")
+    return number
+
+
 # How each field is read from the text of an environment variable (or a test's value).
 _COERCE: dict[str, Any] = {
     "redis_url": lambda name, v: _optional_str(v),
@@ -197,9 +214,13 @@ _COERCE: dict[str, Any] = {
     "rate_limits": lambda name, v: _parse_rate_limits(v),
     "max_body_bytes": _positive_int,
     "policy_max_body_bytes": _positive_int,
-    "secret_key": lambda name, v: _optional_str(v),
+    "secret_key": lambda name, v: v if isinstance(v, bytes) and v else _optional_str(v),
     "secure_cookies": _optional_bool,
     "metrics_dir": lambda name, v: _optional_path(v),
+    "signing_kek_file": lambda name, v: _optional_path(v),
+    "secret_key_file": lambda name, v: _optional_path(v),
+    "keys_refresh_s": _positive_number,
+    "key_activation_delay_s": _positive_number,
 }
 
 
@@ -223,4 +244,9 @@ def load_settings(
         values[key] = value
     settings = replace(Settings(), **{k: _coerce(k, v) for k, v in values.items()})
     _parse_bind(settings.bind)
+    if settings.key_activation_delay_s <= settings.keys_refresh_s:
+        raise ConfigError(
+            "REGIONLOCK_KEY_ACTIVATION_DELAY_S must be longer than the key re-read interval "
+            f"({settings.keys_refresh_s} s)"
+        )
     return settings

@@ -22,6 +22,12 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture
 def cluster_app(cluster, make_app):
+    # Flushed before the app starts: each test's app is a new deployment with secrets of its
+    # own, whose ids must not meet those an earlier test's app recorded (SPEC §15).
+    fresh = RedisCluster.from_url(cluster.url)
+    for node in fresh.get_primaries():
+        fresh.flushdb(target_nodes=node)
+    fresh.close()
     app = make_app(redis_url=cluster.url)
     client = app.extensions["regionlock"].redis
     assert isinstance(client, RedisCluster)

@@ -60,4 +60,8 @@ def test_metrics_dir_from_prometheus_variable(tmp_path):
 
 
 def test_secret_key_setting_signs_the_console_cookie(make_app):
-    assert make_app(secret_key="s" * 48).secret_key == "s" * 48
+    assert make_app(secret_key="s" * 48).secret_key == b"s" * 48
+
+
+def test_secret_key_setting_may_be_bytes(make_app):
+    assert make_app(secret_key=b"\x00k" * 24).secret_key == b"\x00k" * 24

@@ -107,7 +107,7 @@ def rows(page: str) -> int:
 # --- signing in and out -----------------------------------------------------------------
 
 
-def test_sign_in_keeps_only_a_digest_in_a_safe_cookie(app, console, tokens):
+def test_sign_in_keeps_only_a_random_session_id_in_a_safe_cookie(app, console, tokens, redis):
     response = console.sign_in(tokens["agent"])
     assert response.status_code == 302
     assert response.headers["Location"] == "/console/devices"
@@ -118,12 +118,19 @@ def test_sign_in_keeps_only_a_digest_in_a_safe_cookie(app, console, tokens):
     assert "Secure" not in cookie  # plain http on 127.0.0.1 by default; see the next test
 
     value = console.client.get_cookie(COOKIE, path="/console").value
-    assert tokens["agent"] not in value
     session = app.session_interface.get_signing_serializer(app).loads(value)
-    assert session["tok"] == digest(tokens["agent"])
-    assert session["name"] == "test-agent" and session["role"] == "agent"
-    assert tokens["agent"] not in repr(session)
-    assert len(session["csrf"]) >= 32
+    # The id alone (and the sign-in's flash message): neither the token nor its digest.
+    assert set(session) <= {"sid", "_flashes", "_permanent"}
+    assert len(session["sid"]) >= 40
+    for secret in (tokens["agent"], digest(tokens["agent"])):
+        assert secret not in value and secret not in repr(session)
+    # Redis keeps who it is, under the id's digest (not the id), with the idle timeout.
+    [key] = redis.keys("rl:console-session:*")
+    assert session["sid"] not in key
+    record = redis.hgetall(key)
+    assert record["name"] == "test-agent" and record["role"] == "agent"
+    assert record["token"] == digest(tokens["agent"]) and len(record["csrf"]) >= 32
+    assert 8 * 3600 - 10 < redis.ttl(key) <= 8 * 3600
 
 
 def test_secure_cookie_flag_is_configurable(make_app, tokens):
@@ -172,6 +179,20 @@ def test_sign_out(as_role):
     assert "Signed out" in text(agent.get("/console/sign-in"))
 
 
+def test_a_cookie_copied_before_sign_out_is_worthless_after_it(app, as_role):
+    # Issue 12.9: the cookie alone used to carry the session, so a copy outlived sign-out.
+    agent = as_role("agent")
+    copied = agent.client.get_cookie(COOKIE, path="/console").value
+    assert agent.post("/console/sign-out").status_code == 302
+
+    for path in ("/console/devices", f"/console/devices/{HK}", "/console/audit"):
+        thief = app.test_client()
+        thief.set_cookie(COOKIE, copied, path="/console")
+        response = thief.get(path)
+        assert response.status_code == 302, path
+        assert response.headers["Location"].startswith("/console/sign-in"), path
+
+
 def test_revoked_token_is_signed_out_at_the_next_request(as_role, redis):
     agent = as_role("agent")
     assert agent.get("/console/devices").status_code == 200
@@ -186,11 +207,12 @@ def test_secret_key_is_made_once_with_mode_0600_and_shared(make_app, tmp_path, m
     monkeypatch.delenv("REGIONLOCK_SECRET_KEY", raising=False)
     first = make_app(var_dir=tmp_path / "shared")
     second = make_app(var_dir=tmp_path / "shared")
-    key_file = tmp_path / "shared" / SECRET_KEY_FILE
+    key_file = tmp_path / "shared" / "keys" / SECRET_KEY_FILE
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    assert first.secret_key == second.secret_key == key_file.read_text().strip()
-    assert len(first.secret_key) >= 40
-    assert load_secret_key(tmp_path / "other", {"REGIONLOCK_SECRET_KEY": "from-env"}) == "from-env"
+    assert first.secret_key == second.secret_key == bytes.fromhex(key_file.read_text().strip())
+    assert len(first.secret_key) == 32
+    from_env = load_secret_key(tmp_path / "other", None, {"REGIONLOCK_SECRET_KEY": "e" * 40})
+    assert from_env.value == b"e" * 40 and from_env.source == "$REGIONLOCK_SECRET_KEY"
     assert not (tmp_path / "other").exists()
 
 

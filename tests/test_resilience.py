@@ -74,9 +74,33 @@ def test_unreachable_redis_is_a_quick_503(make_app, request, where):
     assert ready.status_code == 503 and took < BOUND_S
     # Liveness needs no Redis; /v1 calls now fail fast (the outage breaker is open).
     assert client.get("/healthz").status_code == 200
-    response, took = _timed(lambda: client.get("/v1/keys"))
+    # The key set is served from memory, but this worker never read it, nor knew the token.
+    response, took = _timed(lambda: client.get("/v1/keys", headers=bearer(token)))
     _assert_unavailable(response)
     assert took < BOUND_S
+    assert client.get("/v1/keys").status_code == 401  # no token: no Redis needed to say so
+
+
+def test_keys_are_served_from_memory_during_an_outage(make_app, private_redis):
+    # Issue 12.13: /v1/keys answered 503 during an outage though it could be served from memory.
+    store = TokenStore(redis_lib.Redis.from_url(private_redis.url, decode_responses=True))
+    device = store.create(name="fw", role="device")
+    stranger = store.create(name="never-seen", role="device")
+    app = make_app(redis_url=private_redis.url)  # token_cache_s=0: no fresh cache to lean on
+    client = app.test_client()
+    before = client.get("/v1/keys", headers=bearer(device))
+    assert before.status_code == 200
+
+    private_redis.stop()
+    for _ in range(3):  # the first call meets the outage, the next ones the open breaker
+        during, took = _timed(lambda: client.get("/v1/keys", headers=bearer(device)))
+        assert during.status_code == 200 and took < BOUND_S
+        assert during.get_json() == before.get_json()
+    # A token this worker never verified cannot be checked: the outage's 503, not a 401.
+    _assert_unavailable(client.get("/v1/keys", headers=bearer(stranger)))
+    assert client.get("/v1/keys", headers=bearer("rl_" + "y" * 43)).status_code == 503
+    assert client.get("/v1/keys").status_code == 401
+    private_redis.start()
 
 
 def test_redis_stopped_mid_run_then_back(make_app, private_redis):

@@ -23,6 +23,7 @@ def serve(workers: int | None, threads: int) -> None:
     """
     import logging
 
+    from service.crypto.secrets import SecretError
     from service.crypto.signing import KeyRingError
     from service.engine.validation import BundleError
     from service.web.logs import configure_logging
@@ -40,7 +41,8 @@ def serve(workers: int | None, threads: int) -> None:
                 app = create_app({"redis_url": url})
             except BundleError as exc:
                 fail(f"the seed bundle in {settings.policies_dir} is invalid:\n{exc}")
-            except KeyRingError as exc:
+            except (KeyRingError, SecretError) as exc:
+                # SecretError: this host's shared secrets are not the deployment's (both ids).
                 fail(str(exc))
             log.info(
                 "serving",

@@ -78,7 +78,8 @@ def _check_request() -> None:
         # waiting out the socket timeouts on the session lookup.
         raise ServiceUnavailable(retry_after=settings.retry_after_s)
     limit = getattr(current_app.view_functions.get(request.endpoint or ""), "max_body_bytes", None)
-    if limit is not None and allowed(session.get("role") or "", "policy:write"):
+    live = security.load_session() if limit is not None and session.get("sid") else None
+    if live is not None and allowed(live.role, "policy:write"):
         # The editor's text (views marked by policy._carries_text): larger bodies, for people
         # whose signed session says they may edit, set before the form is first read below.
         request.max_content_length = limit
@@ -86,12 +87,18 @@ def _check_request() -> None:
     # CSRF first: a forged request is refused before anything else is looked at.
     if request.method not in _SAFE_METHODS and not security.csrf_ok():
         raise CsrfFailed()
-    if not session.get("tok"):
+    if not session.get("sid"):
         return
     principal = security.principal_of_session()
-    if principal is None or principal.role != session.get("role"):
-        session.clear()
-        flash("Your token has been revoked or replaced: you are signed out.", "warning")
+    if principal is None:
+        ended_here = security.load_session() is None
+        security.end_session()
+        if ended_here:
+            flash(
+                "Your session has ended (signed out, or idle too long): sign in again.", "warning"
+            )
+        else:
+            flash("Your token has been revoked or replaced: you are signed out.", "warning")
         return
     g.console_user = principal
 

@@ -1,9 +1,15 @@
 """Console sessions: the secret key, who is signed in, CSRF tokens and permission checks.
 
-The session cookie (Flask's signed cookie) holds the SHA-256 digest of the token the user
-pasted, its name and role, and a CSRF secret: never the token itself, so a leaked cookie does
-not leak API access. Each request looks the digest up again, so revoking the token signs the
-user out at their next click.
+A signed-in session lives in Redis (``service.store.sessions``): the token's name, role and
+SHA-256 digest and the session's CSRF secret. The cookie (Flask's, signed with the console's
+secret key) holds only the session's random id, never the token or its digest; before sign-in
+it holds the sign-in form's CSRF secret. Signing out deletes the record, so a copied cookie is
+worthless afterwards, on every host. Each request looks the token digest up again, so revoking
+the token ends the session at its next click.
+
+The secret key must be the same on every host (SPEC §15): ``REGIONLOCK_SECRET_KEY``, or the
+file ``REGIONLOCK_SECRET_KEY_FILE``, else ``var/keys/console-secret-key`` made on first start
+(0600). Its id is checked against the deployment's at start-up (``service.web.deployment``).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import functools
 import hmac
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,12 +26,16 @@ from urllib.parse import urlsplit
 
 from flask import Flask, abort, current_app, g, redirect, request, session, url_for
 
+from service.crypto.secrets import SharedSecret, load_shared_secret
 from service.engine.roles import allowed
+from service.store.sessions import ConsoleSession
 from service.store.tokens import Principal
 
 SECRET_KEY_ENV = "REGIONLOCK_SECRET_KEY"
 SECURE_COOKIE_ENV = "REGIONLOCK_SECURE_COOKIES"
 SECRET_KEY_FILE = "console-secret-key"
+#: Its name among the deployment's shared secrets (the id recorded in Redis).
+SECRET_KEY_NAME = "console-secret-key"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
 #: A session lapses after this long without a request (Flask refreshes it on each one).
@@ -34,34 +44,33 @@ SESSION_IDLE = timedelta(hours=8)
 CONSOLE_PERMISSIONS = ("devices:read", "policy:read", "audit:read")
 
 
-def load_secret_key(var_dir: Path, environ: dict[str, str] | None = None) -> str:
-    """The key that signs session cookies: $REGIONLOCK_SECRET_KEY, else VAR_DIR's key file,
-    made (mode 0600) on first use so every worker forked from the master shares it."""
+def load_secret_key(
+    keys_dir: Path, configured_file: Path | None = None, environ: Mapping[str, str] | None = None
+) -> SharedSecret:
+    """The key that signs the console's cookies: $REGIONLOCK_SECRET_KEY, else CONFIGURED_FILE
+    ($REGIONLOCK_SECRET_KEY_FILE), else KEYS_DIR's key file, made (mode 0600) on first start."""
     env = os.environ if environ is None else environ
-    configured = env.get(SECRET_KEY_ENV, "").strip()
-    if configured:
-        return configured
-    path = Path(var_dir) / SECRET_KEY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        # O_EXCL: when two processes start at once, one writes and the other reads its key.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        key = path.read_text(encoding="ascii").strip()
-        if key:
-            return key
-        raise RuntimeError(f"{path} is empty; delete it to make a new console secret key") from None
-    key = secrets.token_urlsafe(48)
-    with os.fdopen(fd, "w", encoding="ascii") as handle:
-        handle.write(key + "\n")
-    return key
+    return load_shared_secret(
+        SECRET_KEY_NAME,
+        Path(keys_dir) / SECRET_KEY_FILE,
+        configured_file,
+        value=env.get(SECRET_KEY_ENV),
+        value_source=f"${SECRET_KEY_ENV}",
+    )
 
 
 def configure_app(app: Flask) -> None:
     """Secret key and session cookie flags for the console (called when bp is registered)."""
     settings = app.config["SETTINGS"]
-    if not app.secret_key:
-        app.secret_key = settings.secret_key or load_secret_key(settings.var_dir)
+    if settings.secret_key:
+        value = settings.secret_key
+        value = value if isinstance(value, bytes) else value.encode()
+        secret = SharedSecret(SECRET_KEY_NAME, value, "the configuration")
+    else:
+        secret = load_secret_key(settings.key_ring_dir, settings.secret_key_file)
+    app.secret_key = secret.value
+    # Checked against the deployment's at start-up: a host with another key refuses to start.
+    app.extensions["regionlock"].deployment.add_secret(secret)
     secure = settings.secure_cookies
     if secure is None:
         secure = os.environ.get(SECURE_COOKIE_ENV, "").lower() in ("1", "true", "yes", "on")
@@ -77,7 +86,11 @@ def configure_app(app: Flask) -> None:
 
 
 def csrf_token() -> str:
-    """This session's CSRF token (made on first use; sent back in forms and a header)."""
+    """This session's CSRF token: the signed-in session's (kept in Redis), else the sign-in
+    form's (made on first use, kept in the cookie)."""
+    live = g.get("console_session")
+    if live is not None:
+        return live.csrf
     token = session.get("csrf")
     if not token:
         token = session["csrf"] = secrets.token_urlsafe(32)
@@ -86,19 +99,42 @@ def csrf_token() -> str:
 
 def csrf_ok() -> bool:
     """True when the request carries this session's CSRF token (form field or header)."""
-    expected = session.get("csrf")
+    live = load_session()
+    expected = live.csrf if live is not None else session.get("csrf")
     presented = request.form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER) or ""
     return bool(expected) and hmac.compare_digest(expected.encode(), presented.encode())
 
 
+def _sessions():
+    return current_app.extensions["regionlock"].sessions
+
+
+def load_session() -> ConsoleSession | None:
+    """The live server-side session of this request's cookie (looked up once per request)."""
+    if "console_session" not in g:
+        session_id = session.get("sid")
+        g.console_session = _sessions().get(session_id) if session_id else None
+    return g.console_session
+
+
 def sign_in(principal: Principal, token_digest: str) -> None:
-    """Start a fresh session for PRINCIPAL (a new CSRF secret: nothing carries over)."""
-    session.clear()
+    """Start a fresh session for PRINCIPAL: a new id and CSRF secret, nothing carries over
+    (no fixation); the cookie gets the id alone."""
+    end_session()
+    session_id, record = _sessions().start(principal.name, principal.role, token_digest)
     session.permanent = True
-    session["tok"] = token_digest
-    session["name"] = principal.name
-    session["role"] = principal.role
-    session["csrf"] = secrets.token_urlsafe(32)
+    session["sid"] = session_id
+    g.console_session = record
+
+
+def end_session() -> None:
+    """End this request's session everywhere (its Redis record) and forget the cookie."""
+    session_id = session.get("sid")
+    if session_id:
+        _sessions().end(session_id)
+    session.clear()
+    g.console_session = None
+    g.console_user = None
 
 
 def current_user() -> Principal | None:
@@ -150,9 +186,13 @@ def needs(permission: str | None = None) -> Callable:
 
 
 def principal_of_session() -> Principal | None:
-    """Who the session's token digest belongs to now; None once the token is revoked."""
-    token_digest = session.get("tok")
-    if not token_digest:
+    """Who this request's session belongs to now; None when signed out, or when its token was
+    revoked or replaced (the session is then ended)."""
+    live = load_session()
+    if live is None:
         return None
     # The store, not the per-worker token cache: revocation signs the user out at once.
-    return current_app.extensions["regionlock"].token_store.verify_digest(token_digest)
+    principal = current_app.extensions["regionlock"].token_store.verify_digest(live.token_digest)
+    if principal is None or principal.role != live.role:
+        return None
+    return principal

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app, flash, redirect, render_template, request, session, url_for
+from flask import current_app, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from service.console import security
@@ -21,7 +21,8 @@ def index() -> ResponseReturnValue:
 
 @bp.route("/sign-in", methods=["GET", "POST"])
 def sign_in() -> ResponseReturnValue:
-    """Paste a token to sign in; only its digest, name and role go into the session."""
+    """Paste a token to sign in; the session (in Redis) keeps its digest, name and role, the
+    cookie only the session's random id."""
     target = security.safe_next(request.values.get("next"))
     user = security.current_user()
     if request.method == "GET":
@@ -56,7 +57,7 @@ def sign_in() -> ResponseReturnValue:
 
 @bp.post("/sign-out")
 def sign_out() -> ResponseReturnValue:
-    """Forget the session."""
-    session.clear()
+    """End the session on every host (its server-side record), not just in this browser."""
+    security.end_session()
     flash("Signed out.", "success")
     return redirect(url_for("console.sign_in"))

@@ -1,10 +1,22 @@
-"""Signed verdicts: an Ed25519 key ring on disk, canonical JSON, and the public JWK set.
+"""Signed verdicts: the deployment's Ed25519 key ring, canonical JSON, and the public JWK set.
 
-The ring is a directory (``var/keys`` or ``REGIONLOCK_KEYS_DIR``) holding one PKCS#8 PEM file
-per key (mode 0600) and ``ring.json``, which names the signing key and, for every older key, until
-when it stays published. ``ring.json`` is replaced atomically, so a worker that re-reads it sees
-either the old ring or the new one. Workers notice a rotation by its mtime (checked at most once
-per ``check_interval_s``); restarting the workers (SIGHUP to the gunicorn master) also does it.
+One ring serves every host of a deployment (SPEC §15). It lives in Redis
+(``service.store.signing_keys``): per key its public half, its private half sealed with
+AES-256-GCM under the *key-encryption key* (KEK) that the deployment hands every host alike
+(``var/keys/signing-kek``, made on first start on a single host, or
+``REGIONLOCK_SIGNING_KEK_FILE``), when it starts signing and until when it stays published. So
+``GET /v1/keys`` on any host lists every key any host signs with, and one rotation makes one key
+for all of them. The KEK never leaves the hosts; Redis alone holds nothing that signs.
+
+Rotation without a gap (issue 12.10). Each worker re-reads the ring every ``refresh_s`` (1 s),
+and picks the signing key by the clock: the key with the latest ``active_from`` not in the
+future. A rotation writes the new key with ``active_from`` = now + ``activation_delay_s``
+(10 s, longer than the re-read interval plus any clock skew between hosts), so every host
+publishes it before any host signs with it. The keys it supersedes stay published until
+``active_from`` + ``activation_delay_s`` + the grace period: at least their last possible use
+plus the delay, even with ``--grace-days 0``. A worker that cannot re-read the ring signs with
+what it has for at most half the delay, then refuses (the check-in answers 503, as it would
+anyway with Redis away), so it never signs with a key the others have stopped publishing.
 
 Signature: Ed25519 over the canonical JSON of the response without ``signature`` (``kid``
 included): keys sorted, no spaces, UTF-8 (non-ASCII is not escaped), encoded base64url without
@@ -15,29 +27,36 @@ floats), so any canonicaliser that sorts keys and emits compact UTF-8 JSON agree
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
+import hashlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from service.crypto.secrets import SharedSecret
 from service.engine.model import DAY_S
 
 log = logging.getLogger(__name__)
 
-RING_FILE = "ring.json"
-LOCK_FILE = "ring.lock"
 DEFAULT_GRACE_DAYS = 30
+#: The name of the key-encryption key among the deployment's shared secrets (its id is
+#: recorded in Redis: a host with another KEK refuses to start).
+KEK_NAME = "signing-kek"
+#: Default seconds between a rotation and the new key's first signature (see module doc).
+DEFAULT_ACTIVATION_DELAY_S = 10.0
+#: Default seconds between two re-reads of the ring by one worker.
+DEFAULT_REFRESH_S = 1.0
 
 
 class KeyRingError(RuntimeError):
@@ -76,34 +95,6 @@ def verify_with_jwk(document: Mapping[str, Any], jwk: Mapping[str, Any]) -> bool
     return True
 
 
-@dataclass(frozen=True, slots=True)
-class KeyInfo:
-    """One key of the ring, as ``ring.json`` describes it."""
-
-    kid: str
-    created_at: float
-    # None while the key signs or has never been retired; else when it stops being published.
-    publish_until: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The ``ring.json`` form."""
-        return {
-            "kid": self.kid,
-            "created_at": self.created_at,
-            "publish_until": self.publish_until,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class _Loaded:
-    """An immutable snapshot of the ring: swapped whole when the files change."""
-
-    stamp: tuple[int, int, int]
-    active: str
-    keys: tuple[KeyInfo, ...]
-    private: Mapping[str, Ed25519PrivateKey]
-
-
 def public_jwk(kid: str, public: Ed25519PublicKey) -> dict[str, str]:
     """The RFC 8037 JWK of an Ed25519 public key."""
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
@@ -135,198 +126,405 @@ def next_kid(existing: set[str], now: float) -> str:
         n += 1
 
 
-class KeyRing:
-    """The signing keys of this process, re-read when ``ring.json`` changes on disk."""
+def _jwk(kid: str, x: str) -> dict[str, str]:
+    return {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "use": "sig", "alg": "EdDSA"}
 
-    def __init__(self, directory: Path | str, check_interval_s: float = 1.0):
-        self.directory = Path(directory)
-        self.check_interval_s = check_interval_s
-        self._loaded: _Loaded | None = None
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """One key of the ring as Redis keeps it (the sealed private half aside)."""
+
+    kid: str
+    created_at: float
+    #: When it starts signing (a later key's ``active_from`` ends its turn).
+    active_from: float
+    #: None while it signs or waits to; else when it stops being published.
+    publish_until: float | None
+    #: The public key, base64url (the JWK's ``x``).
+    x: str
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> KeyInfo:
+        """Read a stored record."""
+        until = record.get("publish_until")
+        return cls(
+            kid=str(record["kid"]),
+            created_at=float(record["created_at"]),
+            active_from=float(record["active_from"]),
+            publish_until=None if until is None else float(until),
+            x=str(record["x"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stored form (without the sealed private key)."""
+        return {
+            "kid": self.kid,
+            "created_at": self.created_at,
+            "active_from": self.active_from,
+            "publish_until": self.publish_until,
+            "x": self.x,
+        }
+
+    def published_at(self, now: float) -> bool:
+        """True when /v1/keys lists it at NOW."""
+        return self.publish_until is None or self.publish_until > now
+
+
+def signing_key_at(infos: tuple[KeyInfo, ...] | list[KeyInfo], now: float) -> KeyInfo | None:
+    """The key that signs at NOW: the latest ``active_from`` not after NOW."""
+    started = [info for info in infos if info.active_from <= now]
+    if not started:
+        return None
+    return max(started, key=lambda info: (info.active_from, info.created_at))
+
+
+class Sealer:
+    """Seals private keys for Redis: AES-256-GCM under a key derived from the deployment's
+    KEK, the kid as associated data (a sealed key moved to another kid does not open)."""
+
+    def __init__(self, kek: SharedSecret):
+        self.kek_id = kek.id
+        self._aead = AESGCM(hashlib.sha256(b"regionlock-signing-kek-v1:" + kek.value).digest())
+
+    def seal(self, kid: str, private: Ed25519PrivateKey) -> str:
+        """The private key, sealed, as base64url text."""
+        raw = private.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        nonce = os.urandom(12)
+        return b64url(nonce + self._aead.encrypt(nonce, raw, kid.encode()))
+
+    def open(self, kid: str, sealed: str, kek_id: str | None = None) -> Ed25519PrivateKey:
+        """The private key of a sealed record, or KeyRingError naming the kid (never a byte)."""
+        try:
+            blob = b64url_decode(sealed)
+            raw = self._aead.decrypt(blob[:12], blob[12:], kid.encode())
+            return Ed25519PrivateKey.from_private_bytes(raw)
+        except (InvalidTag, ValueError):
+            raise KeyRingError(
+                f"the private key {kid} does not open with this host's key-encryption key "
+                f"(id {self.kek_id}; the key was sealed under {kek_id or 'another one'})"
+            ) from None
+
+
+class KeyStore(Protocol):
+    """Where the ring is kept (``service.store.signing_keys.SigningKeyStore``)."""
+
+    def read(self) -> tuple[int, dict[str, dict | None]]:
+        """The ring's version and its records by kid (None: an unreadable record)."""
+        ...
+
+    def apply(
+        self,
+        expected_version: int,
+        writes: dict[str, dict],
+        deletes: list[str],
+        audit_fields: dict | None = None,
+    ) -> bool:
+        """Compare-and-set: False (nothing written) when the version moved."""
+        ...
+
+
+#: Makes the audit entry of a ring change from its detail (the caller knows actor and role).
+AuditFields = Callable[[str, dict], dict]
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """What one worker knows of the ring: swapped whole on every re-read."""
+
+    version: int
+    keys: tuple[KeyInfo, ...]
+    private: Mapping[str, Ed25519PrivateKey]
+    loaded_at: float  # monotonic
+
+
+class KeyRing:
+    """The deployment's signing keys as this process sees them (re-read every ``refresh_s``)."""
+
+    def __init__(
+        self,
+        store: KeyStore,
+        kek: SharedSecret,
+        refresh_s: float = DEFAULT_REFRESH_S,
+        activation_delay_s: float = DEFAULT_ACTIVATION_DELAY_S,
+        clock: Callable[[], float] = time.time,
+    ):
+        if activation_delay_s <= refresh_s:
+            raise KeyRingError(
+                "the key activation delay must be longer than the ring's re-read interval "
+                f"({activation_delay_s} s <= {refresh_s} s)"
+            )
+        self.store = store
+        self.sealer = Sealer(kek)
+        self.refresh_s = refresh_s
+        self.activation_delay_s = activation_delay_s
+        self.clock = clock
+        self._snapshot: _Snapshot | None = None
         self._next_check = 0.0
         self._lock = threading.Lock()
 
-    # --- set-up and rotation (CLI, first start) ------------------------------------------
+    # --- set-up and rotation (first start, CLI) --------------------------------------------
 
-    def exists(self) -> bool:
-        """True when the folder holds a ring."""
-        return (self.directory / RING_FILE).exists()
-
-    def ensure(self, now: float | None = None) -> KeyRing:
-        """Create the directory and a first key unless a ring exists; returns self."""
-        with self._exclusive():
-            if not (self.directory / RING_FILE).exists():
-                self._add_key(now or time.time(), grace_days=0)
-        self._reload(force=True)
+    def ensure(
+        self,
+        audit: AuditFields | None = None,
+        legacy_dir: Path | None = None,
+        now: float | None = None,
+    ) -> KeyRing:
+        """Make the deployment's first key unless Redis holds a ring (importing the key ring
+        an earlier version kept in LEGACY_DIR, when there is one); returns self."""
+        while True:
+            version, records = self.store.read()
+            if records:
+                break
+            now = self.clock() if now is None else now
+            writes = _import_legacy(legacy_dir, self.sealer, now) if legacy_dir else {}
+            if writes:
+                detail = {"imported": sorted(writes), "from": str(legacy_dir)}
+                action = "keys.import"
+            else:
+                kid = next_kid(set(), now)
+                writes = {kid: self._new_record(kid, now, active_from=now)}
+                detail = {"kid": kid, "previous": None, "grace_days": None}
+                action = "keys.rotate"
+            fields = audit(action, detail) if audit else None
+            if self.store.apply(version, writes, [], fields):
+                log.info("signing key ring made", extra={"kids": sorted(writes)})
+                break
+            # Another host made it first: use theirs.
+        self.refresh(force=True)
         return self
 
-    def rotate(self, grace_days: float = DEFAULT_GRACE_DAYS, now: float | None = None) -> str:
-        """Add a key that signs from now on; the previous one stays published for GRACE_DAYS.
-        Keys whose grace has ended are dropped (their private files deleted). Returns the kid."""
+    def rotate(
+        self,
+        grace_days: float = DEFAULT_GRACE_DAYS,
+        audit: AuditFields | None = None,
+        now: float | None = None,
+    ) -> KeyInfo:
+        """One new key for the deployment, published now, signing ``activation_delay_s`` from
+        now; the keys it supersedes stay published for that delay plus GRACE_DAYS after it
+        takes over. Keys out of their publication are dropped. Returns the new key."""
         if grace_days < 0:
             raise KeyRingError("grace days must not be negative")
-        with self._exclusive():
-            kid = self._add_key(now or time.time(), grace_days)
-        self._reload(force=True)
-        return kid
+        while True:
+            version, records = self.store.read()
+            at = self.clock() if now is None else now
+            readable = _readable(records)
+            previous = signing_key_at([info for info, _ in readable.values()], at)
+            kid = next_kid(set(records), at)
+            active_from = at + self.activation_delay_s
+            retire_at = active_from + self.activation_delay_s + grace_days * DAY_S
+            writes: dict[str, dict] = {kid: self._new_record(kid, at, active_from)}
+            deletes: list[str] = []
+            # Unreadable records are left alone (reported by every re-read), never guessed at.
+            for old_kid, (info, record) in readable.items():
+                if not info.published_at(at):
+                    deletes.append(old_kid)  # out of its publication: nothing may cite it
+                    continue
+                if info.publish_until is None:
+                    # Signing now, or waiting to: its last signature is at most at
+                    # ACTIVE_FROM, whatever a worker's clock or re-read says.
+                    writes[old_kid] = {**record, "publish_until": retire_at}
+                elif (
+                    "sealed" in record
+                    and info.active_from < at
+                    and (previous is None or old_kid != previous.kid)
+                ):
+                    # Retired and superseded: it will never sign again, so its secret goes.
+                    writes[old_kid] = {k: v for k, v in record.items() if k != "sealed"}
+            detail = {
+                "kid": kid,
+                "previous": previous.kid if previous else None,
+                "grace_days": grace_days,
+                "signs_from": active_from,
+                "previous_published_until": retire_at if previous else None,
+                "dropped": sorted(deletes),
+            }
+            fields = audit("keys.rotate", detail) if audit else None
+            if self.store.apply(version, writes, deletes, fields):
+                break
+        self.refresh(force=True)
+        return KeyInfo.from_record(writes[kid])
 
     def describe(self, now: float | None = None) -> list[dict[str, Any]]:
-        """Every key with its state (``signing``, ``published``, ``expired``), newest first."""
-        now = now or time.time()
-        loaded = self._current()
+        """Every key with its state (``next``, ``signing``, ``published``, ``expired``), newest
+        first."""
+        now = self.clock() if now is None else now
+        snapshot = self._current(for_signing=False)
+        signing = signing_key_at(snapshot.keys, now)
         rows = []
-        for info in sorted(loaded.keys, key=lambda k: k.created_at, reverse=True):
-            if info.kid == loaded.active:
+        for info in sorted(snapshot.keys, key=lambda k: k.created_at, reverse=True):
+            if info is signing:
                 state = "signing"
-            elif info.publish_until is not None and info.publish_until > now:
+            elif info.active_from > now and info.published_at(now):
+                state = "next"
+            elif info.published_at(now):
                 state = "published"
             else:
                 state = "expired"
             rows.append({**info.to_dict(), "state": state})
         return rows
 
-    def _add_key(self, now: float, grace_days: float) -> str:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        ring = self._read_ring() if (self.directory / RING_FILE).exists() else None
-        keys = list(ring["keys"]) if ring else []
-        kid = next_kid({k.kid for k in keys}, now)
+    def _new_record(self, kid: str, now: float, active_from: float) -> dict[str, Any]:
         private = Ed25519PrivateKey.generate()
-        pem = private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+        raw = private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
-        _write_private(self.directory / f"{kid}.pem", pem)
-        kept = []
-        for info in keys:
-            if ring and info.kid == ring["active"]:
-                info = KeyInfo(info.kid, info.created_at, now + grace_days * DAY_S)
-            if info.publish_until is not None and info.publish_until <= now:
-                # Out of its grace: no verdict may cite it any more, so its secret can go.
-                (self.directory / f"{info.kid}.pem").unlink(missing_ok=True)
-                continue
-            kept.append(info)
-        kept.append(KeyInfo(kid, now))
-        document = {"active": kid, "keys": [k.to_dict() for k in kept]}
-        ring_json = orjson.dumps(document, option=orjson.OPT_INDENT_2)
-        _write_private(self.directory / RING_FILE, ring_json)
-        return kid
+        info = KeyInfo(kid, now, active_from, None, b64url(raw))
+        return {
+            **info.to_dict(),
+            "sealed": self.sealer.seal(kid, private),
+            "kek_id": self.sealer.kek_id,
+        }
 
-    @contextlib.contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        # Two rotations at once (or first starts of several processes) must not both add a key.
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+    # --- reading ---------------------------------------------------------------------------
 
-    # --- reading -------------------------------------------------------------------------
-
-    def _read_ring(self) -> dict[str, Any]:
-        path = self.directory / RING_FILE
-        try:
-            raw = orjson.loads(path.read_bytes())
-            keys = tuple(
-                KeyInfo(k["kid"], float(k["created_at"]), k.get("publish_until"))
-                for k in raw["keys"]
-            )
-            active = raw["active"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise KeyRingError(f"cannot read the key ring {path}: {type(exc).__name__}") from None
-        if active not in {k.kid for k in keys}:
-            raise KeyRingError(f"{path}: the active key {active!r} is not in the ring")
-        return {"active": active, "keys": keys}
-
-    def _stamp(self) -> tuple[int, int, int]:
-        st = (self.directory / RING_FILE).stat()
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-    def _reload(self, force: bool = False) -> None:
+    def refresh(self, force: bool = False) -> None:
+        """Re-read the ring from the store (raises what the store raises)."""
         with self._lock:
-            try:
-                stamp = self._stamp()
-            except OSError:
-                if self._loaded is not None and not force:
-                    return  # keep signing with what we have; the ring may be mid-replace
-                raise KeyRingError(
-                    f"no key ring in {self.directory} (`regionlock serve` or `regionlock keys "
-                    "rotate` makes one)"
-                ) from None
-            if not force and self._loaded is not None and self._loaded.stamp == stamp:
+            version, records = self.store.read()
+            old = self._snapshot
+            if not force and old is not None and old.version == version:
+                self._snapshot = replace(old, loaded_at=time.monotonic())
                 return
-            ring = self._read_ring()
+            infos: list[KeyInfo] = []
             private: dict[str, Ed25519PrivateKey] = {}
-            for info in ring["keys"]:
-                path = self.directory / f"{info.kid}.pem"
+            for kid, record in records.items():
+                if record is None:
+                    log.error("signing key record %s is unreadable; left out", kid)
+                    continue
                 try:
-                    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-                except (OSError, ValueError) as exc:
-                    # The message names the file, never its content.
-                    raise KeyRingError(f"cannot load {path}: {type(exc).__name__}") from None
-                if not isinstance(key, Ed25519PrivateKey):
-                    raise KeyRingError(f"{path} is not an Ed25519 key")
-                private[info.kid] = key
-            self._loaded = _Loaded(stamp, ring["active"], ring["keys"], private)
+                    infos.append(KeyInfo.from_record(record))
+                except (KeyError, TypeError, ValueError):
+                    log.error("signing key record %s is malformed; left out", kid)
+                    continue
+                sealed = record.get("sealed")
+                if sealed is None:
+                    continue  # retired for good: published for its grace, never signs again
+                known = old.private.get(kid) if old is not None else None
+                try:
+                    private[kid] = known or self.sealer.open(kid, sealed, record.get("kek_id"))
+                except KeyRingError as exc:
+                    # Still published; if it is the one to sign, signing fails loudly rather
+                    # than falling back on a key the other hosts may have stopped publishing.
+                    log.error("%s", exc)
+            if not infos:
+                raise KeyRingError("no signing keys in Redis (`regionlock serve` makes one)")
+            self._snapshot = _Snapshot(version, tuple(infos), private, time.monotonic())
 
-    def _current(self) -> _Loaded:
+    def _current(self, for_signing: bool, refresh: bool = True) -> _Snapshot:
         now = time.monotonic()
-        if self._loaded is None or now >= self._next_check:
-            self._next_check = now + self.check_interval_s
+        if self._snapshot is None or (refresh and now >= self._next_check):
+            self._next_check = now + self.refresh_s
             try:
-                self._reload()
-            except KeyRingError as exc:
-                if self._loaded is None:
+                self.refresh()
+            except Exception as exc:
+                snapshot = self._snapshot
+                if snapshot is None:
                     raise
-                # A broken edit of the ring must not stop check-ins: keep the keys we have.
-                log.error(
-                    "key ring not reloaded, still signing with %s: %s", self._loaded.active, exc
+                age = now - snapshot.loaded_at
+                # Signing with an old view is safe for half the activation delay (see the
+                # module doc); the published set may be served from memory for as long as
+                # the store is away: it only ever lists more keys than the store does.
+                if for_signing and age > self.activation_delay_s / 2:
+                    raise
+                log.warning(
+                    "signing keys not re-read (%s); using the ring read %.1f s ago",
+                    type(exc).__name__,
+                    age,
                 )
-        assert self._loaded is not None
-        return self._loaded
+        assert self._snapshot is not None
+        return self._snapshot
 
-    # --- use -----------------------------------------------------------------------------
+    # --- use -------------------------------------------------------------------------------
 
     @property
     def active_kid(self) -> str:
         """The kid that signs now."""
-        return self._current().active
+        info = signing_key_at(self._current(for_signing=True).keys, self.clock())
+        if info is None:
+            raise KeyRingError("no signing key is active yet")
+        return info.kid
 
     def sign(self, document: Mapping[str, Any]) -> dict[str, Any]:
         """DOCUMENT with ``kid`` and ``signature`` added (any old ``signature`` replaced)."""
-        loaded = self._current()
+        snapshot = self._current(for_signing=True)
+        info = signing_key_at(snapshot.keys, self.clock())
+        if info is None:
+            raise KeyRingError("no signing key is active")
+        if info.kid not in snapshot.private:
+            raise KeyRingError(
+                f"the signing key {info.kid} cannot sign here: its private half did not open "
+                f"with this host's key-encryption key (id {self.sealer.kek_id})"
+            )
         body = {k: v for k, v in document.items() if k != "signature"}
-        body["kid"] = loaded.active
-        signature = loaded.private[loaded.active].sign(canonical_json(body))
-        body["signature"] = b64url(signature)
+        body["kid"] = info.kid
+        body["signature"] = b64url(snapshot.private[info.kid].sign(canonical_json(body)))
         return body
 
-    def jwks(self, now: float | None = None) -> dict[str, list[dict[str, str]]]:
-        """The JWK set of every key a current verdict may cite: the signing key first, then
-        retired keys still in their grace."""
-        now = now or time.time()
-        loaded = self._current()
-        ordered = sorted(loaded.keys, key=lambda k: (k.kid != loaded.active, -k.created_at))
-        return {
-            "keys": [
-                public_jwk(info.kid, loaded.private[info.kid].public_key())
-                for info in ordered
-                if info.kid == loaded.active
-                or (info.publish_until is not None and info.publish_until > now)
-            ]
-        }
+    def jwks(
+        self, now: float | None = None, refresh: bool = True
+    ) -> dict[str, list[dict[str, str]]]:
+        """The JWK set of every key a verdict may cite now or soon: the signing key first,
+        then the next one (published before it signs), then retired keys in their grace.
+        REFRESH false: the ring as last read, without asking the store (it is away)."""
+        now = self.clock() if now is None else now
+        snapshot = self._current(for_signing=False, refresh=refresh)
+        signing = signing_key_at(snapshot.keys, now)
+        ordered = sorted(snapshot.keys, key=lambda k: (k is not signing, -k.created_at))
+        return {"keys": [_jwk(info.kid, info.x) for info in ordered if info.published_at(now)]}
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write DATA to PATH atomically, readable by the owner alone (0600 from the first byte)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _readable(records: Mapping[str, dict | None]) -> dict[str, tuple[KeyInfo, dict]]:
+    """The records that parse, with their KeyInfo."""
+    out = {}
+    for kid, record in records.items():
+        if record is None:
+            continue
+        try:
+            out[kid] = (KeyInfo.from_record(record), record)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def _import_legacy(folder: Path, sealer: Sealer, now: float) -> dict[str, dict]:
+    """The records of a key ring an earlier version kept on disk (``ring.json`` and one
+    PKCS#8 PEM per key), so verdicts it signed keep verifying; {} when there is none."""
+    ring_file = Path(folder) / "ring.json"
+    if not ring_file.exists():
+        return {}
     try:
-        os.fchmod(fd, 0o600)  # a leftover temp file keeps its old mode through O_TRUNC
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        ring = orjson.loads(ring_file.read_bytes())
+        active = ring["active"]
+        entries = list(ring["keys"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise KeyRingError(
+            f"cannot read the old key ring {ring_file}: {type(exc).__name__}"
+        ) from None
+    records: dict[str, dict] = {}
+    for entry in entries:
+        kid, until = str(entry["kid"]), entry.get("publish_until")
+        if kid != active and (until is None or float(until) <= now):
+            continue
+        path = Path(folder) / f"{kid}.pem"
+        try:
+            private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except (OSError, ValueError) as exc:
+            raise KeyRingError(f"cannot load {path}: {type(exc).__name__}") from None
+        if not isinstance(private, Ed25519PrivateKey):
+            raise KeyRingError(f"{path} is not an Ed25519 key")
+        raw = private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        created = float(entry["created_at"])
+        info = KeyInfo(kid, created, created, None if kid == active else float(until), b64url(raw))
+        records[kid] = {
+            **info.to_dict(),
+            "sealed": sealer.seal(kid, private),
+            "kek_id": sealer.kek_id,
+        }
+    return records

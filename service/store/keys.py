@@ -58,3 +58,20 @@ POLICY_COMPILED = f"{PREFIX}{{policy}}:compiled"
 
 # Prefix of flask-limiter's counters (per token name or client IP; never the token itself).
 RATE_LIMITS_PREFIX = f"{PREFIX}limits"
+
+# Hash: secret name -> the public id (first 8 hex digits of its SHA-256) of the secret every
+# host of the deployment must share (console secret key, signing keys' key-encryption key,
+# unlock master key), recorded by the first host that uses it (SPEC §15).
+SECRET_IDS = f"{PREFIX}secret-ids"
+
+# Verdict signing keys of the whole deployment (SPEC §15): kid -> record (JSON: public key,
+# private key sealed under the key-encryption key, when it signs, until when it is published),
+# and a counter bumped by every change, which writers check (their compare-and-set).
+SIGNING_KEYS = f"{PREFIX}{{signing}}:keys"
+SIGNING_KEYS_VERSION = f"{PREFIX}{{signing}}:version"
+
+
+def console_session(session_digest: str) -> str:
+    """Hash: one signed-in console session, named by the SHA-256 of its random id (the cookie
+    holds the id itself, Redis only its digest); TTL: the idle timeout."""
+    return f"{PREFIX}console-session:{session_digest}"

@@ -11,19 +11,27 @@ from flask import current_app, g, request
 
 from service.engine.roles import PERMISSIONS
 from service.store.tokens import Principal, TokenStore, digest
-from service.web.errors import ApiError
+from service.web.errors import ApiError, is_outage
+
+#: How long a token verified by this worker is still believed while Redis is away, for the
+#: calls that may be answered from memory (``GET /v1/keys``).
+LAST_KNOWN_S = 24 * 3600.0
+_MAX_ENTRIES = 10_000
 
 
 class TokenCache:
     """Verified tokens kept briefly per worker, so a check-in costs no extra round trip.
 
-    A revoked token keeps working in a worker for at most ``ttl_s`` seconds.
+    A revoked token keeps working in a worker for at most ``ttl_s`` seconds. Apart from that,
+    the worker remembers every token it verified (by digest) for ``LAST_KNOWN_S``: only calls
+    answered from memory during a Redis outage (the public keys) believe that memory.
     """
 
     def __init__(self, store: TokenStore, ttl_s: float):
         self.store = store
         self.ttl_s = ttl_s
         self._entries: dict[str, tuple[float, Principal | None]] = {}
+        self._last_known: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
     def principal(self, token: str) -> Principal | None:
@@ -35,17 +43,32 @@ class TokenCache:
         if hit is not None and hit[0] > now:
             return hit[1]
         principal = self.store.verify_digest(token_digest)
-        if principal is not None and self.ttl_s > 0:
-            with self._lock:
-                if len(self._entries) > 10_000:
-                    self._entries.clear()
+        with self._lock:
+            if len(self._entries) > _MAX_ENTRIES:
+                self._entries.clear()
+            if len(self._last_known) > _MAX_ENTRIES:
+                self._last_known.clear()
+            if principal is not None and self.ttl_s > 0:
                 self._entries[token_digest] = (now + self.ttl_s, principal)
+            if principal is not None:
+                self._last_known[token_digest] = (now + LAST_KNOWN_S, principal)
+            else:
+                self._last_known.pop(token_digest, None)
         return principal
+
+    def last_known(self, token: str) -> Principal | None:
+        """Who TOKEN belonged to when this worker last verified it (within LAST_KNOWN_S), without
+        asking Redis; None for a token this worker has not verified."""
+        hit = self._last_known.get(digest(token))
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        return hit[1]
 
     def forget(self) -> None:
         """Drop every cached token (after a revocation in this process)."""
         with self._lock:
             self._entries.clear()
+            self._last_known.clear()
 
 
 def bearer_token() -> str | None:
@@ -76,6 +99,26 @@ def authenticate() -> Principal:
     if principal is None:
         raise ApiError(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
     return principal
+
+
+def authenticate_from_memory() -> Principal:
+    """The caller, or 401, for calls answered from memory while Redis is away: when the
+    token cannot be looked up (outage), the worker's memory of it decides; a token this worker
+    never verified then gets the outage's 503 (it may be valid: we cannot tell)."""
+    token = bearer_token()
+    if token is None:
+        raise ApiError(401, "a Bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+    rl = current_app.extensions["regionlock"]
+    remembered = rl.tokens.last_known(token)
+    if remembered is not None and rl.breaker.is_open():
+        return remembered  # Redis is known to be away: do not wait for its timeouts
+    try:
+        return authenticate()
+    except Exception as exc:
+        if remembered is None or not is_outage(exc):
+            raise
+        rl.breaker.trip()
+        return remembered
 
 
 def require(permission: str) -> Callable:
