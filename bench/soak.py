@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seconds", type=float, default=120.0, help="length of the load")
     parser.add_argument("--outage", type=float, default=2.0, help="seconds Redis stays down")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--workers", type=int, default=2, help="server worker processes")
     parser.add_argument("--checkin-threads", type=int, default=3, help="check-in threads")
     args = parser.parse_args(argv)
 

@@ -1,5 +1,5 @@
 """Operations (SPEC §7): /metrics, structured JSON logs with request ids, /docs, and
-`regionlock serve` itself (several gunicorn workers, one metrics view)."""
+`regionlock serve` itself (several granian workers, one metrics view)."""
 
 from __future__ import annotations
 
@@ -346,7 +346,7 @@ def test_serve_with_several_workers(redis, redis_url, tmp_path: Path):
     lines = [line for line in stderr.read_text().splitlines() if line.strip()]
     entries = [json.loads(line) for line in lines]  # every line is one JSON object
     assert sum(1 for e in entries if e.get("path") == "/v1/checkin") == 30
-    assert any(e.get("logger") == "gunicorn.error" for e in entries)
+    assert any(e.get("logger") == "_granian" for e in entries)
     assert token not in stderr.read_text()
 
 

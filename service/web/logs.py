@@ -17,7 +17,6 @@ from typing import Any
 
 import orjson
 from flask import Flask, g, has_request_context, request
-from gunicorn import glogging
 
 log = logging.getLogger("regionlock.request")
 
@@ -63,15 +62,27 @@ def configure_logging(level: int | str = logging.INFO) -> None:
     root.setLevel(level)
 
 
-class GunicornJsonLogger(glogging.Logger):
-    """gunicorn's own lines (start, workers, errors) as JSON too; its access log stays off
-    (the app writes one line per request itself)."""
-
-    def setup(self, cfg) -> None:
-        """gunicorn's set-up, then the JSON formatter on its handlers."""
-        super().setup(cfg)
-        for handler in self.error_log.handlers:
-            handler.setFormatter(JsonFormatter())
+def json_log_config(level: str = "INFO") -> dict[str, Any]:
+    """A logging.dictConfig for the HTTP server (granian applies it in its master and in every
+    worker): its own lines (start, workers, errors) and the app's, as JSON on stderr. Its access
+    log stays off (the app writes one line per request itself)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "json",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"handlers": ["stderr"], "level": level},
+        "loggers": {
+            "_granian": {"handlers": [], "propagate": True},
+            "granian.access": {"handlers": [], "propagate": False, "level": "CRITICAL"},
+        },
+    }
 
 
 def request_id_for(header: str | None) -> str:
