@@ -16,6 +16,8 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench.bench_http", ["--seconds", "10"]),
     ("bench.bench_simulate", ["--devices", "1000000"]),
     ("bench.bench_memory", ["--devices", "5000"]),
+    # IP evidence accuracy (docs/accuracy.md); several minutes, references fetched with npm.
+    ("bench.bench_evidence_ip", []),
 ]
 
 
