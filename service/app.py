@@ -87,6 +87,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     client = connect_redis(settings.redis_url, settings)
     evidence = Evidence(GeoIP(settings.geoip_db), GpsGeocoder())
+    _log_ip_database(evidence.geoip)
     token_store = TokenStore(client)
     devices = DeviceStore(
         client,
@@ -156,6 +157,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     # start (SecretMismatch names both ids). With Redis away, they run at its return.
     deployment.start()
     return app
+
+
+def _log_ip_database(geoip: GeoIP) -> None:
+    """Say at start-up which IP database answers, and warn when it is stale (also /readyz)."""
+    info = geoip.database_info()
+    log.info("IP database: %s, built %s", geoip.source, info["built_at"][:10])
+    warning = geoip.stale_warning()
+    if warning:
+        log.warning(warning)
 
 
 def _init_hardening(app: Flask, settings: Settings, cluster: bool) -> None:

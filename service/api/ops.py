@@ -16,7 +16,11 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready when Redis answers and a policy version is loaded."""
+    """Ready when Redis answers and a policy version is loaded.
+
+    Warnings (an IP database more than 180 days old) are listed but do not make it unready:
+    a stale database still answers, and taking every instance out of a load balancer for it
+    would stop all check-ins."""
     rl = current_app.extensions["regionlock"]
     checks: dict[str, object] = {}
     try:
@@ -27,7 +31,14 @@ def readyz():
         rl.metrics.redis_error(exc)
         checks["redis"] = f"unreachable ({type(exc).__name__})"
     ready = checks.get("redis") == "ok" and checks.get("policy_version") is not None
-    response = jsonify({"status": "ready" if ready else "not ready", "checks": checks})
+    geoip = rl.evidence.geoip
+    info = geoip.database_info()
+    checks["ip_database"] = {"built_at": info["built_at"], "age_days": geoip.age_days()}
+    body: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": checks}
+    warning = geoip.stale_warning()
+    if warning:
+        body["warnings"] = [warning]
+    response = jsonify(body)
     response.status_code = 200 if ready else 503
     if not ready:
         response.headers["Retry-After"] = str(rl.settings.retry_after_s)

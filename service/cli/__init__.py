@@ -6,6 +6,7 @@ import click
 
 from service.cli.devices import devices
 from service.cli.facts import facts
+from service.cli.geoip import geoip_group
 from service.cli.keys import keys_group
 from service.cli.policy import distributors, policy
 from service.cli.serve import serve
@@ -17,7 +18,7 @@ def main() -> None:
     """regionlock: decides at every check-in whether a phone may be used where it is."""
 
 
-for command in (serve, token, devices, policy, distributors, keys_group, facts):
+for command in (serve, token, devices, policy, distributors, keys_group, facts, geoip_group):
     main.add_command(command)
 
 
