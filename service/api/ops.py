@@ -5,6 +5,8 @@ from __future__ import annotations
 import redis as redis_lib
 from flask import Blueprint, Response, current_app, jsonify
 
+from service.store.client import ping
+
 bp = Blueprint("ops", __name__)
 
 
@@ -24,7 +26,7 @@ def readyz():
     rl = current_app.extensions["regionlock"]
     checks: dict[str, object] = {}
     try:
-        rl.redis.ping()
+        ping(rl.redis)
         checks["redis"] = "ok"
         checks["policy_version"] = rl.policies.current().version
     except (redis_lib.RedisError, redis_lib.exceptions.RedisClusterException) as exc:

@@ -50,3 +50,9 @@ def _is_cluster_node(url: str, settings: Settings) -> bool:
         return False
     finally:
         probe.close()
+
+
+def ping(redis) -> None:
+    """Ask Redis (every primary of a cluster is the client's business) to answer; raises the
+    client's error when it cannot (the readiness probe's one Redis call)."""
+    redis.ping()
