@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from service.cli.common import actor_name, fail, redis_client
+from service.cli.common import ACTOR_OPTION, actor_name, fail, redis_client
 from service.config import ConfigError, Settings, load_settings
 from service.crypto.secrets import SecretError, SharedSecret, ensure_shared, load_shared_secret
 from service.crypto.signing import DEFAULT_GRACE_DAYS, KEK_NAME, KeyRing, KeyRingError
@@ -51,7 +51,7 @@ def keys_group() -> None:
     show_default=True,
     help="how long the previous key stays published at /v1/keys after the new one takes over",
 )
-@click.option("--actor", help="name for the audit trail (default cli:$USER)")
+@ACTOR_OPTION
 def keys_rotate(grace_days: float, actor: str | None) -> None:
     """One new signing key for every host: published at once, signing a few seconds later
     (REGIONLOCK_KEY_ACTIVATION_DELAY_S, default 10), when every host lists it."""
@@ -124,7 +124,7 @@ def keys_ids() -> None:
 
 @keys_group.command("forget-id")
 @click.argument("name")
-@click.option("--actor", help="name for the audit trail (default cli:$USER)")
+@ACTOR_OPTION
 def keys_forget_id(name: str, actor: str | None) -> None:
     """Forget the recorded id of secret NAME, after handing every host a new one: the next host
     to start records the new id. Audited."""
