@@ -28,22 +28,20 @@ parsed into 155,000 dicts.
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import importlib.util
 import json
 import math
 import re
 import threading
-import unicodedata
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
-import pycountry
 from scipy.spatial import cKDTree
 
 from service.engine.model import Place
+from service.evidence.subdivision_names import match_division, normalise
 
 #: Mean Earth radius (IUGG), km.
 EARTH_RADIUS_KM = 6371.0088
@@ -199,81 +197,16 @@ ADMIN1_OVERRIDES: dict[tuple[str, str], str | None] = {
     ("SI", "Dobrova-Horjul-Polhov Gradec"): None,  # two ISO municipalities
 }
 
-# Words that name the *kind* of division rather than the division; dropped from both sides
-# before comparing so "Gilan Province" meets "Gīlān" and "Kharkivs'ka Oblast'" meets
-# "Kharkivska oblast".
-_GENERIC_WORDS = frozenset(
-    (
-        "province provincia provinsi oblast oblasts governorate muhafazat region regione state"
-        " estado krai kray republic respublika prefecture department departamento district"
-        " municipality county autonomous of the de do to"
-        # Chinese: province, municipality, autonomous region, special administrative region.
-        " sheng shi zizhiqu tebiexingzhengqu"
-    ).split()
-)
-# Russian/Ukrainian adjectival endings of a division named after its centre (Tverskaya oblast).
-_ADJECTIVAL_SUFFIXES = ("skaya", "skiy", "skij", "ska", "skyi", "sky")
-# Minimum difflib ratio for a fuzzy name match; below it the subdivision stays unknown.
-_FUZZY_CUTOFF = 0.85
-
-
-def _normalise(name: str) -> str:
-    """Lower-case, accent- and punctuation-free form of a division name without generic words."""
-    decomposed = unicodedata.normalize("NFKD", name)
-    letters = []
-    for ch in decomposed:
-        if unicodedata.combining(ch) or ch in "'’ʼ`ʻ":
-            continue  # "Kharkivs’ka" and "Kharkivska" must compare equal
-        letters.append(ch.lower() if ch.isalnum() else " ")
-    words = [w for w in "".join(letters).split() if w not in _GENERIC_WORDS]
-    return " ".join(words)
-
-
-def _top_level_index(country: str) -> dict[str, str]:
-    """Top-level divisions of a country by normalised name (ambiguous names left out)."""
-    by_key: dict[str, list[str]] = {}
-    for sub in pycountry.subdivisions.get(country_code=country) or ():
-        # GeoNames admin1 is a first-level division: matching a nested one would be wrong for
-        # the rest of its parent (Spain's province "Valencia" is not the Valencian Community).
-        if sub.parent_code is None:
-            by_key.setdefault(_normalise(sub.name), []).append(sub.code)
-    return {key: codes[0] for key, codes in by_key.items() if len(codes) == 1}
-
-
-def _unique(matches: list[str], index: dict[str, str]) -> str | None:
-    """The code of the single match, None when there are none or several."""
-    return index[matches[0]] if len(matches) == 1 else None
-
-
-def _match_admin1(key: str, index: dict[str, str]) -> str | None:
-    """ISO code for a normalised admin1 name, or None when no single division fits."""
-    if not key:
-        return None
-    if key in index:
-        return index[key]
-    # "veracruz" -> "veracruz ignacio la llave", "tver" -> "tverskaya", "samara" ->
-    # "samarskaya": the name is the first word(s), or the stem of a Slavic adjectival form.
-    # A bare prefix is not enough ("sakha" would meet "sakhalinskaya").
-    stems = {key, key[:-1]} if key[-1] in "aeiouy" else {key}
-    adjectives = {stem + suffix for stem in stems for suffix in _ADJECTIVAL_SUFFIXES}
-    code = _unique(
-        [k for k in index if k.startswith(key + " ") or k.split(" ", 1)[0] in adjectives], index
-    )
-    if code is not None:
-        return code
-    # Spelling variants ("isfahan" / "esfahan"); two close candidates means we cannot tell.
-    return _unique(difflib.get_close_matches(key, list(index), n=2, cutoff=_FUZZY_CUTOFF), index)
-
 
 def map_admin1(country: str, names: Iterable[str]) -> dict[str, str | None]:
-    """Map GeoNames admin1 names of one country to ISO 3166-2 codes (None when unsure)."""
-    index = _top_level_index(country)
+    """Map GeoNames admin1 names of one country to ISO 3166-2 codes (None when unsure), by the
+    same name matching as the IP database's (``subdivision_names.match_division``)."""
     result: dict[str, str | None] = {}
     for name in names:
         if (country, name) in ADMIN1_OVERRIDES:
             result[name] = ADMIN1_OVERRIDES[(country, name)]
         else:
-            result[name] = _match_admin1(_normalise(name), index)
+            result[name] = match_division(country, normalise(name))
     return result
 
 

@@ -212,9 +212,11 @@ _RU_CODES = {"CR": "UA-43", "SEV": "UA-40"}
 # City" and "Kyiv" are different divisions.
 _GENERIC_WORDS = frozenset(
     (
-        "province provincia provinsi oblast governorate muhafazat region regione state estado"
-        " krai kray republic respublika prefecture department departamento district"
-        " municipality county autonomous avtonomna of the de del e ostan gorod do"
+        "province provincia provinsi oblast oblasts governorate muhafazat region regione state"
+        " estado krai kray republic respublika prefecture department departamento district"
+        " municipality county autonomous avtonomna of the de del e ostan gorod do to"
+        # Chinese: province, municipality, autonomous region, special administrative region.
+        " sheng shi zizhiqu tebiexingzhengqu"
     ).split()
 )
 _ADJECTIVAL_SUFFIXES = ("skaya", "skiy", "skij", "ska", "skyi", "sky")
@@ -284,6 +286,16 @@ def code_for(country: str, name: str) -> str | None:
         return overrides[exact]
     if (country, key) in overrides:
         return overrides[(country, key)]
+    return match_division(country, key)
+
+
+def match_division(country: str, key: str) -> str | None:
+    """ISO 3166-2 code of the top-level division of COUNTRY whose normalised name is KEY (see
+    ``normalise``): exactly, by its first words or Slavic adjectival form, or by a close
+    spelling; None when no single division fits. Shared by the IP database's names and the
+    GPS gazetteer's GeoNames admin1 names."""
+    if not key:
+        return None
     index = _index(country)
     if key in index:
         return index[key]
