@@ -24,6 +24,7 @@ from service.policy.runtime import PolicyCache
 from service.store.audit import AuditStore
 from service.store.client import connect_redis
 from service.store.devices import DeviceStore
+from service.store.identities import IdentityStore
 from service.store.policy import PolicyStore
 from service.store.secret_ids import SecretIdStore
 from service.store.sessions import ConsoleSessionStore
@@ -51,6 +52,7 @@ class Regionlock:
     token_store: TokenStore
     tokens: TokenCache
     devices: DeviceStore
+    identities: IdentityStore
     audit: AuditStore
     policy_store: PolicyStore
     policies: PolicyCache
@@ -95,6 +97,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         facts_maxlen=settings.facts_stream_maxlen,
         retention_days=settings.facts_retention_days,
     )
+    identities = IdentityStore(client)
     policy_store = PolicyStore(client)
     policies = PolicyCache(policy_store, lambda: seed_bundle, poll_s=settings.policy_poll_s)
     audit = AuditStore(client)
@@ -120,10 +123,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         token_store=token_store,
         tokens=TokenCache(token_store, settings.token_cache_s),
         devices=devices,
+        identities=identities,
         audit=audit,
         policy_store=policy_store,
         policies=policies,
-        checkin=CheckinService(evidence, devices, policies, mcc_mnc_of_imsi),
+        checkin=CheckinService(evidence, devices, policies, mcc_mnc_of_imsi, identities=identities),
         keys=keys,
         sessions=ConsoleSessionStore(client, idle_s=int(SESSION_IDLE.total_seconds())),
         deployment=deployment,

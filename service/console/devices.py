@@ -15,6 +15,7 @@ from flask.typing import ResponseReturnValue
 from service.console import present, security
 from service.console.blueprint import bp
 from service.devices.document import device_document as _device_document
+from service.devices.identity import AmbiguousImei, resolve_device
 from service.devices.overrides import (
     InvalidImei,
     OverrideService,
@@ -35,7 +36,7 @@ def _rl() -> Any:
 
 def _document(imei: str) -> dict | None:
     rl = _rl()
-    return _device_document(rl.devices, rl.policies.current().policy, imei)
+    return _device_document(rl.devices, rl.policies.current().policy, imei, rl.identities)
 
 
 def _service() -> OverrideService:
@@ -44,10 +45,20 @@ def _service() -> OverrideService:
 
 
 def _canonical(raw: str) -> str:
+    """The primary IMEI of the device RAW names (an alias reaches its device, SPEC §9)."""
     try:
-        return normalise_imei(raw)
+        imei = normalise_imei(raw)
     except InvalidImei:
         abort(404, description=f"“{raw[:40]}” is not an IMEI (15 digits with a valid check digit).")
+    try:
+        return resolve_device(_rl().identities, imei)
+    except AmbiguousImei as exc:
+        abort(
+            409,
+            description=f"{imei} is another IMEI of several devices: "
+            + ", ".join(exc.primaries)
+            + ". Open one of them by its primary IMEI.",
+        )
 
 
 def unlock_scope(imei: str, role: str, document: dict[str, Any] | None) -> dict[str, Any]:
@@ -138,9 +149,17 @@ def devices() -> ResponseReturnValue:
     error = None
     if query:
         try:
-            return redirect(url_for("console.device", imei=normalise_imei(query)))
+            imei = normalise_imei(query)
+            # An alias leads to its device; one of several devices' aliases is named here.
+            return redirect(url_for("console.device", imei=resolve_device(_rl().identities, imei)))
         except InvalidImei as exc:
             error = f"This IMEI {exc.problem}."
+        except AmbiguousImei as exc:
+            error = (
+                "This IMEI is another IMEI of several devices (a cloned or reused IMEI): "
+                + ", ".join(exc.primaries)
+                + ". Search for one of them."
+            )
     status = 422 if error else 200
     return render_template("console/devices.html", query=query, error=error), status
 

@@ -80,10 +80,17 @@ def when(value: str | float | None) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _signals_text(signals: dict[str, str]) -> str:
+def _labels(value: str | list[str]) -> str:
+    """A signal's place, or its several places (SPEC §9) joined."""
+    return value if isinstance(value, str) else ", ".join(value)
+
+
+def _signals_text(signals: dict[str, str | list[str]]) -> str:
     if not signals:
         return "no signal"
-    return ", ".join(f"{SIGNAL_LABELS.get(s, (s,))[0]} ({place})" for s, place in signals.items())
+    return ", ".join(
+        f"{SIGNAL_LABELS.get(s, (s,))[0]} ({_labels(place)})" for s, place in signals.items()
+    )
 
 
 def explain_reason(reason: dict[str, Any], document: dict[str, Any] | None = None) -> str:
@@ -184,8 +191,12 @@ def evidence_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
                 "signal": signal,
                 "label": label,
                 "help": help_text,
-                "place": place,
-                "place_name": place_name(place) if place else "",
+                "place": _labels(place) if place else place,
+                "place_name": (
+                    "; ".join(place_name(p) for p in ([place] if isinstance(place, str) else place))
+                    if place
+                    else ""
+                ),
                 "rules": cited[signal],
             }
         )

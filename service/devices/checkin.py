@@ -6,7 +6,7 @@ import hashlib
 
 import orjson
 
-from service.engine.model import DeviceState, Facts, apply_override, iso_utc
+from service.engine.model import DeviceState, Facts, apply_override, iso_utc, place_labels
 from service.store.records import DeviceRecord, LastCheckin
 
 # The only parts of a device record a check-in needs to decide.
@@ -16,37 +16,47 @@ CHECKIN_FIELDS = ("state", "activation")
 class CheckinService:
     """Decides check-ins; the pieces are injected so tests and the simulator share them."""
 
-    def __init__(self, evidence, devices, policies, mcc_mnc_of_imsi):
+    def __init__(self, evidence, devices, policies, mcc_mnc_of_imsi, identities=None):
         self.evidence = evidence
         self.devices = devices
         self.policies = policies
         self.mcc_mnc_of_imsi = mcc_mnc_of_imsi
+        # The alias index (store/identities.py); None: IMEIs other than the primary are ignored.
+        self.identities = identities
 
     def decide(self, body: dict, ip: str | None, now: float) -> dict:
         """Decide and record one validated check-in body; returns the response document."""
         imei = body["imei"]
         sim = body.get("sim") or {}
         gps = body.get("gps")
+        more_sims = body.get("sims") or ()
+        aliases = other_imeis(imei, body.get("imeis"))
         places = self.evidence.gather(
             ip=ip,
             gps=(gps["lat"], gps["lon"]) if gps else None,
             network=sim.get("network"),
             imsi=sim.get("imsi"),
+            # SPEC §9: every SIM's serving and home network ("sim" first, then "sims").
+            networks=[s["network"] for s in more_sims if s.get("network")],
+            imsis=[s["imsi"] for s in more_sims if s.get("imsi")],
         )
         active = self.policies.current()
         snapshot = self.devices.snapshot(imei, CHECKIN_FIELDS)
         state = snapshot.state
         policy_decision = active.policy.decide(
-            Facts(imei=imei, places=places, now=now, state=state)
+            Facts(imei=imei, places=places, now=now, state=state, aliases=aliases)
         )
         decision = apply_override(policy_decision, snapshot.override, now)
 
-        labels = {signal: place.label for signal, place in places.items()}
+        labels = place_labels(places)
         verdict = decision.to_dict()
         decided_at = iso_utc(now)
         # MCC+MNC only: the full IMSI and ICCID are never stored (SPEC §4 privacy).
+        operators = _sim_operators(self.mcc_mnc_of_imsi, sim, more_sims)
         device_info = {
-            "sim_operator": self.mcc_mnc_of_imsi(sim["imsi"]) if sim.get("imsi") else None,
+            "sim_operator": operators[0] if operators else None,
+            # Only for several SIMs, so a one-SIM record is stored as it always was.
+            "sim_operators": operators if len(operators) > 1 else None,
             "model": body.get("model"),
             "firmware": body.get("firmware"),
         }
@@ -88,6 +98,7 @@ class CheckinService:
             outcome=_outcome_signature(decision.verdict, brief_reasons, labels),
             facts={"places": labels, "policy_version": active.version},
         )
+        self._record_identity(imei, aliases, body.get("imeis") is not None, snapshot.record is None)
         return {
             "imei": imei,
             **verdict,
@@ -95,6 +106,44 @@ class CheckinService:
             "next_checkin_s": active.policy.next_checkin_s,
             "decided_at": decided_at,
         }
+
+    def _record_identity(
+        self, imei: str, aliases: tuple[str, ...], reported: bool, first: bool
+    ) -> None:
+        """After the check-in is recorded: the device's other IMEIs into the alias index
+        (only when the body carried ``imeis``: old firmware leaves what is stored), and a new
+        device whose primary others already report as an alias marked shared on both sides.
+        Nothing is taken over (docs/decisions.md "Several IMEIs")."""
+        if self.identities is None:
+            return
+        if reported:
+            self.identities.record(imei, aliases)
+        elif first:
+            claimants = self.identities.claimants(imei) - {imei}
+            if claimants:
+                self.identities.mark_primary_claimed(imei, claimants)
+
+
+def other_imeis(primary: str, imeis: list[str] | None) -> tuple[str, ...]:
+    """A check-in's aliases (SPEC §9): IMEIS without the primary and duplicates, in order."""
+    seen = {primary}
+    out: list[str] = []
+    for imei in imeis or ():
+        if imei not in seen:
+            seen.add(imei)
+            out.append(imei)
+    return tuple(out)
+
+
+def _sim_operators(mcc_mnc_of_imsi, sim: dict, more_sims) -> list[str]:
+    """MCC+MNC of every SIM's IMSI, distinct, in order (never the IMSI itself)."""
+    out: list[str] = []
+    for one in (sim, *more_sims):
+        if one.get("imsi"):
+            operator = mcc_mnc_of_imsi(one["imsi"])
+            if operator and operator not in out:
+                out.append(operator)
+    return out
 
 
 def _outcome_signature(verdict: str, reasons: list[dict], places: dict[str, str]) -> str:

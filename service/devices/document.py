@@ -5,6 +5,7 @@ from __future__ import annotations
 from service.engine.compiler import CompiledPolicy
 from service.engine.model import Override, iso_utc
 from service.store.devices import DeviceStore
+from service.store.identities import IdentityStore
 from service.store.records import DeviceRecord
 
 
@@ -13,14 +14,23 @@ def override_out(override: Override | None) -> dict | None:
     return override.to_dict() if override is not None else None
 
 
-def device_document(devices: DeviceStore, policy: CompiledPolicy, imei: str) -> dict | None:
+def device_document(
+    devices: DeviceStore,
+    policy: CompiledPolicy,
+    imei: str,
+    identities: IdentityStore | None = None,
+) -> dict | None:
     """The device's record as support sees it (API and console alike), or None when never
-    seen nor overridden; POLICY is the one being served (for the distributor's name)."""
+    seen nor overridden; POLICY is the one being served (for the distributor's name). IMEI is
+    the device's primary (see devices/identity.py); with IDENTITIES the document lists its
+    other IMEIs (``imeis``: the primary first) and those it shares with other devices."""
     snapshot = devices.snapshot(imei)
     if snapshot.record is None and snapshot.override is None:
         return None
     record = snapshot.record or DeviceRecord()
-    distributor_id = record.distributor or policy.distributor_of(imei)
+    identity = identities.identity(imei) if identities is not None else None
+    aliases = identity.aliases if identity is not None else ()
+    distributor_id = record.distributor or policy.distributor_of(imei, aliases)
     distributor = None
     if distributor_id:
         info = policy.distributor(distributor_id)
@@ -31,6 +41,10 @@ def device_document(devices: DeviceStore, policy: CompiledPolicy, imei: str) -> 
         }
     return {
         "imei": imei,
+        "imeis": [imei, *aliases],
+        # IMEIs another device reports too (cloned or reused), and which devices those are.
+        "shared_imeis": list(identity.shared) if identity is not None else [],
+        "shared_with": dict(identity.shared_with) if identity is not None else {},
         "tac": imei[:8],
         "distributor": distributor,
         "activation": record.activation,

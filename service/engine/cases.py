@@ -7,8 +7,10 @@ File format::
     cases:
       - name: phone in Havana by IP          # unique across all case files
         imei: "353879234252633"
+        imeis: ["356938035643809"]           # optional: the device's other IMEIs (SPEC §9)
         checkins:
-          - places: {ip: CU, gps: CU}        # signal -> region code (country or ISO 3166-2)
+          - places: {ip: CU, gps: CU}        # signal -> region code (country or ISO 3166-2),
+                                             # or a list of them: {network: [CU, FR]} (SPEC §9)
             at: "2026-01-01T00:00:00Z"       # optional, see below
             override: {kind: unlock, lifts: [distributor_territory]}   # optional
             expect:
@@ -41,8 +43,10 @@ from service.engine.model import (
     Facts,
     Override,
     Place,
+    PlaceValue,
     apply_override,
     iso_utc,
+    place_value,
 )
 from service.engine.schema import is_region_code
 
@@ -65,7 +69,7 @@ class CaseError(Exception):
 class Checkin:
     """One check-in of a case and what it must produce."""
 
-    places: Mapping[str, Place]
+    places: Mapping[str, PlaceValue]
     at: float | None
     expect: Mapping[str, Any]
     override: Override | None = None
@@ -79,6 +83,7 @@ class Case:
     imei: str
     checkins: tuple[Checkin, ...]
     source: str = ""
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +116,7 @@ def _parse_checkin(raw: Any, path: str, errors: dict[str, list[str]]) -> Checkin
         if key not in ("places", "at", "expect", "override"):
             errors.setdefault(f"{path}.{key}", []).append("unknown field")
             ok = False
-    places: dict[str, Place] = {}
+    places: dict[str, PlaceValue] = {}
     raw_places = raw.get("places") or {}
     if not isinstance(raw_places, Mapping):
         errors[f"{path}.places"] = ["must map signals to region codes"]
@@ -121,8 +126,22 @@ def _parse_checkin(raw: Any, path: str, errors: dict[str, list[str]]) -> Checkin
         if signal not in SIGNALS:
             errors[f"{path}.places.{signal}"] = [f"unknown signal; expected one of {SIGNALS}"]
             ok = False
+        elif isinstance(code, list) and code:
+            # Several places for one signal (a device with several SIMs, SPEC §9).
+            bad = [
+                c for c in code if not isinstance(c, str) or not is_region_code(c.strip().upper())
+            ]
+            if bad:
+                errors[f"{path}.places.{signal}"] = [f"unknown region code {bad[0]!r}"]
+                ok = False
+            else:
+                value = place_value(Place.parse(c) for c in code)
+                if value is not None:
+                    places[signal] = value
         elif not isinstance(code, str) or not is_region_code(code.strip().upper()):
-            errors[f"{path}.places.{signal}"] = [f"unknown region code {code!r}"]
+            errors[f"{path}.places.{signal}"] = [
+                f"unknown region code {code!r} (a code or a non-empty list of codes)"
+            ]
             ok = False
         else:
             places[signal] = Place.parse(code)
@@ -170,6 +189,19 @@ def _parse_checkin(raw: Any, path: str, errors: dict[str, list[str]]) -> Checkin
     return Checkin(places=places, at=at, expect=dict(expect), override=override)
 
 
+def _parse_aliases(raw: Any, path: str, errors: dict[str, list[str]]) -> tuple[str, ...]:
+    """A case's other IMEIs (SPEC §9): a list of quoted 14- or 15-digit strings."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        errors[path] = ["must be a list of quoted IMEIs"]
+        return ()
+    for i, imei in enumerate(raw):
+        if not isinstance(imei, str) or not imei.isdigit() or len(imei) not in (14, 15):
+            errors[f"{path}.{i}"] = ["must be a quoted string of 14 or 15 digits"]
+    return tuple(raw)
+
+
 def parse_cases(data: Any, source: str) -> list[Case]:
     """Cases from one parsed YAML document; ``source`` (the file name) prefixes error paths."""
     errors: dict[str, list[str]] = {}
@@ -186,13 +218,14 @@ def parse_cases(data: Any, source: str) -> list[Case]:
             errors[f"{path}.name"] = ["required"]
         if not isinstance(imei, str) or not imei.isdigit() or len(imei) not in (14, 15):
             errors[f"{path}.imei"] = ["must be a quoted string of 14 or 15 digits"]
+        aliases = _parse_aliases(raw.get("imeis"), f"{path}.imeis", errors)
         if not isinstance(checkins, list) or not checkins:
             errors[f"{path}.checkins"] = ["must be a non-empty list"]
             continue
         parsed = [_parse_checkin(c, f"{path}.checkins.{j}", errors) for j, c in enumerate(checkins)]
         if isinstance(name, str) and isinstance(imei, str) and None not in parsed:
             steps = tuple(c for c in parsed if c is not None)
-            cases.append(Case(name=name, imei=imei, checkins=steps, source=path))
+            cases.append(Case(name=name, imei=imei, checkins=steps, source=path, aliases=aliases))
     if errors:
         raise CaseError(errors)
     return cases
@@ -243,7 +276,7 @@ def run_case(policy: CompiledPolicy, case: Case) -> CaseResult:
             now = DEFAULT_START
         else:
             now += policy.next_checkin_s
-        decision = policy.decide(Facts(case.imei, checkin.places, now, state))
+        decision = policy.decide(Facts(case.imei, checkin.places, now, state, case.aliases))
         state = decision.state
         decision = apply_override(decision, checkin.override, now)
         got = {

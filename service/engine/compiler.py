@@ -31,6 +31,12 @@ Semantics (SPEC §4), with the choices made where it is silent:
     own code. A check-in without a hit clears the rule's first hit. For ``warn``/``allow`` rules
     grace is meaningless (there is no lock to postpone) and is ignored.
 
+Several places per signal (SPEC §9)
+    A phone with several SIMs gives its ``network`` and ``sim`` signals a tuple of places. Such a
+    signal puts the device *in* a region when any of its places is in it, and *outside every
+    territory* when none of its places is inside one; a reason then shows all of the signal's
+    places (a list in the API form). One place stays a bare :class:`Place` (no tuple).
+
 ``mode: observe``
     Evaluated like an enforced rule, *including* its own bindings and first hits in the state,
     so ``observed`` shows exactly what enforcing it would do (and switching it to ``enforce``
@@ -53,9 +59,12 @@ from service.engine.model import (
     DeviceState,
     Facts,
     Place,
+    PlaceValue,
     Reason,
     combine_actions,
     earliest_lock_at,
+    places_of,
+    signal_label,
 )
 from service.engine.validation import validate_and_index
 
@@ -119,12 +128,18 @@ def _compile_rule(rule: Mapping[str, Any]) -> CompiledRule:
     )
 
 
-def _most_common_label(signals: Mapping[str, str]) -> str | None:
-    """Label given by most signals (tie: the earlier signal), None when there are none."""
-    if len(signals) < 3:  # with one or two signals the first one always wins (or ties)
-        return next(iter(signals.values()), None)
+def _most_common_label(signals: Mapping[str, str | tuple[str, ...]]) -> str | None:
+    """Label given by most signals' places (tie: the earlier one), None when there are none."""
+    labels: list[str] = []
+    for value in signals.values():
+        if type(value) is str:
+            labels.append(value)
+        else:
+            labels.extend(value)
+    if len(labels) < 3:  # with one or two labels the first one always wins (or ties)
+        return labels[0] if labels else None
     counts: dict[str, int] = {}
-    for label in signals.values():
+    for label in labels:
         counts[label] = counts.get(label, 0) + 1
     best: str | None = None
     for label, count in counts.items():  # dicts keep first-seen order: ties go to the earlier
@@ -183,9 +198,19 @@ class CompiledPolicy:
             raise ValueError(f"unknown compiled-policy snapshot format {data.get('format')!r}")
         return cls(data["bundle"], AllocationIndex.from_snapshot(data["index"]))
 
-    def distributor_of(self, imei: str) -> str | None:
-        """Id of the distributor whose allocation holds ``imei``, or None (unknown device)."""
-        return self._index.owner_of(imei)
+    def distributor_of(self, imei: str, aliases: tuple[str, ...] = ()) -> str | None:
+        """Id of the distributor whose allocation holds ``imei``, or None (unknown device).
+
+        A device with several IMEIs (SPEC §9) is judged by its primary ``imei``; when no
+        allocation holds it, by the first of ``aliases`` (in the order the device reported them)
+        that one holds."""
+        owner = self._index.owner_of(imei)
+        if owner is None and aliases:
+            for alias in aliases:
+                owner = self._index.owner_of(alias)
+                if owner is not None:
+                    break
+        return owner
 
     def distributor(self, distributor_id: str) -> DistributorInfo | None:
         """Name and territories of a distributor, None for an unknown id."""
@@ -203,6 +228,8 @@ class CompiledPolicy:
         """
         places = facts.places
         distributor_id = self._index.owner_of(facts.imei)
+        if distributor_id is None and facts.aliases:
+            distributor_id = self.distributor_of(facts.imei, facts.aliases)
         device = self._distributors.get(distributor_id) if distributor_id is not None else None
         state = _StateChanges(facts.state)
         reasons: list[Reason] = []
@@ -279,7 +306,7 @@ class _StateChanges:
         )
 
 
-def _judge_sanctions(rule: CompiledRule, places: Mapping[str, Place]) -> Reason | None:
+def _judge_sanctions(rule: CompiledRule, places: Mapping[str, PlaceValue]) -> Reason | None:
     """A ``sanctioned_region`` reason when ``min_signals`` signals put the device in one of the
     rule's regions, else None."""
     matched = _sanction_signals(rule, places)
@@ -289,7 +316,7 @@ def _judge_sanctions(rule: CompiledRule, places: Mapping[str, Place]) -> Reason 
     return Reason("sanctioned_region", rule.id, rule.kind, rule.action, region, signals)
 
 
-def _judge_unknown_device(rule: CompiledRule, places: Mapping[str, Place]) -> Reason | None:
+def _judge_unknown_device(rule: CompiledRule, places: Mapping[str, PlaceValue]) -> Reason | None:
     """A territory rule on a device no allocation holds: nothing to compare places with, so the
     rule's ``unknown_device`` action applies at once (``allow``: no reason)."""
     if rule.unknown_device == "allow":
@@ -305,7 +332,7 @@ def _judge_unknown_device(rule: CompiledRule, places: Mapping[str, Place]) -> Re
 
 def _judge_territory(
     rule: CompiledRule,
-    places: Mapping[str, Place],
+    places: Mapping[str, PlaceValue],
     device: DistributorInfo,
     state: _StateChanges,
 ) -> Reason | None:
@@ -369,13 +396,19 @@ def _decision(
     )
 
 
-def _sanction_signals(rule: CompiledRule, places: Mapping[str, Place]) -> list[str] | None:
+def _sanction_signals(rule: CompiledRule, places: Mapping[str, PlaceValue]) -> list[str] | None:
     """Signals placing the device in one of the rule's regions, None below ``min_signals``."""
     regions = rule.regions
     matched: list[str] | None = None
     for signal in rule.signals:
         place = places.get(signal)
-        if place is not None and (place.country in regions or place.subdivision in regions):
+        if place is None:
+            continue
+        if type(place) is Place:
+            hit = place.country in regions or place.subdivision in regions
+        else:  # several places (SPEC §9): in the region when any of them is
+            hit = any(p.country in regions or p.subdivision in regions for p in place)
+        if hit:
             if matched is None:
                 matched = [signal]
             else:
@@ -386,12 +419,12 @@ def _sanction_signals(rule: CompiledRule, places: Mapping[str, Place]) -> list[s
 
 
 def _best_region(
-    rule: CompiledRule, matched: list[str], places: Mapping[str, Place]
-) -> tuple[str, dict[str, str]]:
+    rule: CompiledRule, matched: list[str], places: Mapping[str, PlaceValue]
+) -> tuple[str, dict[str, str | tuple[str, ...]]]:
     """The region matched by most of the ``matched`` signals (tie: listed first in the rule) and
     the signal -> label map of the signals in that region."""
     rank = rule.region_rank
-    if len(matched) == 1:  # the usual case, without the counting
+    if len(matched) == 1 and type(places[matched[0]]) is Place:  # the usual case, no counting
         signal = matched[0]
         place = places[signal]
         country_rank = rank.get(place.country)
@@ -405,44 +438,52 @@ def _best_region(
             return place.country, {signal: place.label}
         return sub, {signal: place.label}
     counts: dict[str, int] = {}
+    regions_by_signal: dict[str, set[str]] = {}
     for signal in matched:
-        place = places[signal]
-        # A place can lie in two listed regions (UA and UA-43): it counts for both.
-        if place.country in rank:
-            counts[place.country] = counts.get(place.country, 0) + 1
-        if place.subdivision in rank:
-            counts[place.subdivision] = counts.get(place.subdivision, 0) + 1
+        # A place can lie in two listed regions (UA and UA-43): it counts for both. A signal
+        # with several places counts once for each listed region any of them lies in.
+        found: set[str] = set()
+        for place in places_of(places[signal]):
+            if place.country in rank:
+                found.add(place.country)
+            if place.subdivision in rank:
+                found.add(place.subdivision)
+        regions_by_signal[signal] = found
+        for code in found:
+            counts[code] = counts.get(code, 0) + 1
     if len(counts) == 1:  # the usual case: every signal agrees
         best = next(iter(counts))
-        return best, {s: places[s].label for s in matched}
+        return best, {s: signal_label(places[s]) for s in matched}
     best = min(counts, key=lambda code: (-counts[code], rank[code]))
-    signals = {
-        s: places[s].label
-        for s in matched
-        if places[s].country == best or places[s].subdivision == best
-    }
+    signals = {s: signal_label(places[s]) for s in matched if best in regions_by_signal[s]}
     return best, signals
 
 
 def _territory_signals(
-    rule: CompiledRule, places: Mapping[str, Place], territories: frozenset[str]
-) -> tuple[dict[str, str], int]:
-    """(signal -> label for signals outside every territory, number of signals present)."""
-    outside: dict[str, str] = {}
+    rule: CompiledRule, places: Mapping[str, PlaceValue], territories: frozenset[str]
+) -> tuple[dict[str, str | tuple[str, ...]], int]:
+    """(signal -> label(s) for signals outside every territory, number of signals present).
+    A signal with several places is outside when none of them is inside a territory."""
+    outside: dict[str, str | tuple[str, ...]] = {}
     present = 0
     for signal in rule.signals:
         place = places.get(signal)
         if place is None:
             continue
         present += 1
-        if place.country not in territories and place.subdivision not in territories:
-            outside[signal] = place.label
+        if type(place) is Place:
+            if place.country not in territories and place.subdivision not in territories:
+                outside[signal] = place.label
+        elif not any(p.country in territories or p.subdivision in territories for p in place):
+            outside[signal] = signal_label(place)
     return outside, present
 
 
-def _present(rule: CompiledRule, places: Mapping[str, Place]) -> dict[str, str]:
-    """signal -> label for each of the rule's signals that gave a place."""
-    return {s: places[s].label for s in rule.signals if s in places}
+def _present(
+    rule: CompiledRule, places: Mapping[str, PlaceValue]
+) -> dict[str, str | tuple[str, ...]]:
+    """signal -> label(s) for each of the rule's signals that gave a place."""
+    return {s: signal_label(places[s]) for s in rule.signals if s in places}
 
 
 def compile_bundle(bundle: Mapping[str, Any]) -> CompiledPolicy:

@@ -85,6 +85,56 @@ class Place:
         return region == self.country or region == self.subdivision
 
 
+#: What one signal gave: one :class:`Place`, or, for a device with several SIMs (SPEC §9), a
+#: tuple of at least two distinct places in the order the SIMs were reported. A lone place is
+#: never wrapped in a tuple, so the one-SIM case costs what it always did.
+PlaceValue = Place | tuple[Place, ...]
+
+
+def places_of(value: PlaceValue) -> tuple[Place, ...]:
+    """Every place of one signal's value, as a tuple."""
+    return (value,) if type(value) is Place else value
+
+
+def place_value(places: Iterable[Place]) -> PlaceValue | None:
+    """One signal's value from the places it gave (duplicates dropped, first seen first):
+    None for none, the place itself for one, a tuple for several."""
+    distinct: list[Place] = []
+    for place in places:
+        if place not in distinct:
+            distinct.append(place)
+    if not distinct:
+        return None
+    return distinct[0] if len(distinct) == 1 else tuple(distinct)
+
+
+def signal_label(value: PlaceValue) -> str | tuple[str, ...]:
+    """A signal's value as labels: a plain string for one place, a tuple for several."""
+    if type(value) is Place:
+        return value.label
+    return tuple(place.label for place in value)
+
+
+def place_labels(places: Mapping[str, PlaceValue]) -> dict[str, str | list[str]]:
+    """signal -> label (a list of labels for a signal with several places): the stored and
+    reported form of a check-in's places."""
+    out: dict[str, str | list[str]] = {}
+    for signal, value in places.items():
+        out[signal] = value.label if type(value) is Place else [p.label for p in value]
+    return out
+
+
+def parse_place_value(label: str | Iterable[str]) -> PlaceValue:
+    """Inverse of one entry of :func:`place_labels`: a region code, or a list of them.
+    ValueError when a code is malformed or the list is empty."""
+    if isinstance(label, str):
+        return Place.parse(label)
+    value = place_value(Place.parse(code) for code in label)
+    if value is None:
+        raise ValueError("a signal's list of places is empty")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceState:
     """What the store keeps for a device between check-ins.
@@ -113,13 +163,16 @@ class DeviceState:
 
 @dataclass(frozen=True, slots=True)
 class Facts:
-    """Everything one decision depends on: the IMEI, the place each signal gave, the time and the
-    state carried from earlier check-ins. Signals with no place are simply absent."""
+    """Everything one decision depends on: the IMEI, the place(s) each signal gave (see
+    :data:`PlaceValue`), the time and the state carried from earlier check-ins. Signals with no
+    place are simply absent. ``aliases`` are the device's other IMEIs in the order it reported
+    them (SPEC §9); they only matter when no allocation holds the primary ``imei``."""
 
     imei: str
-    places: Mapping[str, Place]
+    places: Mapping[str, PlaceValue]
     now: float
     state: DeviceState = field(default_factory=DeviceState)
+    aliases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +192,8 @@ class Reason:
     kind: str | None
     action: str
     region: str | None = None
-    signals: Mapping[str, str] = field(default_factory=dict)
+    #: signal -> label, or a tuple of labels for a signal with several places (SPEC §9).
+    signals: Mapping[str, str | tuple[str, ...]] = field(default_factory=dict)
     distributor: str | None = None
     territories: tuple[str, ...] = ()
     lock_at: float | None = None
@@ -154,7 +208,10 @@ class Reason:
             "code": self.code,
             "rule": self.rule,
             "region": self.region,
-            "signals": dict(self.signals),
+            "signals": {
+                signal: label if type(label) is str else list(label)
+                for signal, label in self.signals.items()
+            },
         }
         if self.kind == DISTRIBUTOR_TERRITORY or self.distributor is not None:
             out["distributor"] = self.distributor

@@ -24,9 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.engine.compiler import CompiledPolicy
-from service.engine.model import DeviceState, Facts, Place, apply_override
+from service.engine.model import DeviceState, Facts, Place, PlaceValue, apply_override
 from service.store.devices import DeviceStore
-from service.store.records import LastCheckin, RecordError, decode_override, decode_state
+from service.store.records import (
+    LastCheckin,
+    RecordError,
+    decode_aliases,
+    decode_override,
+    decode_state,
+)
 
 #: Keys asked per SCAN call: big, so a million devices take a few hundred round trips.
 SCAN_COUNT = 10_000
@@ -83,8 +89,9 @@ class SimulationReport:
         }
 
 
-#: The two fields of a device record a replay needs.
-REPLAY_FIELDS = ("facts", "state")
+#: The fields of a device record a replay needs (``imeis``: its other IMEIs, which name its
+#: distributor when no allocation holds the primary, SPEC §9).
+REPLAY_FIELDS = ("facts", "state", "imeis")
 
 
 class _Parser:
@@ -92,7 +99,7 @@ class _Parser:
 
     def __init__(self) -> None:
         self.states: dict[Any, DeviceState] = {}
-        self.places: dict[tuple, Mapping[str, Place]] = {}
+        self.places: dict[tuple, Mapping[str, PlaceValue]] = {}
         self.labels: dict[str, Place] = {}
 
     def state(self, raw: Any) -> DeviceState:
@@ -104,19 +111,37 @@ class _Parser:
             self.states[raw] = parsed
         return parsed
 
-    def place_map(self, key: tuple) -> Mapping[str, Place]:
+    def place_map(self, key: tuple) -> Mapping[str, PlaceValue]:
         hit = self.places.get(key)
         if hit is not None:
             return hit
-        places = {}
+        places: dict[str, PlaceValue] = {}
         for signal, label in key:
-            place = self.labels.get(label)
-            if place is None:
-                place = self.labels[label] = Place.parse(label)
-            places[signal] = place
+            if type(label) is tuple:  # several places (SPEC §9), see place_key
+                places[signal] = tuple(self.place(one) for one in label)
+            else:
+                places[signal] = self.place(label)
         if len(self.places) < _CACHE_MAX:
             self.places[key] = places
         return places
+
+    def place(self, label: str) -> Place:
+        place = self.labels.get(label)
+        if place is None:
+            place = self.labels[label] = Place.parse(label)
+        return place
+
+
+def place_key(places: Mapping[str, str | list[str]]) -> tuple:
+    """Stored places as a hashable key: a signal's list of labels becomes a tuple (duplicates
+    dropped, order kept; one label left is that label)."""
+    key = []
+    for signal, label in places.items():
+        if type(label) is list:
+            distinct = tuple(dict.fromkeys(label))
+            label = distinct[0] if len(distinct) == 1 else distinct
+        key.append((signal, label))
+    return tuple(key)
 
 
 def _time_independent(*policies: CompiledPolicy) -> bool:
@@ -148,7 +173,7 @@ def simulate(
     # their pair of verdicts, and most devices look like many others.
     memo: dict[tuple, tuple[str, str]] | None = {} if _time_independent(active, candidate) else None
     for rows in devices.field_batches(REPLAY_FIELDS, batch=batch, scan_count=SCAN_COUNT):
-        for imei, (raw_facts, raw_state) in rows:
+        for imei, (raw_facts, raw_state, raw_aliases) in rows:
             raw_override = overrides.get(imei)
             if not raw_facts:
                 report.skipped += 1  # no facts kept: nothing to replay
@@ -159,19 +184,25 @@ def simulate(
                 report.skipped += 1  # a damaged record: nothing to replay
                 continue
             at = facts.at
-            place_key = tuple(facts.places.items())
+            places = place_key(facts.places)
+            try:
+                aliases = decode_aliases(raw_aliases) if raw_aliases else ()
+            except RecordError:
+                aliases = ()  # a damaged list of other IMEIs: judge by the primary alone
             key = pair = None
             if memo is not None and raw_override is None:
                 key = (
-                    active.distributor_of(imei),
-                    candidate.distributor_of(imei),
-                    place_key,
+                    active.distributor_of(imei, aliases),
+                    candidate.distributor_of(imei, aliases),
+                    places,
                     raw_state,
                 )
                 pair = memo.get(key)
             if pair is None:
                 try:
-                    device = Facts(imei, parser.place_map(place_key), at, parser.state(raw_state))
+                    device = Facts(
+                        imei, parser.place_map(places), at, parser.state(raw_state), aliases
+                    )
                     override = decode_override(raw_override)
                 except (KeyError, TypeError, ValueError):  # RecordError is a ValueError
                     report.skipped += 1

@@ -18,6 +18,20 @@ def device_override(imei: str) -> str:
     return f"{PREFIX}dev:{{{imei}}}:override"
 
 
+def device_shared_imeis(imei: str) -> str:
+    """Set: the IMEIs this device reported that another device reports too (a cloned or reused
+    IMEI, SPEC §9); in the device's slot, beside its record."""
+    return f"{PREFIX}dev:{{{imei}}}:shared"
+
+
+def imei_alias(imei: str) -> str:
+    """Set: the primary IMEIs of the devices that reported IMEI as one of their other IMEIs
+    (SPEC §9). Tagged by the alias itself, so a lookup by any IMEI is one key in one slot; it
+    lives in another slot than its devices' records and is written after them (never in
+    their MULTI)."""
+    return f"{PREFIX}alias:{{{imei}}}"
+
+
 # SCAN pattern matching only the device record hashes (their names end with the tag).
 DEVICE_SCAN_PATTERN = f"{PREFIX}dev:{{*}}"
 

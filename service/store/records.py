@@ -49,13 +49,15 @@ class RecordError(ValueError):
 @dataclass(frozen=True, slots=True)
 class LastCheckin:
     """The facts of the device's latest check-in (field ``facts``): when, and the place label
-    each signal gave. Kept to explain the verdict and to replay it in a simulation."""
+    each signal gave (a list of labels for a signal with several places, SPEC §9; records
+    written before that hold strings only and read as they are). Kept to explain the verdict
+    and to replay it in a simulation."""
 
     at: float
-    places: dict[str, str]
+    places: dict[str, str | list[str]]
 
     def encode(self) -> bytes:
-        """Stored form: ``{"at": <epoch seconds>, "places": {signal: label}}``."""
+        """Stored form: ``{"at": <epoch seconds>, "places": {signal: label or [labels]}}``."""
         return orjson.dumps({"at": self.at, "places": self.places})
 
     @classmethod
@@ -64,8 +66,12 @@ class LastCheckin:
         try:
             data = orjson.loads(raw)
             places = data["places"]
-            if not isinstance(places, dict):
-                raise TypeError("places is not an object")
+            if not isinstance(places, dict) or not all(
+                isinstance(v, str)
+                or (isinstance(v, list) and v and all(isinstance(x, str) for x in v))
+                for v in places.values()
+            ):
+                raise TypeError("places is not an object of labels")
             return cls(at=float(data["at"]), places=places)
         except _DAMAGE as exc:
             raise RecordError("facts") from exc
@@ -280,3 +286,24 @@ def decode_override(raw: str | bytes | None) -> Override | None:
         )
     except _DAMAGE as exc:
         raise RecordError("override") from exc
+
+
+# --- several IMEIs (SPEC §9): the record's ``imeis`` field, written by store/identities.py ----
+
+
+def encode_aliases(aliases: Iterable[str]) -> bytes:
+    """Stored form of a device's other IMEIs (JSON list, in the device's order)."""
+    return orjson.dumps(list(aliases))
+
+
+def decode_aliases(raw: str | bytes | None) -> tuple[str, ...]:
+    """A device's other IMEIs from a stored ``imeis`` field (none when absent)."""
+    if not raw:
+        return ()
+    try:
+        data = orjson.loads(raw)
+        if not isinstance(data, list) or not all(isinstance(i, str) for i in data):
+            raise TypeError("imeis is not a list of strings")
+        return tuple(data)
+    except _DAMAGE as exc:
+        raise RecordError("imeis") from exc

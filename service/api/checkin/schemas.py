@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates,
+    validates_schema,
+)
 from stdnum import luhn
 
 from service.api.parsing import IMEI_OUT_PATTERN, Digits
@@ -30,6 +38,32 @@ class SimSchema(_Lenient):
             raise ValidationError("has an invalid Luhn check digit")
 
 
+#: SPEC §9: at most this many other IMEIs and SIM objects in one check-in.
+MAX_ALIASES = 3
+MAX_SIMS = 4
+
+
+class SlotSimSchema(SimSchema):
+    """One of a device's several SIMs (SPEC §9): a ``sim`` with the slot it sits in."""
+
+    slot = fields.Integer(
+        allow_none=True, strict=True, validate=validate.Range(1, 4), metadata={"example": 1}
+    )
+
+
+class AliasImei(Digits):
+    """One of the device's other IMEIs: 15 digits with a valid Luhn digit."""
+
+    def __init__(self, **kwargs):
+        super().__init__(15, 15, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        digits = super()._deserialize(value, attr, data, **kwargs)
+        if not luhn_ok(digits):
+            raise ValidationError("has an invalid Luhn check digit")
+        return digits
+
+
 class GpsSchema(_Lenient):
     lat = fields.Float(required=True, allow_nan=False, validate=validate.Range(-90, 90))
     lon = fields.Float(required=True, allow_nan=False, validate=validate.Range(-180, 180))
@@ -46,18 +80,87 @@ class CheckinSchema(_Lenient):
         validate=validate.Length(min=1, max=128),
         metadata={"description": "echoed inside the signed verdict, so a replay is detectable"},
     )
+    imeis = fields.List(
+        AliasImei(),
+        allow_none=True,
+        # The primary may be listed too (it is ignored), hence one more entry than aliases.
+        validate=validate.Length(max=MAX_ALIASES + 1),
+        metadata={
+            "description": "the device's other IMEIs (one per modem), 0-3; the primary `imei` "
+            "and duplicates are ignored (SPEC §9)"
+        },
+    )
+    sims = fields.List(
+        fields.Nested(SlotSimSchema),
+        allow_none=True,
+        validate=validate.Length(max=MAX_SIMS),
+        metadata={
+            "description": "the device's SIMs, 0-4, `slot` 1-4 unique; `sim` still means one "
+            "more SIM (SPEC §9)"
+        },
+    )
 
     @validates("imei")
     def _imei_luhn(self, value, **_):
         if not luhn_ok(value):
             raise ValidationError("has an invalid Luhn check digit")
 
+    @validates_schema(skip_on_field_errors=True)
+    def _at_most_three_aliases(self, data, **_):
+        distinct = set(data.get("imeis") or ()) - {data.get("imei")}
+        if len(distinct) > MAX_ALIASES:
+            raise ValidationError(
+                f"at most {MAX_ALIASES} IMEIs other than the primary", field_name="imeis"
+            )
+
+    @validates("sims")
+    def _unique_slots(self, value, **_):
+        seen: set[int] = set()
+        errors: dict[int, dict[str, list[str]]] = {}
+        for i, sim in enumerate(value or ()):
+            slot = sim.get("slot")
+            if slot is None:
+                continue
+            if slot in seen:
+                errors[i] = {"slot": [f"slot {slot} is given twice"]}
+            seen.add(slot)
+        if errors:
+            raise ValidationError(errors)
+
+
+class PlaceLabels(fields.Field):
+    """A region code, or a list of them (a signal with several places, SPEC §9)."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault(
+            "metadata",
+            {
+                "oneOf": [
+                    {"type": "string", "example": "CU"},
+                    {"type": "array", "items": {"type": "string"}, "example": ["CU", "FR"]},
+                ]
+            },
+        )
+        super().__init__(**kwargs)
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is None or isinstance(value, str):
+            return value
+        return list(value)
+
 
 class ReasonSchema(Schema):
     code = fields.String(required=True)
     rule = fields.String(allow_none=True)
     region = fields.String(allow_none=True)
-    signals = fields.Dict(keys=fields.String(), values=fields.String())
+    signals = fields.Dict(
+        keys=fields.String(),
+        values=PlaceLabels(),
+        metadata={
+            "description": "signal -> the place it gave; a list when the signal gave several "
+            "(a device with several SIMs, SPEC §9)"
+        },
+    )
     distributor = fields.String(allow_none=True)
     territories = fields.List(fields.String())
     lock_at = fields.String(allow_none=True)

@@ -16,6 +16,7 @@ from service.api.devices.schemas import (
 )
 from service.api.parsing import ApiBlueprint, matches_imei_pattern
 from service.devices.document import device_document, override_out
+from service.devices.identity import AMBIGUOUS_CODE, AmbiguousImei, resolve_device
 from service.devices.overrides import (
     SCOPE_MESSAGE,
     InvalidImei,
@@ -30,17 +31,27 @@ blp = ApiBlueprint("devices", __name__, url_prefix="/v1/devices", description="S
 
 
 def _imei(raw: str) -> str:
+    """The primary IMEI of the device RAW names (SPEC §9: an alias reaches its device)."""
     if not matches_imei_pattern(raw):
         raise ApiError(422, "the IMEI is not valid", fields={"imei": ["must be 15 digits"]})
     try:
-        return normalise_imei(raw)
+        imei = normalise_imei(raw)
     except InvalidImei as exc:
         raise ApiError(422, "the IMEI is not valid", fields={"imei": [exc.problem]}) from None
+    try:
+        return resolve_device(current_app.extensions["regionlock"].identities, imei)
+    except AmbiguousImei as exc:
+        raise ApiError(
+            409,
+            "this IMEI is another IMEI of several devices: use one of their primary IMEIs",
+            code=AMBIGUOUS_CODE,
+            extra={"primaries": list(exc.primaries)},
+        ) from None
 
 
 def _document(imei: str) -> dict | None:
     rl = current_app.extensions["regionlock"]
-    return device_document(rl.devices, rl.policies.current().policy, imei)
+    return device_document(rl.devices, rl.policies.current().policy, imei, rl.identities)
 
 
 def _service() -> OverrideService:
@@ -53,6 +64,7 @@ class Device(MethodView):
     @blp.doc(security=[{"bearer": []}])
     @blp.response(200, DeviceSchema)
     @blp.alt_response(404, description="never seen and never overridden")
+    @blp.alt_response(409, description="ambiguous_imei: an alias of several devices")
     @require("devices:read")
     def get(self, imei):
         """A device's record: verdict, why, evidence, activation, override, history."""
@@ -67,6 +79,7 @@ class Unlock(MethodView):
     @blp.doc(security=[{"bearer": []}])
     @blp.response(201, UnlockResultSchema)
     @blp.alt_response(403, description="the only lock is one this role cannot lift")
+    @blp.alt_response(409, description="ambiguous_imei: an alias of several devices")
     @require("devices:write")
     @blp.arguments(UnlockSchema)
     def post(self, body, imei):
@@ -102,6 +115,7 @@ class Unlock(MethodView):
 class Lock(MethodView):
     @blp.doc(security=[{"bearer": []}])
     @blp.response(201, OverrideOutSchema)
+    @blp.alt_response(409, description="ambiguous_imei: an alias of several devices")
     @require("devices:write")
     @blp.arguments(LockSchema)
     def post(self, body, imei):
@@ -116,6 +130,7 @@ class RemoveOverride(MethodView):
     @blp.doc(security=[{"bearer": []}])
     @blp.response(204)
     @blp.alt_response(404, description="the device has no override")
+    @blp.alt_response(409, description="ambiguous_imei: an alias of several devices")
     @require("devices:write")
     def delete(self, imei):
         """Remove the device's override; the next check-in follows the policy again."""

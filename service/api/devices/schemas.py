@@ -59,7 +59,28 @@ class UnlockResultSchema(Schema):
 
 
 class DeviceSchema(Schema):
-    imei = fields.String(metadata={"pattern": IMEI_OUT_PATTERN})
+    imei = fields.String(
+        metadata={"pattern": IMEI_OUT_PATTERN, "description": "the primary IMEI (SPEC §9)"}
+    )
+    imeis = fields.List(
+        fields.String(metadata={"pattern": IMEI_OUT_PATTERN}),
+        metadata={
+            "description": "every IMEI of the device: the primary first, then the others "
+            "as it last reported them"
+        },
+    )
+    shared_imeis = fields.List(
+        fields.String(metadata={"pattern": IMEI_OUT_PATTERN}),
+        metadata={
+            "description": "IMEIs of this device that another device reports too, as "
+            "its primary or another IMEI (a cloned or reused IMEI); never taken over"
+        },
+    )
+    shared_with = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={"description": "shared IMEI -> the primary IMEIs of the other devices"},
+    )
     tac = fields.String()
     distributor = fields.Dict(allow_none=True)
     activation = fields.Dict(allow_none=True)
