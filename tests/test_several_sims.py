@@ -311,3 +311,42 @@ def test_openapi_documents_the_new_fields(client):
     assert {"imeis", "shared_imeis"} <= set(device)
     signals = spec["components"]["schemas"]["Reason"]["properties"]["signals"]
     assert "oneOf" in signals["additionalProperties"]
+
+
+def test_simulation_replays_several_places_aliases_and_old_records(post, client, tokens, redis):
+    import copy
+
+    seed = load_bundle_dir("policies")
+    # Two SIMs (France, Cuba) on a device whose only allocated IMEI is its alias HK.
+    post({"imei": UNKNOWN, "imeis": [HK], "sims": [{"network": "20801"}, {"network": "36801"}]})
+    # A record written before SPEC §9 (places as plain strings) still replays.
+    redis.hset(
+        keys.device(UNKNOWN2), "facts", orjson.dumps({"at": 1.0, "places": {"network": "CU"}})
+    )
+    candidate = copy.deepcopy(seed)
+    candidate["rules"] = [r for r in candidate["rules"] if r["type"] != "sanctioned_region"]
+    response = client.post(
+        "/v1/policy/simulate", json={"bundle": candidate}, headers=bearer(tokens["editor"])
+    )
+    report = response.get_json()
+    assert response.status_code == 200, report
+    assert report["evaluated"] == 2 and report["skipped"] == 0
+    # UNKNOWN stays locked by the gray-market rule (distributor found by its alias, neither SIM
+    # in Hong Kong); UNKNOWN2, an unknown device, is only locked by sanctions.
+    assert report["changes"] == {"lock->allow": 1}
+    assert report["samples"]["lock->allow"] == [UNKNOWN2]
+
+
+def test_signature_verifies_with_several_places(post, client, tokens):
+    from tests.test_signing import firmware_verifies
+
+    answer = post(
+        {"imei": UNKNOWN, "imeis": [ALIAS], "sims": [{"network": "36801"}, {"network": "20801"}]}
+    )
+    assert answer["reasons"][0]["signals"] == {"network": ["CU", "FR"]}
+    keys_doc = client.get("/v1/keys", headers=bearer(tokens["device"])).get_json()
+    jwks = {jwk["kid"]: jwk for jwk in keys_doc["keys"]}
+    assert firmware_verifies(answer, jwks)
+    assert not firmware_verifies(
+        {**answer, "reasons": [{**answer["reasons"][0], "signals": {}}]}, jwks
+    )
