@@ -61,7 +61,7 @@ def _assert_unavailable(response) -> None:
 @pytest.mark.parametrize("where", ["blackhole", "closed_port"])
 def test_unreachable_redis_is_a_quick_503(make_app, request, where):
     url = request.getfixturevalue(where)
-    app = make_app(redis_url=url)
+    app = make_app(redis_url=url, redis_timeout_s=0.5)  # the production fail-fast budget
     app.extensions["regionlock"].breaker.pause_s = 60  # stays open for the whole test
     client = app.test_client()
     token = "rl_" + "x" * 43
