@@ -17,9 +17,9 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench.bench_servers", []),
     ("bench.bench_simulate", ["--devices", "1000000"]),
     ("bench.bench_memory", ["--devices", "5000"]),
+    # Evidence accuracy (docs/accuracy.md): GPS lookup speed, GPS near the borders, and the IP
+    # databases (several minutes, references fetched with npm).
     ("bench.bench_evidence", ["--per-band", "150"]),
-    # IP evidence accuracy (docs/accuracy.md); several minutes, references fetched with npm.
-    ("bench.bench_evidence_ip", []),
 ]
 
 

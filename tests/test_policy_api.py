@@ -415,7 +415,7 @@ def test_rollback_is_not_braked(app, as_role, checkin):
 
 
 def test_every_worker_serves_a_new_version_within_a_second(make_app, tokens):
-    # Two apps on one Redis, each with its own policy cache and watcher: two gunicorn workers.
+    # Two apps on one Redis, each with its own policy cache and watcher: two granian workers.
     first = make_app(policy_poll_s=0.5).test_client()
     second = make_app(policy_poll_s=0.5).test_client()
     device = unknown_imei(1)

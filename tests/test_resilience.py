@@ -61,7 +61,7 @@ def _assert_unavailable(response) -> None:
 @pytest.mark.parametrize("where", ["blackhole", "closed_port"])
 def test_unreachable_redis_is_a_quick_503(make_app, request, where):
     url = request.getfixturevalue(where)
-    app = make_app(redis_url=url)
+    app = make_app(redis_url=url, redis_timeout_s=0.5)  # the production fail-fast budget
     app.extensions["regionlock"].breaker.pause_s = 60  # stays open for the whole test
     client = app.test_client()
     token = "rl_" + "x" * 43
@@ -202,10 +202,34 @@ def test_after_an_outage_calls_fail_fast_then_probe_again(make_app, private_redi
     private_redis.start()
     # Redis is back, but the breaker is open: answered at once, Redis not even asked.
     _assert_unavailable(checkin())
-    assert client.get("/readyz").status_code == 200  # readiness always probes for real
     assert client.get("/v1/openapi.json").status_code == 200
     breaker.pause_s = 0
     breaker.trip()  # a pause of zero: the next call probes
+    assert checkin().status_code == 200
+
+
+def test_a_ready_answer_closes_the_outage_breaker(make_app, private_redis):
+    """/readyz always probes Redis for real; when it answers, the worker's breaker closes, so a
+    worker that says ready never answers /v1 calls 503 for the rest of its pause."""
+    device = TokenStore(redis_lib.Redis.from_url(private_redis.url, decode_responses=True)).create(
+        name="fw", role="device"
+    )
+    app = make_app(redis_url=private_redis.url, token_cache_s=600)
+    breaker = app.extensions["regionlock"].breaker
+    breaker.pause_s = 30
+    client = app.test_client()
+
+    def checkin():
+        return client.post("/v1/checkin", json={"imei": HK}, headers=bearer(device))
+
+    private_redis.stop()
+    _assert_unavailable(checkin())
+    assert client.get("/readyz").status_code == 503
+    assert breaker.is_open()  # an unready probe leaves it open
+    private_redis.start()
+    _assert_unavailable(checkin())
+    assert client.get("/readyz").status_code == 200
+    assert not breaker.is_open()
     assert checkin().status_code == 200
 
 

@@ -48,7 +48,8 @@ def test_role_endpoint_status(app, client, tokens, role, endpoint, allowed):
     method, path, body, _, ok_status = ENDPOINTS[endpoint]
     if endpoint == "device":
         # A device record exists once it has checked in.
-        client.post("/v1/checkin", json={"imei": IMEI}, headers=bearer(tokens["device"]))
+        checkin = client.post("/v1/checkin", json={"imei": IMEI}, headers=bearer(tokens["device"]))
+        assert checkin.status_code == 200, checkin.get_json()
     response = client.open(path, method=method, json=body, headers=bearer(tokens[role]))
     expected = ok_status if allowed else 403
     assert response.status_code == expected, response.get_json()

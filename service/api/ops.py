@@ -18,7 +18,8 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready when Redis answers and a policy version is loaded.
+    """Ready when Redis answers and a policy version is loaded (an answer also closes this
+    worker's outage breaker).
 
     Warnings (an IP database more than 180 days old) are listed but do not make it unready:
     a stale database still answers, and taking every instance out of a load balancer for it
@@ -27,6 +28,9 @@ def readyz():
     checks: dict[str, object] = {}
     try:
         ping(rl.redis)
+        # This process's breaker may still be open from the outage: Redis is back, so /v1
+        # calls answered by this worker try it again (a ready worker never answers 503).
+        rl.breaker.reset()
         checks["redis"] = "ok"
         checks["policy_version"] = rl.policies.current().version
     except (redis_lib.RedisError, redis_lib.exceptions.RedisClusterException) as exc:

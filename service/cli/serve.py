@@ -10,6 +10,7 @@ index and the compiled policy copy-on-write and no first check-in waits for eith
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import click
@@ -207,7 +208,11 @@ def run_granian(app, bind: str, workers: int, threads: int, native_wsgi: bool = 
 
     def load_in_worker():
         # A worker must not outlive a killed master (it would go on serving, unsupervised).
-        terminate_with_parent()
+        # SIGKILL, not SIGTERM: a SIGTERM arriving before granian installs the worker's own
+        # handlers meets the master's (inherited, it only sets a flag) and is lost, and a
+        # graceful stop that hangs has no master left to kill it after WORKERS_KILL_TIMEOUT_S.
+        # Nothing is half-written by it: every state change is one MULTI/EXEC or Lua script.
+        terminate_with_parent(signal.SIGKILL)
         if os.getppid() != master:  # the master died before the line above
             os._exit(1)
         return target

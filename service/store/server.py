@@ -224,15 +224,15 @@ class EmbeddedRedis:
         self.stop()
 
 
-def terminate_with_parent() -> None:
-    """In the child, before exec: have Linux send SIGTERM when the parent dies, so a killed
-    `regionlock serve` never leaves an orphaned server holding var/redis (SIGTERM still lets
-    Redis flush its append-only file). Linux ties this to the thread that started the server:
-    start it from a thread that lives as long as it should (the main thread does, and so does
-    the supervisor thread that restarts it). Elsewhere nothing is done."""
+def terminate_with_parent(signum: int = signal.SIGTERM) -> None:
+    """In the child: have Linux send SIGNUM (SIGTERM by default) when the parent dies, so a
+    killed `regionlock serve` never leaves an orphaned server holding var/redis (SIGTERM still
+    lets Redis flush its append-only file). Linux ties this to the thread that started the
+    child: start it from a thread that lives as long as it should (the main thread does, and so
+    does the supervisor thread that restarts Redis). Elsewhere nothing is done."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        libc.prctl(1, signum)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 

@@ -140,6 +140,10 @@ class OutageBreaker:
         """True while calls should not even try Redis."""
         return time.monotonic() < self._until
 
+    def reset(self) -> None:
+        """Redis just answered (a /readyz probe): calls may try it again at once."""
+        self._until = 0.0
+
 
 #: What a client is told when Redis is away, or when something failed on our side: never the
 #: exception's own text, which may hold addresses, keys or internals.

@@ -1,6 +1,6 @@
 """Prometheus metrics, served at /metrics, made by the app factory (one ``Metrics`` per app).
 
-Under gunicorn every worker is its own process: ``regionlock serve`` gives the app a folder
+Under granian every worker is its own process: ``regionlock serve`` gives the app a folder
 (``Settings.metrics_dir``, prometheus-client's ``PROMETHEUS_MULTIPROC_DIR``), each worker writes
 its samples to files there and a scrape of any worker sums them all (prometheus-client's
 multiprocess mode). Without a folder (tests, a single process) the app's own registry is served.
@@ -117,6 +117,7 @@ class Metrics:
 
 
 def mark_worker_dead(pid: int) -> None:
-    """Tell multiprocess mode a worker is gone (gunicorn ``child_exit``)."""
+    """Tell multiprocess mode a worker is gone (called by ``regionlock serve``'s granian process
+    manager when it stops or replaces a worker; granian has no ``child_exit`` hook)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         _multiprocess.mark_process_dead(pid)
