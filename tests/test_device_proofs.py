@@ -452,3 +452,13 @@ def test_devices_unproven_lists_who_checked_in_without_a_proof(cli, proof_app, p
     assert [r for r in rows if r.startswith(EU)][0].split(",")[3] != ""
     recent = cli("devices", "unproven", "--since", "2")
     assert [r.split(",")[0] for r in recent.stdout.splitlines()[1:]] == [HK]
+
+
+def test_openapi_documents_the_proof_header_and_its_401(client):
+    spec = client.get("/v1/openapi.json").get_json()
+    operation = spec["paths"]["/v1/checkin"]["post"]
+    [header] = [p for p in operation["parameters"] if p["name"] == "X-Device-Proof"]
+    assert header["in"] == "header" and not header["required"]
+    assert "device_proof" in operation["responses"]["401"]["description"]
+    reset = spec["paths"]["/v1/devices/{imei}/activation"]["delete"]
+    assert {"204", "404", "422"} <= set(reset["responses"])
