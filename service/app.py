@@ -14,9 +14,11 @@ from service.api.openapi import ErrorResponsesPlugin, RegionlockApi
 from service.api.parsing import ImeiConverter, imei_parameter_schema
 from service.config import ConfigError, Settings, load_settings
 from service.console.security import SESSION_IDLE
+from service.crypto.device_keys import MASTER_KEY_NAME
 from service.crypto.secrets import load_shared_secret
 from service.crypto.signing import KEK_NAME, KeyRing
 from service.devices.checkin import CheckinService
+from service.devices.proofs import DeviceProofs
 from service.engine.loading import load_bundle_dir
 from service.evidence import Evidence, GeoIP, GpsGeocoder
 from service.evidence.mcc import mcc_mnc_of_imsi
@@ -110,8 +112,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         refresh_s=settings.keys_refresh_s,
         activation_delay_s=settings.key_activation_delay_s,
     )
+    # The unlock master key (SPEC §11): device keys and check-in proof keys derive from it.
+    master_key = load_shared_secret(
+        MASTER_KEY_NAME, settings.key_ring_dir / MASTER_KEY_NAME, settings.unlock_master_key_file
+    )
     deployment = DeploymentChecks(SecretIdStore(client))
     deployment.add_secret(kek)
+    deployment.add_secret(master_key)
     deployment.add_step(
         # Not audited: nothing was changed by anyone (rotations and imports by the CLI are).
         lambda: keys.ensure(legacy_dir=settings.key_ring_dir)
@@ -127,7 +134,14 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         audit=audit,
         policy_store=policy_store,
         policies=policies,
-        checkin=CheckinService(evidence, devices, policies, mcc_mnc_of_imsi, identities=identities),
+        checkin=CheckinService(
+            evidence,
+            devices,
+            policies,
+            mcc_mnc_of_imsi,
+            identities=identities,
+            proofs=DeviceProofs(master_key.value, settings.device_proof),
+        ),
         keys=keys,
         sessions=ConsoleSessionStore(client, idle_s=int(SESSION_IDLE.total_seconds())),
         deployment=deployment,

@@ -56,6 +56,11 @@ class Settings:
     # Files every host of a deployment must share (SPEC §15); None: made under key_ring_dir.
     signing_kek_file: Path | None = None
     secret_key_file: Path | None = None
+    # The unlock master key every host shares (SPEC §11); None: var/keys/unlock-master-key,
+    # made on first start.
+    unlock_master_key_file: Path | None = None
+    # Check-in proofs (SPEC §13): off, observe (counted, never refused) or required.
+    device_proof: str = "observe"
     # Seconds between re-reads of the signing keys by a worker, and between a rotation and the
     # new key's first signature (longer than the re-read interval plus clock skew, SPEC §15).
     keys_refresh_s: float = 1.0
@@ -92,6 +97,8 @@ _ENV = {
     "REGIONLOCK_KEYS_DIR": "keys_dir",
     "REGIONLOCK_SIGNING_KEK_FILE": "signing_kek_file",
     "REGIONLOCK_SECRET_KEY_FILE": "secret_key_file",
+    "REGIONLOCK_UNLOCK_MASTER_KEY_FILE": "unlock_master_key_file",
+    "REGIONLOCK_DEVICE_PROOF": "device_proof",
     "REGIONLOCK_KEY_ACTIVATION_DELAY_S": "key_activation_delay_s",
     "REGIONLOCK_RATE_LIMITS": "rate_limits",
     "REGIONLOCK_MAX_BODY_BYTES": "max_body_bytes",
@@ -181,6 +188,17 @@ def _positive_int(name: str, value: Any) -> int:
     return number
 
 
+#: REGIONLOCK_DEVICE_PROOF's values (SPEC §13).
+DEVICE_PROOF_MODES = ("off", "observe", "required")
+
+
+def _one_of(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return text
+
+
 def _number(name: str, value: Any) -> float:
     try:
         return float(value)
@@ -219,6 +237,8 @@ _COERCE: dict[str, Any] = {
     "metrics_dir": lambda name, v: _optional_path(v),
     "signing_kek_file": lambda name, v: _optional_path(v),
     "secret_key_file": lambda name, v: _optional_path(v),
+    "unlock_master_key_file": lambda name, v: _optional_path(v),
+    "device_proof": lambda name, v: _one_of("REGIONLOCK_DEVICE_PROOF", v, DEVICE_PROOF_MODES),
     "keys_refresh_s": _positive_number,
     "key_activation_delay_s": _positive_number,
 }

@@ -34,13 +34,16 @@ HAVANA = {"lat": 23.1136, "lon": -82.3666}
 
 @pytest.fixture
 def shared(tmp_path):
-    """What the deployment hands every host: the KEK file and the console's secret key."""
+    """What the deployment hands every host: the KEK file, the console's secret key and the
+    unlock master key."""
     folder = tmp_path / "handed-out"
     kek = folder / "signing-kek"
     secret = folder / "console-secret-key"
+    master = folder / "unlock-master-key"
     create_secret_file(kek)
     create_secret_file(secret)
-    return {"signing_kek_file": kek, "secret_key_file": secret}
+    create_secret_file(master)
+    return {"signing_kek_file": kek, "secret_key_file": secret, "unlock_master_key_file": master}
 
 
 @pytest.fixture
@@ -173,6 +176,22 @@ def test_a_host_with_another_kek_refuses_to_start_naming_both_ids(hosts, shared,
     assert KEK_NAME in message
 
 
+def test_a_host_with_another_unlock_master_key_refuses_to_start_naming_both_ids(
+    hosts, shared, tmp_path, redis
+):
+    hosts("a")
+    recorded = secret_id(bytes.fromhex(shared["unlock_master_key_file"].read_text()))
+    assert redis.hget(keys.SECRET_IDS, "unlock-master-key") == recorded
+    # Without a file handed out, host b makes its own under its keys folder: refused.
+    with pytest.raises(SecretMismatch) as refused:
+        hosts("b", unlock_master_key_file=None)
+    made = tmp_path / "b" / "keys" / "unlock-master-key"
+    assert made.stat().st_mode & 0o777 == 0o600
+    local = secret_id(bytes.fromhex(made.read_text()))
+    message = str(refused.value)
+    assert recorded in message and local in message and "unlock-master-key" in message
+
+
 def test_a_host_with_another_console_key_refuses_to_start_naming_both_ids(
     hosts, shared, monkeypatch
 ):
@@ -193,7 +212,7 @@ def test_single_hosts_need_no_set_up_and_agree_through_the_key_folder(make_app, 
     assert first.secret_key == second.secret_key
     assert (tmp_path / "var" / "keys" / KEK_NAME).exists()
     recorded = redis.hgetall(keys.SECRET_IDS)
-    assert set(recorded) == {KEK_NAME, "console-secret-key"}
+    assert set(recorded) == {KEK_NAME, "console-secret-key", "unlock-master-key"}
 
 
 def test_a_mismatch_found_after_an_outage_at_start_up_refuses_to_serve(
@@ -231,6 +250,7 @@ def _serve(port: int, var_dir: Path, redis_url: str, shared: dict) -> subprocess
         "REGIONLOCK_REDIS_URL": redis_url,
         "REGIONLOCK_SIGNING_KEK_FILE": str(shared["signing_kek_file"]),
         "REGIONLOCK_SECRET_KEY_FILE": str(shared["secret_key_file"]),
+        "REGIONLOCK_UNLOCK_MASTER_KEY_FILE": str(shared["unlock_master_key_file"]),
         "REGIONLOCK_KEY_ACTIVATION_DELAY_S": "1.5",
         "PROMETHEUS_MULTIPROC_DIR": str(var_dir / "prometheus"),
     }

@@ -18,6 +18,13 @@ ENDPOINTS = {
     "lock": ("POST", f"/v1/devices/{IMEI}/lock", {"reason": "r"}, "devices:write", 201),
     "bulk": ("POST", "/v1/devices/unlock", {"imeis": [IMEI], "reason": "r"}, "devices:write", 200),
     "audit": ("GET", "/v1/audit", None, "audit:read", 200),
+    "reset-activation": (
+        "DELETE",
+        f"/v1/devices/{IMEI}/activation",
+        {"reason": "r"},
+        "devices:reset-activation",
+        204,
+    ),
 }
 
 EXPECTED = {
@@ -28,6 +35,7 @@ EXPECTED = {
     "lock": (False, True, True, False, False, True),
     "bulk": (False, True, True, False, False, True),
     "audit": (False, False, True, False, True, True),
+    "reset-activation": (False, True, True, False, False, True),
 }
 
 TABLE = [
@@ -46,7 +54,7 @@ def test_table_matches_the_permissions_in_code():
 @pytest.mark.parametrize(("role", "endpoint", "allowed"), TABLE)
 def test_role_endpoint_status(app, client, tokens, role, endpoint, allowed):
     method, path, body, _, ok_status = ENDPOINTS[endpoint]
-    if endpoint == "device":
+    if endpoint in ("device", "reset-activation"):
         # A device record exists once it has checked in.
         checkin = client.post("/v1/checkin", json={"imei": IMEI}, headers=bearer(tokens["device"]))
         assert checkin.status_code == 200, checkin.get_json()

@@ -233,7 +233,11 @@ def test_secrets_are_owner_only_and_redis_holds_no_usable_private_key(app, tmp_p
     ring_dir = app.extensions["regionlock"].settings.key_ring_dir
     assert ring_dir == tmp_path / "var" / "keys"
     assert stat.S_IMODE(os.stat(ring_dir).st_mode) == 0o700
-    assert {f.name for f in ring_dir.iterdir()} == {KEK_NAME, "console-secret-key"}
+    assert {f.name for f in ring_dir.iterdir()} == {
+        KEK_NAME,
+        "console-secret-key",
+        "unlock-master-key",
+    }
     for path in ring_dir.iterdir():
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600, path
     [record] = [orjson.loads(raw) for raw in redis.hvals(keys.SIGNING_KEYS)]

@@ -11,6 +11,7 @@ from service.cli.keys import keys_group
 from service.cli.policy import distributors, policy
 from service.cli.serve import serve
 from service.cli.tokens import token
+from service.cli.unlock_codes import unlock_codes
 
 
 @click.group()
@@ -18,7 +19,17 @@ def main() -> None:
     """regionlock: decides at every check-in whether a phone may be used where it is."""
 
 
-for command in (serve, token, devices, policy, distributors, keys_group, facts, geoip_group):
+for command in (
+    serve,
+    token,
+    devices,
+    policy,
+    distributors,
+    keys_group,
+    facts,
+    geoip_group,
+    unlock_codes,
+):
     main.add_command(command)
 
 

@@ -71,3 +71,32 @@ def devices_unlock(path, reason, ticket, expires_in_s, actor, role) -> None:
     )
     if counts["invalid"] or counts["refused"]:
         sys.exit(1)
+
+
+@devices.command("unproven")
+@click.option(
+    "--since",
+    "since_days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="only devices with an unproven check-in in the last DAYS days",
+)
+def devices_unproven(since_days) -> None:
+    """List the devices that checked in without a valid proof (SPEC §13), as CSV:
+    imei,unproven_checkins,last_unproven_at,proven_at. Who is left before `required`."""
+    import time
+
+    from service.devices.proofs import unproven_devices
+    from service.engine.model import iso_utc
+    from service.store.devices import DeviceStore
+
+    since = time.time() - since_days * 86400 if since_days is not None else None
+    count = 0
+    with redis_client() as client:
+        click.echo("imei,unproven_checkins,last_unproven_at,proven_at")
+        for imei, unproven, last, proven in unproven_devices(DeviceStore(client), since):
+            last_at = iso_utc(last) if last is not None else ""
+            proven_at = iso_utc(proven) if proven is not None else ""
+            click.echo(f"{imei},{unproven},{last_at},{proven_at}")
+            count += 1
+    click.echo(f"{count} device(s) checked in without a proof", err=True)

@@ -6,26 +6,47 @@ import hashlib
 
 import orjson
 
+from service.devices.proofs import NO_PROOF, PROVEN, UNPROVEN, ProofOutcome, ProofRequest
 from service.engine.model import DeviceState, Facts, apply_override, iso_utc, place_labels
 from service.store.records import DeviceRecord, LastCheckin
 
-# The only parts of a device record a check-in needs to decide.
-CHECKIN_FIELDS = ("state", "activation")
+# The only parts of a device record a check-in needs to decide ("proven": SPEC §13).
+CHECKIN_FIELDS = ("state", "activation", "proven")
 
 
 class CheckinService:
     """Decides check-ins; the pieces are injected so tests and the simulator share them."""
 
-    def __init__(self, evidence, devices, policies, mcc_mnc_of_imsi, identities=None):
+    def __init__(self, evidence, devices, policies, mcc_mnc_of_imsi, identities=None, proofs=None):
         self.evidence = evidence
         self.devices = devices
         self.policies = policies
         self.mcc_mnc_of_imsi = mcc_mnc_of_imsi
         # The alias index (store/identities.py); None: IMEIs other than the primary are ignored.
         self.identities = identities
+        # service.devices.proofs.DeviceProofs (SPEC §13); None: proofs are not looked at.
+        self.proofs = proofs
 
-    def decide(self, body: dict, ip: str | None, now: float) -> dict:
-        """Decide and record one validated check-in body; returns the response document."""
+    def decide(
+        self, body: dict, ip: str | None, now: float, proof: ProofRequest | None = None
+    ) -> dict:
+        """Decide and record one validated check-in body; returns the response document.
+        PROOF is the request's check-in proof: DeviceProofError when one is required and
+        missing, bad or used before (nothing is then recorded)."""
+        active = self.policies.current()
+        outcome = NO_PROOF
+        if self.proofs is not None and proof is not None:
+            required = active.policy.proof_required(body["imei"])
+            outcome = self.proofs.assess(body["imei"], proof, now, required)
+        document = self._decide(body, ip, now, active, outcome)
+        if document is None:  # the proof was a replay: refused, or decided again unproven
+            document = self._decide(body, ip, now, active, self.proofs.replayed(outcome, now))
+        return document
+
+    def _decide(
+        self, body: dict, ip: str | None, now: float, active, proof: ProofOutcome
+    ) -> dict | None:
+        """Decide and record; None (nothing recorded) when PROOF's MAC was used before."""
         imei = body["imei"]
         sim = body.get("sim") or {}
         gps = body.get("gps")
@@ -40,13 +61,16 @@ class CheckinService:
             networks=[s["network"] for s in more_sims if s.get("network")],
             imsis=[s["imsi"] for s in more_sims if s.get("imsi")],
         )
-        active = self.policies.current()
         snapshot = self.devices.snapshot(imei, CHECKIN_FIELDS)
         state = snapshot.state
         policy_decision = active.policy.decide(
             Facts(imei=imei, places=places, now=now, state=state, aliases=aliases)
         )
         decision = apply_override(policy_decision, snapshot.override, now)
+        new_state = decision.state
+        if proof.status == UNPROVEN and snapshot.record is not None and snapshot.record.proven:
+            # A device that has proven itself is bound only by proven check-ins (SPEC §13).
+            new_state = _without_new_bindings(state, new_state)
 
         labels = place_labels(places)
         verdict = decision.to_dict()
@@ -74,17 +98,17 @@ class CheckinService:
                 {"code": r.code, "rule": r.rule, "kind": r.kind, "action": r.action}
                 for r in policy_decision.reasons
             ],
-            state=decision.state,
+            state=new_state,
             distributor=decision.distributor,
             policy_version=active.version,
             # None leaves the stored activation as it is.
-            activation=_activation(snapshot.activation, state, decision.state, decided_at, labels),
+            activation=_activation(snapshot.activation, state, new_state, decided_at, labels),
         )
         brief_reasons = [
             {k: v for k, v in (("code", r.code), ("rule", r.rule), ("region", r.region)) if v}
             for r in decision.reasons
         ]
-        self.devices.record_checkin(
+        recorded = self.devices.record_checkin(
             imei,
             record,
             now=now,
@@ -97,7 +121,11 @@ class CheckinService:
             },
             outcome=_outcome_signature(decision.verdict, brief_reasons, labels),
             facts={"places": labels, "policy_version": active.version},
+            proof_status=proof.status,
+            proof_mac=proof.mac if proof.status == PROVEN else None,
         )
+        if not recorded:
+            return None
         self._record_identity(imei, aliases, body.get("imeis") is not None, snapshot.record is None)
         return {
             "imei": imei,
@@ -144,6 +172,14 @@ def _sim_operators(mcc_mnc_of_imsi, sim: dict, more_sims) -> list[str]:
             if operator and operator not in out:
                 out.append(operator)
     return out
+
+
+def _without_new_bindings(before: DeviceState, after: DeviceState) -> DeviceState:
+    """AFTER with the bindings BEFORE did not have taken out (an unproven check-in fixes none)."""
+    if after.bindings.keys() <= before.bindings.keys():
+        return after
+    kept = {rule: outside for rule, outside in after.bindings.items() if rule in before.bindings}
+    return DeviceState(bindings=kept, first_hits=after.first_hits)
 
 
 def _outcome_signature(verdict: str, reasons: list[dict], places: dict[str, str]) -> str:

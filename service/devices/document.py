@@ -58,7 +58,14 @@ def device_document(
         "override": override_out(snapshot.override),
         # From the same read as the rest: the history is a field of the record.
         "decisions": record.decisions(),
+        "proven_at": _iso_or_none(record.proven),
+        "unproven_checkins": record.unproven_checkins,
+        "last_unproven_at": _iso_or_none(record.last_unproven),
     }
+
+
+def _iso_or_none(at: float | None) -> str | None:
+    return iso_utc(at) if at is not None else None
 
 
 def _last_checkin(record: DeviceRecord) -> dict | None:

@@ -66,6 +66,7 @@ from service.engine.model import (
     places_of,
     signal_label,
 )
+from service.engine.schema import is_tac
 from service.engine.validation import validate_and_index
 
 __all__ = [
@@ -161,6 +162,8 @@ class CompiledPolicy:
         "rules",
         "_index",
         "_distributors",
+        "_proof_tacs",
+        "_proof_distributors",
     )
 
     def __init__(self, bundle: dict[str, Any], index: AllocationIndex):
@@ -178,6 +181,10 @@ class CompiledPolicy:
             )
             for d in bundle["distributors"]
         }
+        # device_proof.required_for (SPEC §13): 8-digit entries are TACs, others distributors.
+        required_for = (bundle.get("device_proof") or {}).get("required_for") or ()
+        self._proof_tacs = frozenset(x for x in required_for if is_tac(x))
+        self._proof_distributors = frozenset(x for x in required_for if not is_tac(x))
 
     def to_snapshot(self) -> bytes:
         """The compiled policy as bytes that :meth:`from_snapshot` loads in a fraction of the
@@ -211,6 +218,17 @@ class CompiledPolicy:
                 if owner is not None:
                     break
         return owner
+
+    def proof_required(self, imei: str) -> bool:
+        """True when the bundle's ``device_proof.required_for`` names this device's TAC or
+        distributor: its check-ins need a valid proof whatever the setting (SPEC §13)."""
+        if not self._proof_tacs and not self._proof_distributors:
+            return False
+        if imei[:8] in self._proof_tacs:
+            return True
+        return bool(self._proof_distributors) and (
+            self._index.owner_of(imei) in self._proof_distributors
+        )
 
     def distributor(self, distributor_id: str) -> DistributorInfo | None:
         """Name and territories of a distributor, None for an unknown id."""

@@ -10,6 +10,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "checkin": frozenset({"device", "admin"}),
     "devices:read": frozenset({"agent", "compliance", "auditor", "admin"}),
     "devices:write": frozenset({"agent", "compliance", "admin"}),
+    # Forget a device's activation binding (SPEC §13).
+    "devices:reset-activation": frozenset({"agent", "compliance", "admin"}),
     "sanctions:lift": frozenset({"compliance", "admin"}),
     "policy:read": frozenset({"agent", "compliance", "editor", "auditor", "admin"}),
     "policy:write": frozenset({"editor", "admin"}),

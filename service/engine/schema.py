@@ -132,6 +132,11 @@ def is_id(value: Any) -> bool:
     return isinstance(value, str) and _ID.match(value) is not None
 
 
+def is_tac(value: Any) -> bool:
+    """True for a TAC: a string of 8 digits."""
+    return isinstance(value, str) and _TAC.match(value) is not None
+
+
 def _check_name(value: str) -> None:
     """Names: 1-200 characters, none of them a control character or a lone surrogate (which
     no UTF-8 encoder accepts, so such a name could be validated but never stored or shown)."""
@@ -370,6 +375,34 @@ class RuleSchema(Schema):
         return out
 
 
+#: Entries of ``device_proof.required_for`` (TACs and distributors).
+MAX_PROOF_REQUIRED_FOR = 10_000
+
+
+def _proof_entry(value: str) -> None:
+    # All digits: meant as a TAC, so it must be one; else a distributor id (checked to be a
+    # known one in validation.py, which sees the whole bundle).
+    if value.isdigit() and not is_tac(value):
+        raise ValidationError("a TAC must be a string of 8 digits")
+    if not value.isdigit() and not is_id(value):
+        raise ValidationError("must be a distributor id or a TAC (8 digits)")
+
+
+class DeviceProofSchema(Schema):
+    """``device_proof: {required_for: [distributor ids or TACs]}`` (SPEC §13): devices whose
+    check-ins need a valid proof whatever REGIONLOCK_DEVICE_PROOF says."""
+
+    required_for = fields.List(
+        fields.String(validate=_proof_entry),
+        load_default=list,
+        validate=_at_most(MAX_PROOF_REQUIRED_FOR, "entries"),
+    )
+
+    @post_load
+    def _normalise(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        return {"required_for": _dedupe(data["required_for"])}
+
+
 class BundleSchema(Schema):
     """The whole bundle. Unknown top-level keys are ignored (see module docstring)."""
 
@@ -397,6 +430,7 @@ class BundleSchema(Schema):
         load_default=list,
         validate=_at_most(MAX_DISTRIBUTORS, "distributors"),
     )
+    device_proof = fields.Nested(DeviceProofSchema)
 
     @validates_schema
     def _check_total(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -415,6 +449,8 @@ class BundleSchema(Schema):
             "max_new_lock_ratio": float(data["max_new_lock_ratio"]),
             "rules": data["rules"],
             "distributors": data["distributors"],
+            # Only when given: bundles without it keep their normalised form (and diffs).
+            **({"device_proof": data["device_proof"]} if "device_proof" in data else {}),
         }
 
 

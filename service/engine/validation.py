@@ -93,6 +93,20 @@ def _cross_checks(data: Mapping[str, Any], errors: dict[str, list[str]]) -> None
                         errors.setdefault(f"rules.{r}.distributors.{j}", []).append(
                             f"unknown distributor {name!r}"
                         )
+    _check_proof_entries(data.get("device_proof"), known, errors)
+
+
+def _check_proof_entries(device_proof: Any, known: set[str], errors: dict[str, list[str]]) -> None:
+    """``device_proof.required_for``: each id that is not a TAC names a known distributor."""
+    entries = device_proof.get("required_for") if isinstance(device_proof, Mapping) else None
+    if not isinstance(entries, list):
+        return
+    for j, entry in enumerate(entries):
+        # A malformed entry is reported by the schema; only a well-formed id can be unknown.
+        if is_id(entry) and not entry.isdigit() and entry not in known:
+            errors.setdefault(f"device_proof.required_for.{j}", []).append(
+                f"unknown distributor {entry!r}"
+            )
 
 
 def validate_and_index(data: Any) -> tuple[dict[str, Any], AllocationIndex]:

@@ -18,9 +18,18 @@ from service.store.records import (
     DeviceRecord,
     decode_override,
     encode_override,
+    encode_state,
     history_signature,
 )
 from service.store.scan import hash_fields_reader, scan_batches, strings_reader
+
+#: How long a used check-in proof is remembered: twice the window in which a proof's time is
+#: accepted (300 s either side), so a proof is refused as a replay for as long as it could pass.
+USED_PROOF_TTL_S = 600
+
+
+class ResetConflict(RuntimeError):
+    """The device's record kept changing under an activation reset (check-ins racing it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,22 +51,39 @@ class DeviceSnapshot:
         return self.record.activation if self.record is not None else None
 
 
-# KEYS: device hash, [facts stream].
+# KEYS: device hash, [used proof, when ARGV[9] is not ""], [facts stream].
 # ARGV: now, decision entry (JSON), its outcome signature, decisions kept, facts maxlen,
-#       facts (JSON), the number D of fields to delete, D field names, then field/value pairs.
+#       facts (JSON), the number D of fields to delete, the proof status ("proven",
+#       "unproven" or "" when none is counted), the used proof's TTL ("" for no proof), D field
+#       names, then field/value pairs.
+# A check-in with a proof first claims it (SET NX): a proof seen before is a replay, answered
+# -1 with nothing written (SPEC §13: each proof is accepted once, and race-free).
 # The decision history is one hash field, newest entry first, one "sig|since|count|json" line
 # each (no list key: a key of its own costs more memory than a small device's whole record).
 # It is run-length encoded: a check-in with the same outcome as the newest entry (same verdict,
 # reasons and places) updates that entry instead of adding one, so a phone that checks in from
 # home every day keeps one entry, not a month of identical ones.
 _RECORD_CHECKIN = r"""
+local stream = KEYS[2]
+if ARGV[9] ~= '' then
+  if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[9]) then
+    return -1
+  end
+  stream = KEYS[3]
+end
 redis.call('HSETNX', KEYS[1], 'first_seen', ARGV[1])
 local deleted = tonumber(ARGV[7])
 if deleted > 0 then
-  redis.call('HDEL', KEYS[1], unpack(ARGV, 8, 7 + deleted))
+  redis.call('HDEL', KEYS[1], unpack(ARGV, 10, 9 + deleted))
 end
-if #ARGV > 7 + deleted then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 8 + deleted))
+if #ARGV > 9 + deleted then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 10 + deleted))
+end
+if ARGV[8] == 'proven' then
+  redis.call('HSETNX', KEYS[1], 'proven', ARGV[1])
+elseif ARGV[8] == 'unproven' then
+  redis.call('HINCRBY', KEYS[1], 'unproven_checkins', 1)
+  redis.call('HSET', KEYS[1], 'last_unproven', ARGV[1])
 end
 local history = redis.call('HGET', KEYS[1], 'history')
 local entry = ARGV[3] .. '|' .. ARGV[1] .. '|1|' .. ARGV[2]
@@ -91,8 +117,8 @@ else
   history = entry
 end
 redis.call('HSET', KEYS[1], 'history', history)
-if KEYS[2] then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'facts', ARGV[6])
+if stream then
+  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[5], '*', 'facts', ARGV[6])
 end
 return count
 """
@@ -118,9 +144,31 @@ end
 return changed
 """
 
-# Fields a check-in never writes from its record: the script sets first_seen once and merges
-# the history itself.
-_SCRIPT_FIELDS = ("first_seen", "history")
+# Forget the activation binding (SPEC §13), compare-and-set against what the caller read so a
+# check-in landing meanwhile is never undone, with its audit entry in the same call.
+# KEYS: device hash, [audit stream]. ARGV: state read ("" for none), activation read ("" for
+# none), new state ("" to delete), then the audit entry's field/value pairs.
+_RESET_ACTIVATION = r"""
+local state = redis.call('HGET', KEYS[1], 'state') or ''
+local activation = redis.call('HGET', KEYS[1], 'activation') or ''
+if state ~= ARGV[1] or activation ~= ARGV[2] then
+  return 0
+end
+redis.call('HDEL', KEYS[1], 'activation')
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], 'state')
+else
+  redis.call('HSET', KEYS[1], 'state', ARGV[3])
+end
+if KEYS[2] then
+  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+end
+return 1
+"""
+
+# Fields a check-in never writes from its record: the script sets first_seen once, merges
+# the history itself and keeps the proof fields (SPEC §13; counted, never overwritten).
+_SCRIPT_FIELDS = ("first_seen", "history", "proven", "unproven_checkins", "last_unproven")
 
 
 class DeviceStore:
@@ -140,6 +188,7 @@ class DeviceStore:
         self.cluster = is_cluster(redis)
         self._record = redis.register_script(_RECORD_CHECKIN)
         self._forget_facts = redis.register_script(_FORGET_FACTS)
+        self._reset_activation = redis.register_script(_RESET_ACTIVATION)
 
     def snapshot(self, imei: str, fields: tuple[str, ...] | None = None) -> DeviceSnapshot:
         """Record (all fields, or only FIELDS) and override of a device, in one round trip."""
@@ -168,12 +217,16 @@ class DeviceStore:
         decision_entry: dict,
         outcome: str,
         facts: dict,
-    ) -> None:
+        proof_status: str = "",
+        proof_mac: str | None = None,
+    ) -> bool:
         """Write the outcome of one check-in, in one atomic script call: RECORD's fields replace
         the stored ones (empty ones are removed; an activation of None leaves the stored one,
         and first_seen and history are the script's), DECISION_ENTRY joins the history (merged
         with the newest entry when OUTCOME, its signature, is the same), FACTS the facts
-        stream."""
+        stream. PROOF_STATUS ("proven", "unproven" or "") is counted in the record (SPEC §13);
+        PROOF_MAC, the check-in's proof, is claimed first: False, and nothing written, when it
+        was used before (a replay)."""
         # One script call (atomic, one reply) instead of a MULTI of many commands: the write
         # half of a check-in is on the hot path.
         fields = record.encode()
@@ -188,8 +241,9 @@ class DeviceStore:
                 flat.extend((name, value))
         facts_json = orjson.dumps({"imei": imei, "at": now, **facts})
         stream_keys = [] if self.cluster else [keys.CHECKIN_FACTS]
-        self._record(
-            keys=[keys.device(imei), *stream_keys],
+        proof_keys = [keys.device_used_proof(imei, proof_mac)] if proof_mac else []
+        count = self._record(
+            keys=[keys.device(imei), *proof_keys, *stream_keys],
             args=[
                 repr(now),
                 orjson.dumps(decision_entry),
@@ -198,10 +252,14 @@ class DeviceStore:
                 self.facts_maxlen,
                 facts_json,
                 len(deleted),
+                proof_status,
+                USED_PROOF_TTL_S if proof_mac else "",
                 *deleted,
                 *flat,
             ],
         )
+        if count == -1:
+            return False
         if self.cluster:
             # In a cluster the facts stream lives in another slot: it cannot join the device's
             # script, so it follows it (it only feeds simulation).
@@ -211,6 +269,7 @@ class DeviceStore:
                 maxlen=self.facts_maxlen,
                 approximate=True,
             )
+        return True
 
     def decisions(self, imei: str, limit: int | None = None) -> list[dict]:
         """The device's recent decisions, newest first; ``count`` check-ins with the same
@@ -233,6 +292,36 @@ class DeviceStore:
             return False
         self._with_audit(lambda pipe: pipe.delete(keys.device_override(imei)), audit_fields)
         return True
+
+    def reset_activation(self, imei: str, audit_fields_of, attempts: int = 5) -> dict | None:
+        """Forget the device's activation record and its ``bind: activation`` bindings (with
+        the grace clocks those rules started), so the next check-in binds afresh (SPEC §13).
+        AUDIT_FIELDS_OF(forgotten) gives the audit entry, written in the same call. Returns
+        what was forgotten (``activation``, ``bindings``), None when there was nothing."""
+        for _ in range(attempts):
+            state_raw, activation_raw = self.redis.hmget(keys.device(imei), ["state", "activation"])
+            record = DeviceRecord.decode({"state": state_raw, "activation": activation_raw})
+            bound = dict(record.state.bindings)
+            if record.activation is None and not bound:
+                return None
+            kept = DeviceState(
+                bindings={},
+                first_hits={k: v for k, v in record.state.first_hits.items() if k not in bound},
+            )
+            forgotten = {"activation": record.activation, "bindings": bound}
+            audit_fields = audit_fields_of(forgotten)
+            flat = [item for pair in audit_fields.items() for item in pair]
+            new_state = encode_state(kept)
+            done = self._reset_activation(
+                keys=[keys.device(imei), *([] if self.cluster else [keys.AUDIT])],
+                args=[state_raw or "", activation_raw or "", new_state or b"", *flat],
+            )
+            if done:
+                if self.cluster:
+                    # The audit stream lives in another slot: it follows the change.
+                    self.redis.xadd(keys.AUDIT, audit_fields)
+                return forgotten
+        raise ResetConflict(imei)
 
     def policy_reasons(self, imei: str) -> list[dict]:
         """What the policy alone said at the last check-in: [{code, rule, kind, action}]."""

@@ -32,6 +32,12 @@ def imei_alias(imei: str) -> str:
     return f"{PREFIX}alias:{{{imei}}}"
 
 
+def device_used_proof(imei: str, mac: str) -> str:
+    """String with a TTL: a check-in proof (its MAC) the device used, refused if sent again
+    (SPEC §13). In the device's slot, so the check-in's script claims it in the same call."""
+    return f"{PREFIX}dev:{{{imei}}}:proof:{mac}"
+
+
 # SCAN pattern matching only the device record hashes (their names end with the tag).
 DEVICE_SCAN_PATTERN = f"{PREFIX}dev:{{*}}"
 

@@ -37,6 +37,10 @@ FIELDS = (
     "policy_version",
     "activation",
     "history",
+    # Check-in proofs (SPEC §13), written by the check-in script alone: see DeviceRecord.
+    "proven",
+    "unproven_checkins",
+    "last_unproven",
 )
 
 _DAMAGE = (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError)
@@ -195,6 +199,11 @@ class DeviceRecord:
     #: ``{"at": ISO-8601, "places": {signal: label}, "in_territory": bool | None}``.
     activation: dict | None = None
     history: tuple[HistoryLine, ...] = ()
+    #: Check-in proofs (SPEC §13): epoch seconds of the first check-in with a valid proof
+    #: (None: never proven), how many check-ins came without one (``observe``), the latest.
+    proven: float | None = None
+    unproven_checkins: int = 0
+    last_unproven: float | None = None
 
     @classmethod
     def decode(cls, fields: Mapping[str, Any]) -> DeviceRecord:
@@ -212,6 +221,7 @@ class DeviceRecord:
             policy_version = int(policy_version) if policy_version else None
         except ValueError as exc:
             raise RecordError("policy_version") from exc
+        proofs = _decode_proof_fields(get)
         return cls(
             first_seen=first_seen,
             facts=LastCheckin.decode(facts) if facts else None,
@@ -226,6 +236,7 @@ class DeviceRecord:
             policy_version=policy_version,
             activation=_json("activation", get("activation")),
             history=decode_history(get("history")),
+            **proofs,
         )
 
     def encode(self) -> dict[str, Any]:
@@ -244,12 +255,32 @@ class DeviceRecord:
             "policy_version": self.policy_version,
             "activation": orjson.dumps(self.activation) if self.activation is not None else None,
             "history": encode_history(self.history) or None,
+            "proven": repr(self.proven) if self.proven is not None else None,
+            "unproven_checkins": self.unproven_checkins or None,
+            "last_unproven": repr(self.last_unproven) if self.last_unproven is not None else None,
         }
 
     def decisions(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The recent decisions in API form, newest first; ``count`` check-ins with the same
         outcome since ``since`` are merged into one entry."""
         return [line.decision() for line in self.history[:limit]]
+
+
+def _decode_proof_fields(get) -> dict[str, Any]:
+    """The check-in proof fields of a stored record (SPEC §13)."""
+    out: dict[str, Any] = {}
+    for name in ("proven", "last_unproven"):
+        raw = get(name)
+        try:
+            out[name] = float(raw) if raw else None
+        except ValueError as exc:
+            raise RecordError(name) from exc
+    raw = get("unproven_checkins")
+    try:
+        out["unproven_checkins"] = int(raw) if raw else 0
+    except ValueError as exc:
+        raise RecordError("unproven_checkins") from exc
+    return out
 
 
 def encode_override(override: Override) -> bytes:

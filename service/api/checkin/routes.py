@@ -5,22 +5,42 @@ from __future__ import annotations
 import time
 
 import orjson
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 from flask.views import MethodView
 
 from service.api.checkin.schemas import CheckinSchema, VerdictSchema
 from service.api.parsing import ApiBlueprint
+from service.devices.proofs import DeviceProofError, ProofRequest
 from service.web.auth import require
 from service.web.client import client_ip
+from service.web.errors import ApiError
 
 blp = ApiBlueprint("checkin", __name__, url_prefix="/v1", description="Device check-ins")
+
+#: The check-in proof header (SPEC §13), as the OpenAPI document describes it.
+PROOF_HEADER = {
+    "in": "header",
+    "name": "X-Device-Proof",
+    "required": False,
+    "schema": {"type": "string", "pattern": "^[0-9]{1,12}\\.[0-9a-f]{64}$"},
+    "description": "`<unix seconds>.<hex>`: hex is the lower-case HMAC-SHA256, under the "
+    "device's auth_key, of `<unix seconds>.` followed by the exact request body "
+    '(docs/device-protocol.md, "Check-in proofs"). Required when REGIONLOCK_DEVICE_PROOF '
+    "is `required` or the bundle's `device_proof.required_for` names the device; each proof "
+    "is accepted once, within 300 s of the server's time.",
+}
 
 
 @blp.route("/checkin")
 class Checkin(MethodView):
-    @blp.doc(security=[{"bearer": []}])
+    @blp.doc(security=[{"bearer": []}], parameters=[PROOF_HEADER])
     @blp.response(200, VerdictSchema)
-    @blp.alt_response(401, description="no or unknown token")
+    @blp.alt_response(
+        401,
+        description="no or unknown token; or code `device_proof`: a proof was required and "
+        "is missing, does not match, is more than 300 s from the server's time "
+        "(`server_time`, unix seconds, in the error) or was used before; nothing recorded",
+    )
     @blp.alt_response(403, description="the token's role may not check in")
     @blp.alt_response(503, description="Redis unreachable; retry after Retry-After seconds")
     @require("checkin")
@@ -34,7 +54,18 @@ class Checkin(MethodView):
             rl.settings.trusted_proxies,
         )
         started = time.perf_counter()
-        document = rl.checkin.decide(body, ip, time.time())
+        # The body was validated first (400/422); the proof covers its exact bytes.
+        proof = ProofRequest(
+            header=request.headers.get("X-Device-Proof"),
+            body=request.get_data(cache=True),
+            exempt=g.principal.role == "admin",
+        )
+        try:
+            document = rl.checkin.decide(body, ip, time.time(), proof)
+        except DeviceProofError as exc:
+            raise ApiError(
+                401, exc.problem, code="device_proof", extra={"server_time": exc.server_time}
+            ) from None
         rl.metrics.decision_seconds.observe(time.perf_counter() - started)
         rl.metrics.record_verdict(document)
         document["nonce"] = body.get("nonce")

@@ -11,10 +11,12 @@ from service.api.devices.schemas import (
     DeviceSchema,
     LockSchema,
     OverrideOutSchema,
+    ResetActivationSchema,
     UnlockResultSchema,
     UnlockSchema,
 )
 from service.api.parsing import ApiBlueprint, matches_imei_pattern
+from service.devices.activation import reset_activation
 from service.devices.document import device_document, override_out
 from service.devices.identity import AMBIGUOUS_CODE, AmbiguousImei, resolve_device
 from service.devices.overrides import (
@@ -24,6 +26,7 @@ from service.devices.overrides import (
     SanctionsScopeError,
     normalise_imei,
 )
+from service.store.devices import ResetConflict
 from service.web.auth import require
 from service.web.errors import ApiError
 
@@ -136,6 +139,29 @@ class RemoveOverride(MethodView):
         """Remove the device's override; the next check-in follows the policy again."""
         if not _service().remove(_imei(imei), g.principal):
             raise ApiError(404, "this device has no override")
+        return None
+
+
+@blp.route("/<imei:imei>/activation")
+class Activation(MethodView):
+    @blp.doc(security=[{"bearer": []}])
+    @blp.response(204)
+    @blp.alt_response(404, description="the device has no activation binding")
+    @blp.alt_response(409, description="check-ins kept changing the record: try again")
+    @require("devices:reset-activation")
+    @blp.arguments(ResetActivationSchema)
+    def delete(self, body, imei):
+        """Forget the device's activation binding (SPEC §13): its next check-in binds afresh.
+        The repair for a phone bound by a forged or mistaken check-in; audited."""
+        rl = current_app.extensions["regionlock"]
+        try:
+            forgotten = reset_activation(
+                rl.devices, _imei(imei), g.principal, body["reason"], body.get("ticket")
+            )
+        except ResetConflict:
+            raise ApiError(409, "the device kept checking in meanwhile: try again") from None
+        if forgotten is None:
+            raise ApiError(404, "this device has no activation binding")
         return None
 
 

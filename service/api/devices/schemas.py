@@ -93,6 +93,21 @@ class DeviceSchema(Schema):
     policy_version = fields.Integer(allow_none=True)
     override = fields.Nested(OverrideOutSchema, allow_none=True)
     decisions = fields.List(fields.Dict())
+    # Check-in proofs (SPEC §13).
+    proven_at = fields.String(
+        allow_none=True, metadata={"description": "first check-in with a valid proof"}
+    )
+    unproven_checkins = fields.Integer(
+        metadata={"description": "check-ins answered without a valid proof (observe)"}
+    )
+    last_unproven_at = fields.String(allow_none=True)
+
+
+class ResetActivationSchema(_Body):
+    """DELETE /v1/devices/<imei>/activation: why the binding is forgotten (SPEC §13)."""
+
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=500))
+    ticket = fields.String(allow_none=True, validate=validate.Length(max=100))
 
 
 class BulkResultSchema(Schema):
