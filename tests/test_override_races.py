@@ -447,3 +447,29 @@ def test_change_override_checks_what_it_replaces(app, redis):
         audit_fields=None,
     )
     assert removed.outcome == "done" and devices.override(UNKNOWN) is None
+
+
+def test_console_says_the_outcome_is_unknown_and_resending_applies_once(
+    make_app, slow, redis_url, tokens, redis
+):
+    from tests.test_console import Console, _hidden
+
+    db = urlparse(redis_url).path or "/0"
+    app = make_app(redis_url=f"redis://127.0.0.1:{slow.port}{db}", redis_timeout_s=1.0)
+    agent = Console(app.test_client())
+    assert agent.sign_in(tokens["agent"]).status_code == 302
+    headers = bearer(tokens["agent"])
+    app.test_client().post(f"/v1/devices/{UNKNOWN2}/lock", json={"reason": "w"}, headers=headers)
+    review = agent.post(f"/console/devices/{UNKNOWN}/lock", {"reason": "stolen"})
+    form = {"reason": "stolen", "step": "confirm"}
+    form["operation"] = _hidden(review.get_data(as_text=True), "operation")
+
+    slow.hold(b"EVALSHA", b":override", count=1, delay_s=2.0)
+    page = agent.post(f"/console/devices/{UNKNOWN}/lock", form)
+    assert page.status_code == 503 and page.headers["Retry-After"]
+    shown = page.get_data(as_text=True)
+    assert "may or may not have been applied" in shown
+    assert "nothing was changed" not in shown.lower()
+    time.sleep(2.5)
+    assert agent.post(f"/console/devices/{UNKNOWN}/lock", form).status_code == 302
+    assert len(_actions(redis, "device.lock", UNKNOWN)) == 1
