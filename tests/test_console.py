@@ -3,6 +3,7 @@ trail, the policy editor's endpoints, publishing and the error pages (SPEC §8).
 
 from __future__ import annotations
 
+import html as html_lib
 import re
 import stat
 import time
@@ -370,6 +371,42 @@ def test_action_form_errors_are_shown_next_to_the_fields(as_role, checkin, redis
     assert redis.get(keys.device_override(HK)) is None
 
 
+def _hidden(html: str, name: str) -> str:
+    match = re.search(rf'<input type="hidden" name="{name}" value="([^"]*)">', html)
+    assert match, f"no hidden {name}"
+    return html_lib.unescape(match.group(1))
+
+
+def test_console_removes_the_override_it_showed(as_role, client, tokens, redis):
+    """Issue 12.5: the confirm page names the override shown (its ETag); if someone replaced it
+    meanwhile, confirming removes nothing; sending the same confirm form twice removes once."""
+    agent = as_role("agent")
+    api = bearer(tokens["compliance"])
+    client.post(f"/v1/devices/{UNKNOWN}/lock", json={"reason": "first"}, headers=api)
+    review = text(agent.post(f"/console/devices/{UNKNOWN}/remove"))
+    form = {"step": "confirm", "etag": _hidden(review, "etag")}
+    form["operation"] = _hidden(review, "operation")
+    assert form["etag"] and form["operation"]
+    client.post(f"/v1/devices/{UNKNOWN}/lock", json={"reason": "second"}, headers=api)
+
+    done = agent.post(f"/console/devices/{UNKNOWN}/remove", form)
+    assert done.status_code == 302
+    assert "override changed since you looked" in text(agent.get(f"/console/devices/{UNKNOWN}"))
+    assert redis.get(keys.device_override(UNKNOWN)) is not None
+    assert "device.override_removed" not in [f["action"] for f in audit_entries(redis)]
+
+    review = text(agent.post(f"/console/devices/{UNKNOWN}/remove"))
+    form = {"step": "confirm", "etag": _hidden(review, "etag")}
+    form["operation"] = _hidden(review, "operation")
+    assert agent.post(f"/console/devices/{UNKNOWN}/remove", form).status_code == 302
+    assert "Override removed" in text(agent.get(f"/console/devices/{UNKNOWN}"))
+    # The same form again (a resubmission after an error): replayed, not a second removal.
+    agent.post(f"/console/devices/{UNKNOWN}/remove", form)
+    assert "Override removed" in text(agent.get(f"/console/devices/{UNKNOWN}"))
+    removals = [f for f in audit_entries(redis) if f["action"] == "device.override_removed"]
+    assert len(removals) == 1 and '"second"' in removals[0]["detail"]
+
+
 def test_lock_and_remove_override(as_role, checkin, redis):
     checkin(UNKNOWN, **US_NETWORK)
     agent = as_role("agent")
@@ -642,7 +679,9 @@ def test_redis_down_gives_a_friendly_503_page(make_app, app, tokens):
     response = client.get("/console/devices")
     assert response.status_code == 503
     assert response.mimetype == "text/html"
-    assert "Temporarily unavailable" in text(response) and "Nothing was changed" in text(response)
+    assert "Temporarily unavailable" in text(response) and "Try again" in text(response)
+    # Issue 12.7: the console cannot know whether a change sent just before went through.
+    assert "nothing was changed" not in text(response).lower()
     assert response.headers["Retry-After"]
     assert time.monotonic() - started < 5
 

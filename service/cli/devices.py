@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from service.cli.common import ACTOR_OPTION, actor_name, redis_client
+from service.cli.common import ACTOR_OPTION, actor_name, fail, redis_client
 
 
 @click.group()
@@ -41,7 +41,7 @@ def devices() -> None:
 )
 def devices_unlock(path, reason, ticket, expires_in_s, actor, role) -> None:
     """Unlock every IMEI in FILE: invalid lines reported, valid ones applied, safe to re-run."""
-    from service.devices.overrides import OverrideService
+    from service.devices.overrides import OutcomeUnknown, OverrideService
     from service.store.audit import AuditStore
     from service.store.devices import DeviceStore
     from service.store.tokens import Principal
@@ -55,12 +55,21 @@ def devices_unlock(path, reason, ticket, expires_in_s, actor, role) -> None:
         service = OverrideService(DeviceStore(client), AuditStore(client))
         with click.progressbar(length=len(lines), label="unlocking", file=sys.stderr) as bar:
             last_line = 0
-            for row in service.bulk_unlock(iter(lines), principal, reason, ticket, expires_in_s):
-                counts[row["status"]] += 1
-                if row["status"] in ("invalid", "refused"):
-                    problems.append(row)
-                bar.update(row["line"] - last_line)
-                last_line = row["line"]
+            rows = service.bulk_unlock(iter(lines), principal, reason, ticket, expires_in_s)
+            try:
+                for row in rows:
+                    counts[row["status"]] += 1
+                    if row["status"] in ("invalid", "refused"):
+                        problems.append(row)
+                    bar.update(row["line"] - last_line)
+                    last_line = row["line"]
+            except OutcomeUnknown:
+                fail(
+                    f"Redis did not answer in time after line {last_line}: the next device's "
+                    f"unlock may or may not have been applied ({counts['applied']} applied "
+                    "before it). Run the same command again: devices already unlocked are "
+                    "reported unchanged, none is unlocked twice."
+                )
             bar.update(len(lines) - last_line)
     for row in problems:
         shown = row.get("imei") or row.get("value")

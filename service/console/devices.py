@@ -7,6 +7,7 @@ fields and shows what will happen, the second (``step=confirm``) does it.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
@@ -14,20 +15,36 @@ from flask.typing import ResponseReturnValue
 
 from service.console import present, security
 from service.console.blueprint import bp
+from service.console.errors import error_answer
 from service.devices.document import device_document as _device_document
 from service.devices.identity import AmbiguousImei, resolve_device
 from service.devices.overrides import (
+    MAX_IDEMPOTENCY_KEY,
+    IdempotencyConflict,
     InvalidImei,
+    OutcomeUnknown,
     OverrideService,
     SanctionsScopeError,
+    anonymous_operation,
+    named_operation,
     normalise_imei,
+    request_fingerprint,
 )
 from service.engine.model import SANCTIONED_REGION
 from service.engine.roles import liftable_kinds
+from service.store.devices import Operation
+from service.web.errors import redis_failure, retry_after_headers
 
 MAX_REASON = 500
 MAX_TICKET = 100
 _ACTIONS = ("unlock", "lock", "remove")
+
+#: The console's page when a change was sent but its outcome could not be learnt.
+OUTCOME_UNKNOWN_TEXT = (
+    "The decision store (Redis) did not answer in time, so this change may or may not have "
+    "been applied. Send the same form again (reload and confirm resending): it is applied at "
+    "most once. Or open the device's page to see what it holds now."
+)
 
 
 def _rl() -> Any:
@@ -207,8 +224,27 @@ def device_action(imei: str, action: str) -> ResponseReturnValue:
             expiry_label=present.expiry_label(form["expires"]),
             summary=present.verdict_summary(document) if document else None,
             place_name=present.place_name,
+            operation=secrets.token_urlsafe(18),
         )
-    return _perform(imei, action, form)
+    try:
+        return _perform(imei, action, form)
+    except OutcomeUnknown as exc:
+        if exc.__cause__ is not None:
+            redis_failure(exc.__cause__)
+        return error_answer(503, OUTCOME_UNKNOWN_TEXT, headers=retry_after_headers())
+    except IdempotencyConflict:
+        # A confirm form names one action; another form never carries its name.
+        abort(400, description="This form was already used for another action: start again.")
+
+
+def _operation(user_name: str, form: dict[str, str]) -> Operation:
+    """The action the confirm form names (its hidden random key), so sending the form again
+    after an error applies it at most once."""
+    key = request.form.get("operation", "")
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY:
+        return anonymous_operation()
+    fields = {**form, "etag": request.form.get("etag", "")}
+    return named_operation(user_name, key, request_fingerprint("POST", request.path, fields))
 
 
 def _scope_message(scope: dict[str, Any]) -> str:
@@ -229,10 +265,13 @@ def _perform(imei: str, action: str, form: dict[str, str]) -> ResponseReturnValu
     assert user is not None
     service = _service()
     ticket = form["ticket"] or None
+    operation = _operation(user.name, form)
     if action == "unlock":
         expires = int(form["expires"]) if form["expires"] else None
         try:
-            outcome = service.unlock(imei, user, form["reason"], ticket, expires)
+            outcome = service.unlock(
+                imei, user, form["reason"], ticket, expires, operation=operation
+            )
         except SanctionsScopeError:
             # The device's state changed between the two steps (a new check-in): say why.
             scope = unlock_scope(imei, user.role, _document(imei))
@@ -253,11 +292,21 @@ def _perform(imei: str, action: str, form: dict[str, str]) -> ResponseReturnValu
         else:
             flash(f"Unlocked{until}: the phone is allowed from its next check-in.", "success")
     elif action == "lock":
-        service.lock(imei, user, form["reason"], ticket)
+        service.lock(imei, user, form["reason"], ticket, operation=operation)
         flash("Locked: the phone locks at its next check-in, whatever the policy says.", "success")
-    elif service.remove(imei, user):
-        flash("Override removed: the next check-in follows the policy again.", "success")
     else:
-        flash("This device had no override to remove.", "warning")
+        # Remove the override the confirm page showed, not whatever replaced it meanwhile.
+        shown = request.form.get("etag") or None
+        removed = service.remove(imei, user, if_match=shown, operation=operation)
+        if removed.status == "removed":
+            flash("Override removed: the next check-in follows the policy again.", "success")
+        elif removed.status == "mismatch" and service.devices.override_raw(imei) is not None:
+            flash(
+                "The override changed since you looked at it (someone replaced it), so it was "
+                "not removed: check the new one below.",
+                "warning",
+            )
+        else:
+            flash("This device had no override to remove.", "warning")
     # Post/redirect/get: reloading the device page never repeats the action.
     return redirect(url_for("console.device", imei=imei))

@@ -42,8 +42,10 @@ _TEXTS = {
     403: "Your role does not allow this page or action. The sections you may use are in the "
     "menu above.",
     404: "There is nothing at this address.",
-    503: "The decision store (Redis) cannot be reached right now. Nothing was changed. "
-    "Try again in a few seconds; if it keeps happening, tell the on-call engineer.",
+    # Never "nothing was changed": a change sent just before Redis stopped answering may have
+    # been applied (issue 12.7).
+    503: "The decision store (Redis) cannot be reached right now. Try again in a few seconds; "
+    "if it keeps happening, tell the on-call engineer.",
     500: "An unexpected error happened and was logged. Nothing on this page was changed.",
 }
 

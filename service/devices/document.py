@@ -9,9 +9,12 @@ from service.store.identities import IdentityStore
 from service.store.records import DeviceRecord
 
 
-def override_out(override: Override | None) -> dict | None:
-    """The API form of an override (times as ISO-8601 UTC)."""
-    return override.to_dict() if override is not None else None
+def override_out(override: Override | None, etag: str | None = None) -> dict | None:
+    """The API form of an override (times as ISO-8601 UTC), with its ETag (what If-Match on
+    DELETE .../override names)."""
+    if override is None:
+        return None
+    return {**override.to_dict(), "etag": etag}
 
 
 def device_document(
@@ -55,7 +58,7 @@ def device_document(
         "observed": record.observed,
         "lock_at": record.lock_at,
         "policy_version": record.policy_version,
-        "override": override_out(snapshot.override),
+        "override": override_out(snapshot.override, snapshot.override_etag),
         # From the same read as the rest: the history is a field of the record.
         "decisions": record.decisions(),
         "proven_at": _iso_or_none(record.proven),

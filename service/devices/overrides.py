@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import secrets
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import orjson
+import redis as redis_lib
 from stdnum import luhn
 
 from service.engine.model import Override
 from service.engine.roles import liftable_kinds
 from service.store.audit import AuditStore
-from service.store.devices import DeviceStore
+from service.store.devices import ANY, DeviceStore, Operation, override_etag
+from service.store.records import decode_override, encode_override
 from service.store.tokens import Principal
+
+#: How long the result of a call made with an Idempotency-Key is kept (and replayed).
+IDEMPOTENCY_TTL_S = 24 * 3600
+#: How long the record of a call made without one is kept: long enough to recognise the same
+#: write sent again by the Redis client after a lost reply.
+ANONYMOUS_TTL_S = 600
+#: The longest Idempotency-Key accepted.
+MAX_IDEMPOTENCY_KEY = 200
+
+#: What a caller is told when a write was sent but its outcome could not be learnt.
+OUTCOME_UNKNOWN_MESSAGE = (
+    "the decision store did not answer in time: the change may or may not have been applied; "
+    "retry with the same Idempotency-Key to apply it at most once and learn its outcome"
+)
 
 #: Why an unlock was refused by its scope, as the caller is told.
 SCOPE_MESSAGE = "only a compliance officer can lift a sanctioned_region lock"
@@ -27,12 +46,76 @@ class SanctionsScopeError(Exception):
         self.rules = rules
 
 
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before for another request."""
+
+
+class OutcomeUnknown(Exception):
+    """A write was sent to Redis but no answer came back: it may or may not have been applied.
+    The Redis error is the ``__cause__``."""
+
+
 @dataclass(frozen=True)
 class UnlockOutcome:
-    """What an unlock did: the stored override and the locks it cannot lift."""
+    """What an unlock did: the stored override (and its ETag) and the locks it cannot lift;
+    REPLAYED when the call had been applied before (same Idempotency-Key)."""
 
     override: Override
     still_locked_by: list[dict] = field(default_factory=list)
+    etag: str | None = None
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class LockOutcome:
+    """What a lock did: the stored override and its ETag."""
+
+    override: Override
+    etag: str | None = None
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class RemoveOutcome:
+    """What a removal did: STATUS is ``removed`` (REMOVED: the override it removed), ``none``
+    (the device had none) or ``mismatch`` (If-Match named another override)."""
+
+    status: str
+    removed: Override | None = None
+    replayed: bool = False
+
+
+class _Changed(Exception):
+    """The override changed since it was read; CURRENT is what the device holds now."""
+
+    def __init__(self, current: str | None):
+        super().__init__("override changed")
+        self.current = current
+
+
+def request_fingerprint(method: str, path: str, body: object) -> str:
+    """A digest of a request (method, path, parsed body): a reused Idempotency-Key is
+    recognised by it."""
+    data = orjson.dumps([method, path, body], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(data).hexdigest()
+
+
+def named_operation(principal_name: str, key: str, fingerprint: str) -> Operation:
+    """The operation named by a caller's Idempotency-Key (scoped to the caller's token name)."""
+    digest = hashlib.sha256(orjson.dumps([principal_name, key])).hexdigest()
+    return Operation(digest=digest, fingerprint=fingerprint, ttl_s=IDEMPOTENCY_TTL_S)
+
+
+def anonymous_operation() -> Operation:
+    """A call made without an Idempotency-Key: a random name, so the write is still applied
+    at most once if the Redis client sends it again."""
+    return Operation(digest=secrets.token_hex(16), fingerprint="", ttl_s=ANONYMOUS_TTL_S)
+
+
+def _device_operation(operation: Operation, imei: str) -> Operation:
+    """The share of a many-device operation that touches IMEI."""
+    digest = hashlib.sha256(f"{operation.digest}:{imei}".encode()).hexdigest()
+    return Operation(digest=digest, fingerprint=operation.fingerprint, ttl_s=operation.ttl_s)
 
 
 class InvalidImei(ValueError):
@@ -54,7 +137,12 @@ def normalise_imei(raw: str) -> str:
 
 
 class OverrideService:
-    """Applies overrides with their audit entries; shared by the API and the CLI."""
+    """Applies overrides with their audit entries; shared by the API, the console and the CLI.
+
+    Every change is one check-and-set script call on the device's keys (the override, the
+    operation's idempotency record and, outside a Cluster, the audit entry): a removal removes
+    exactly the override its audit entry describes, and no change is applied twice.
+    """
 
     def __init__(self, devices: DeviceStore, audit: AuditStore):
         self.devices = devices
@@ -69,17 +157,15 @@ class OverrideService:
         expires_in_s: int | None = None,
         now: float | None = None,
         action: str = "device.unlock",
+        operation: Operation | None = None,
     ) -> UnlockOutcome:
         """Unlock IMEI within what PRINCIPAL's role may lift; raises SanctionsScopeError when the
         device's only policy locks are sanctions locks the role cannot lift."""
-        now = time.time() if now is None else now
-        lifts = liftable_kinds(principal.role)
-        blocking, can_lift_some = self._scope(imei, lifts)
-        if blocking and not can_lift_some:
-            raise SanctionsScopeError([r["rule"] for r in blocking])
-        override = self._override("unlock", principal, reason, ticket, expires_in_s, now, lifts)
-        self._store(imei, override, expires_in_s, principal, action)
-        return UnlockOutcome(override=override, still_locked_by=blocking)
+        operation = operation or anonymous_operation()
+        prior = self._prior(imei, operation)
+        if prior is not None:
+            return self._unlock_replay(prior)
+        return self._unlock(imei, principal, reason, ticket, expires_in_s, now, action, operation)
 
     def lock(
         self,
@@ -88,33 +174,73 @@ class OverrideService:
         reason: str,
         ticket: str | None = None,
         now: float | None = None,
-    ) -> Override:
+        operation: Operation | None = None,
+    ) -> LockOutcome:
         """Manual lock, whatever the policy says, until removed."""
-        now = time.time() if now is None else now
-        override = self._override("lock", principal, reason, ticket, None, now, frozenset())
-        self._store(imei, override, None, principal, "device.lock")
-        return override
+        operation = operation or anonymous_operation()
+        prior = self._prior(imei, operation)
+        if prior is None:
+            now = time.time() if now is None else now
+            override = self._override("lock", principal, reason, ticket, None, now, frozenset())
+            raw = self._store(imei, override, None, principal, "device.lock", operation, ANY, {})
+            if isinstance(raw, dict):
+                prior = raw
+            else:
+                return LockOutcome(override=override, etag=override_etag(raw))
+        stored = prior["override"]
+        return LockOutcome(decode_override(stored), etag=override_etag(stored), replayed=True)
 
-    def remove(self, imei: str, principal: Principal) -> bool:
-        """Remove the device's override; False when there was none."""
-        previous = self.devices.override(imei)
-        if previous is None:
-            return False
-        fields = self.audit.entry_fields(
-            principal.name,
-            principal.role,
-            "device.override_removed",
-            imei,
-            {
-                "removed": {
-                    "kind": previous.kind,
-                    "reason": previous.reason,
-                    "ticket": previous.ticket,
-                    "actor": previous.actor,
-                }
-            },
-        )
-        return self.devices.delete_override(imei, fields)
+    def remove(
+        self,
+        imei: str,
+        principal: Principal,
+        if_match: str | None = None,
+        operation: Operation | None = None,
+    ) -> RemoveOutcome:
+        """Remove the device's override, atomically: the audit entry names exactly the override
+        removed. IF_MATCH (an ETag, or ``*``) removes it only while it is that override."""
+        operation = operation or anonymous_operation()
+        prior = self._prior(imei, operation)
+        if prior is None:
+            current = self.devices.override_raw(imei)
+            while True:
+                if current is None:
+                    return RemoveOutcome("mismatch" if if_match else "none")
+                if if_match not in (None, "*") and override_etag(current) != if_match:
+                    return RemoveOutcome("mismatch")
+                previous = decode_override(current)
+                fields = self.audit.entry_fields(
+                    principal.name,
+                    principal.role,
+                    "device.override_removed",
+                    imei,
+                    {
+                        "removed": {
+                            "kind": previous.kind,
+                            "reason": previous.reason,
+                            "ticket": previous.ticket,
+                            "actor": previous.actor,
+                            "etag": override_etag(current),
+                        }
+                    },
+                )
+                change = self._apply(
+                    imei,
+                    None,
+                    None,
+                    current,
+                    operation,
+                    {"status": 204, "removed": current},
+                    fields,
+                )
+                if change.outcome == "done":
+                    return RemoveOutcome("removed", removed=previous)
+                if change.outcome == "replay":
+                    prior = change.record
+                    break
+                current = change.current  # changed meanwhile: decide again on what is there
+        self._check_fingerprint(prior, operation)
+        return RemoveOutcome("removed", decode_override(prior["removed"]), replayed=True)
 
     def bulk_unlock(
         self,
@@ -123,10 +249,17 @@ class OverrideService:
         reason: str,
         ticket: str | None = None,
         expires_in_s: int | None = None,
+        operation: Operation | None = None,
     ) -> Iterator[dict]:
         """Unlock every valid IMEI of (line number, text) pairs, yielding one result per line
         that is not blank, a comment or a header: status applied / unchanged / invalid /
-        refused. Re-running the same file changes nothing more (status unchanged)."""
+        refused. Re-running the same file changes nothing more (status unchanged); re-running
+        the same call with the same OPERATION (Idempotency-Key) replays each device's result
+        (status applied again, nothing written twice). Each device's "unchanged" decision and
+        its write are one check-and-set, so overlapping bulk unlocks write one audit entry per
+        device actually changed."""
+        operation = operation or anonymous_operation()
+        lifts = frozenset(liftable_kinds(principal.role))
         seen: set[str] = set()
         for line_no, text in lines:
             cell = text.split(",")[0].strip().strip('"')
@@ -146,24 +279,103 @@ class OverrideService:
                 yield {"line": line_no, "imei": imei, "status": "unchanged", "error": "duplicate"}
                 continue
             seen.add(imei)
-            current = self.devices.override(imei)
+            status = self._bulk_one(imei, principal, reason, ticket, expires_in_s, lifts, operation)
+            if status == "refused":
+                yield {"line": line_no, "imei": imei, "status": "refused", "error": SCOPE_MESSAGE}
+            else:
+                yield {"line": line_no, "imei": imei, "status": status}
+
+    def _bulk_one(self, imei, principal, reason, ticket, expires_in_s, lifts, operation) -> str:
+        device_operation = _device_operation(operation, imei)
+        if operation.fingerprint and self._prior(imei, device_operation) is not None:
+            return "applied"
+        current = self.devices.override_raw(imei)
+        while True:
+            existing = decode_override(current)
             if (
-                current is not None
-                and current.kind == "unlock"
-                and current.reason == reason
-                and current.ticket == ticket
-                and current.lifts == frozenset(liftable_kinds(principal.role))
+                existing is not None
+                and existing.kind == "unlock"
+                and existing.reason == reason
+                and existing.ticket == ticket
+                and existing.lifts == lifts
             ):
-                yield {"line": line_no, "imei": imei, "status": "unchanged"}
-                continue
+                return "unchanged"
             try:
-                self.unlock(
-                    imei, principal, reason, ticket, expires_in_s, action="device.bulk_unlock"
+                outcome = self._unlock(
+                    imei,
+                    principal,
+                    reason,
+                    ticket,
+                    expires_in_s,
+                    None,
+                    "device.bulk_unlock",
+                    device_operation,
+                    expected=current,
                 )
             except SanctionsScopeError:
-                yield {"line": line_no, "imei": imei, "status": "refused", "error": SCOPE_MESSAGE}
+                return "refused"
+            except _Changed as changed:
+                current = changed.current  # another writer got there first: decide again
                 continue
-            yield {"line": line_no, "imei": imei, "status": "applied"}
+            del outcome
+            return "applied"
+
+    def _unlock(
+        self,
+        imei,
+        principal,
+        reason,
+        ticket,
+        expires_in_s,
+        now,
+        action,
+        operation,
+        expected=ANY,
+    ) -> UnlockOutcome:
+        now = time.time() if now is None else now
+        lifts = liftable_kinds(principal.role)
+        blocking, can_lift_some = self._scope(imei, lifts)
+        if blocking and not can_lift_some:
+            raise SanctionsScopeError([r["rule"] for r in blocking])
+        override = self._override("unlock", principal, reason, ticket, expires_in_s, now, lifts)
+        raw = self._store(
+            imei,
+            override,
+            expires_in_s,
+            principal,
+            action,
+            operation,
+            expected,
+            {"still_locked_by": blocking},
+        )
+        if isinstance(raw, dict):
+            return self._unlock_replay(raw)
+        return UnlockOutcome(override=override, still_locked_by=blocking, etag=override_etag(raw))
+
+    @staticmethod
+    def _unlock_replay(record: dict) -> UnlockOutcome:
+        stored = record["override"]
+        return UnlockOutcome(
+            override=decode_override(stored),
+            still_locked_by=record.get("still_locked_by") or [],
+            etag=override_etag(stored),
+            replayed=True,
+        )
+
+    def _prior(self, imei: str, operation: Operation) -> dict | None:
+        """The record of OPERATION if it was applied before (checked first, so a retry is
+        answered as the first call was even if the device changed since)."""
+        if not operation.fingerprint:
+            return None
+        prior = self.devices.operation_record(imei, operation.digest)
+        if prior is not None:
+            self._check_fingerprint(prior, operation)
+        return prior
+
+    @staticmethod
+    def _check_fingerprint(record: dict, operation: Operation) -> None:
+        if record.get("fingerprint") != operation.fingerprint:
+            raise IdempotencyConflict("the Idempotency-Key was used for another request")
 
     def _scope(self, imei: str, lifts: frozenset[str]) -> tuple[list[dict], bool]:
         """The device's policy locks this role cannot lift, and whether it can lift any."""
@@ -185,7 +397,11 @@ class OverrideService:
             expires_at=now + expires_in_s if expires_in_s else None,
         )
 
-    def _store(self, imei, override, expires_in_s, principal, action) -> None:
+    def _store(
+        self, imei, override, expires_in_s, principal, action, operation, expected, extra
+    ) -> str | dict:
+        """Write OVERRIDE with its audit entry: its stored form, or the record of the same
+        operation applied before (a dict). Raises _Changed when EXPECTED no longer holds."""
         fields = self.audit.entry_fields(
             principal.name,
             principal.role,
@@ -199,4 +415,34 @@ class OverrideService:
             },
         )
         ttl = math.ceil(expires_in_s) if expires_in_s else None
-        self.devices.set_override(imei, override, ttl, fields)
+        raw = encode_override(override).decode()
+        change = self._apply(
+            imei,
+            override,
+            ttl,
+            expected,
+            operation,
+            {"status": 201, "override": raw, **extra},
+            fields,
+        )
+        if change.outcome == "replay":
+            self._check_fingerprint(change.record, operation)
+            return change.record
+        if change.outcome == "changed":
+            raise _Changed(change.current)
+        return raw
+
+    def _apply(self, imei, override, ttl, expected, operation, result, fields):
+        try:
+            return self.devices.change_override(
+                imei,
+                new=override,
+                ttl_s=ttl,
+                expected=expected,
+                operation=operation,
+                result=result,
+                audit_fields=fields,
+            )
+        except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
+            # Sent (or perhaps sent): whether it was applied cannot be known from here.
+            raise OutcomeUnknown(OUTCOME_UNKNOWN_MESSAGE) from exc

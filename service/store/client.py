@@ -15,7 +15,15 @@ log = logging.getLogger(__name__)
 
 
 def connect_redis(url: str, settings: Settings):
-    """A Redis client that fails fast (bounded timeouts, one quick retry).
+    """A Redis client that fails fast (bounded timeouts, one quick retry on a broken
+    connection, none on a timeout).
+
+    A timeout means the command was sent and its reply is late: sending it again would apply a
+    write (a whole MULTI/EXEC, a script) a second time, so a timeout is never retried; the caller
+    answers 503 (a write's outcome then unknown: see docs/decisions.md, "Writes applied at most
+    once"). A broken connection (closed by the server while idle, or refused) is retried once;
+    the writes that might have reached Redis before it broke carry an idempotency record, so a
+    second sending of them is recognised and not applied again (``DeviceStore.change_override``).
 
     A Redis Cluster is recognised by asking the node at URL (``INFO cluster``); the client then
     follows the cluster's slots from any node. A server that cannot be reached at start-up is
@@ -25,7 +33,12 @@ def connect_redis(url: str, settings: Settings):
         decode_responses=True,
         socket_timeout=settings.redis_timeout_s,
         socket_connect_timeout=settings.redis_timeout_s,
-        retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 1),
+        retry=Retry(
+            ExponentialBackoff(cap=0.1, base=0.01),
+            1,
+            supported_errors=(redis_lib.ConnectionError,),
+        ),
+        retry_on_timeout=False,
     )
     if _is_cluster_node(url, settings):
         return RedisCluster.from_url(url, **options)

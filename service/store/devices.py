@@ -5,6 +5,7 @@ The stored forms are those of :mod:`service.store.records`; this module only mov
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,13 +33,66 @@ class ResetConflict(RuntimeError):
     """The device's record kept changing under an activation reset (check-ins racing it)."""
 
 
+def override_etag(raw: str | bytes | None) -> str | None:
+    """The entity tag of a stored override (quoted, as HTTP's ETag): a digest of its stored
+    form, so any other override (even a like one made a moment later) has another."""
+    if raw is None:
+        return None
+    data = raw.encode() if isinstance(raw, str) else raw
+    return '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+
+
+def _text(value: str | bytes | None) -> str | None:
+    """VALUE as text, whichever way the client decodes replies."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class _Any:
+    """The type of :data:`ANY`."""
+
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+#: ``change_override(expected=ANY)``: whatever the device holds.
+ANY = _Any()
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One state-changing call, for its idempotency record: DIGEST names it (a digest of the
+    caller's token name and Idempotency-Key, or of a random id), FINGERPRINT is a digest of the
+    request (a key reused for another request is refused), TTL_S how long the record is kept."""
+
+    digest: str
+    fingerprint: str
+    ttl_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideChange:
+    """What :meth:`DeviceStore.change_override` did: ``done`` (CURRENT: what it replaced or
+    removed), ``changed`` (nothing written: CURRENT is what the device holds now) or ``replay``
+    (the operation was applied before: RECORD is what it stored)."""
+
+    outcome: str
+    current: str | None = None
+    record: dict | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceSnapshot:
     """What a check-in reads before deciding: the record (None for a device never seen) and the
-    override (if any)."""
+    override (if any), with the override's stored form (for its ETag)."""
 
     record: DeviceRecord | None
     override: Override | None
+    override_raw: str | None = None
+
+    @property
+    def override_etag(self) -> str | None:
+        """The override's entity tag (see :func:`override_etag`)."""
+        return override_etag(self.override_raw)
 
     @property
     def state(self) -> DeviceState:
@@ -166,6 +220,38 @@ end
 return 1
 """
 
+# Check-and-set of a device's override with its idempotency record and audit entry.
+# KEYS: override, idempotency record, [audit stream (absent in a Cluster)].
+# ARGV: mode (set/delete), check (1: only if the override is ARGV[3]), expected ("" = none),
+#       new override, its TTL (0 = none), idempotency record, its TTL, audit field/value pairs.
+_CHANGE_OVERRIDE = r"""
+local prior = redis.call('GET', KEYS[2])
+if prior then
+  return {'replay', prior}
+end
+local current = redis.call('GET', KEYS[1]) or ''
+if ARGV[2] == '1' and current ~= ARGV[3] then
+  return {'changed', current}
+end
+if ARGV[1] == 'set' then
+  if tonumber(ARGV[5]) > 0 then
+    redis.call('SET', KEYS[1], ARGV[4], 'EX', ARGV[5])
+  else
+    redis.call('SET', KEYS[1], ARGV[4])
+  end
+else
+  if current == '' then
+    return {'changed', ''}
+  end
+  redis.call('DEL', KEYS[1])
+end
+redis.call('SET', KEYS[2], ARGV[6], 'EX', ARGV[7])
+if KEYS[3] then
+  redis.call('XADD', KEYS[3], '*', unpack(ARGV, 8))
+end
+return {'done', current}
+"""
+
 # Fields a check-in never writes from its record: the script sets first_seen once, merges
 # the history itself and keeps the proof fields (SPEC §13; counted, never overwritten).
 _SCRIPT_FIELDS = ("first_seen", "history", "proven", "unproven_checkins", "last_unproven")
@@ -189,6 +275,7 @@ class DeviceStore:
         self._record = redis.register_script(_RECORD_CHECKIN)
         self._forget_facts = redis.register_script(_FORGET_FACTS)
         self._reset_activation = redis.register_script(_RESET_ACTIVATION)
+        self._change_override = redis.register_script(_CHANGE_OVERRIDE)
 
     def snapshot(self, imei: str, fields: tuple[str, ...] | None = None) -> DeviceSnapshot:
         """Record (all fields, or only FIELDS) and override of a device, in one round trip."""
@@ -206,6 +293,7 @@ class DeviceStore:
         return DeviceSnapshot(
             record=DeviceRecord.decode(stored) if stored else None,
             override=decode_override(override),
+            override_raw=_text(override),
         )
 
     def record_checkin(
@@ -277,21 +365,76 @@ class DeviceStore:
         history = self.redis.hget(keys.device(imei), "history")
         return DeviceRecord.decode({"history": history}).decisions(limit)
 
-    def set_override(
-        self, imei: str, override: Override, ttl_s: int | None, audit_fields: dict
-    ) -> None:
-        """Store OVERRIDE (replacing any other) and its audit entry; TTL_S makes it lapse."""
-        self._with_audit(
-            lambda pipe: pipe.set(keys.device_override(imei), encode_override(override), ex=ttl_s),
-            audit_fields,
-        )
+    def change_override(
+        self,
+        imei: str,
+        *,
+        new: Override | None,
+        ttl_s: int | None,
+        expected: str | _Any | None,
+        operation: Operation,
+        result: dict,
+        audit_fields: dict | None,
+    ) -> OverrideChange:
+        """Set the device's override to NEW (None removes it) with its audit entry, in one script
+        call: atomic, and never applied twice.
 
-    def delete_override(self, imei: str, audit_fields: dict) -> bool:
-        """Remove the device's override; False (and no audit entry) when it had none."""
-        if not self.redis.exists(keys.device_override(imei)):
-            return False
-        self._with_audit(lambda pipe: pipe.delete(keys.device_override(imei)), audit_fields)
-        return True
+        EXPECTED is the stored override (raw, as :attr:`DeviceSnapshot.override_raw` or
+        :meth:`override_raw` read it; None for "none") the change was decided on; when the device
+        no longer holds exactly that, nothing is written and the answer is ``changed`` with what
+        it holds now. ``ANY`` replaces whatever is there (a removal of nothing is ``changed``).
+
+        OPERATION names the write (from the caller's Idempotency-Key, or a random id): its record
+        (RESULT, the fingerprint) is stored in the same script, so the same operation sent again
+        (by the caller, or by redis-py after a lost reply) is answered ``replay`` with the first
+        record instead of being applied a second time.
+        """
+        record = orjson.dumps({"fingerprint": operation.fingerprint, **result})
+        audit_args: list = []
+        for name, value in (audit_fields or {}).items():
+            audit_args.extend((name, value))
+        in_script = not self.cluster and audit_fields is not None
+        stream = [keys.AUDIT] if in_script else []
+        reply = self._change_override(
+            keys=[keys.device_override(imei), keys.idempotency(imei, operation.digest), *stream],
+            args=[
+                "delete" if new is None else "set",
+                "0" if expected is ANY else "1",
+                "" if expected is ANY or expected is None else expected,
+                encode_override(new) if new is not None else "",
+                ttl_s or 0,
+                record,
+                operation.ttl_s,
+                *(audit_args if in_script else ()),
+            ],
+        )
+        outcome, value = _text(reply[0]), _text(reply[1]) or None
+        if outcome == "replay":
+            return OverrideChange("replay", record=orjson.loads(value))
+        if outcome == "changed":
+            return OverrideChange("changed", current=value)
+        if self.cluster and audit_fields is not None:
+            # The audit stream is another slot: it follows the change (docs/decisions.md).
+            self.redis.xadd(keys.AUDIT, audit_fields)
+        return OverrideChange("done", current=value)
+
+    def operation_record(self, imei: str, digest: str) -> dict | None:
+        """The stored record of a write named DIGEST on the device (None when none)."""
+        raw = self.redis.get(keys.idempotency(imei, digest))
+        return orjson.loads(raw) if raw else None
+
+    def request_record(self, digest: str) -> dict | None:
+        """The stored result of a many-device call named DIGEST (bulk unlock), or None."""
+        raw = self.redis.get(keys.idempotent_request(digest))
+        return orjson.loads(raw) if raw else None
+
+    def store_request_record(self, digest: str, record: dict, ttl_s: int) -> None:
+        """Keep the result of a many-device call named DIGEST for TTL_S seconds."""
+        self.redis.set(keys.idempotent_request(digest), orjson.dumps(record), ex=ttl_s)
+
+    def override_raw(self, imei: str) -> str | None:
+        """The device's override as stored (what :meth:`change_override` compares with)."""
+        return _text(self.redis.get(keys.device_override(imei)))
 
     def reset_activation(self, imei: str, audit_fields_of, attempts: int = 5) -> dict | None:
         """Forget the device's activation record and its ``bind: activation`` bindings (with
@@ -331,13 +474,6 @@ class DeviceStore:
     def override(self, imei: str) -> Override | None:
         """The device's active override (a lapsed time-boxed one is gone by its TTL)."""
         return decode_override(self.redis.get(keys.device_override(imei)))
-
-    def _with_audit(self, write, audit_fields: dict) -> None:
-        # One MULTI where the keys may share it; in a cluster the audit stream is another slot.
-        pipe = self.redis.pipeline(transaction=not self.cluster)
-        write(pipe)
-        pipe.xadd(keys.AUDIT, audit_fields)
-        pipe.execute()
 
     def exists(self, imei: str) -> bool:
         """True when the device has checked in at least once."""

@@ -38,6 +38,20 @@ def device_used_proof(imei: str, mac: str) -> str:
     return f"{PREFIX}dev:{{{imei}}}:proof:{mac}"
 
 
+def idempotency(imei: str, digest: str) -> str:
+    """String (JSON, TTL): the record of one state-changing call on the device (its request's
+    fingerprint and result), named by a digest of the caller's token name and Idempotency-Key
+    (or of a random id): written in the same script as the change, so a call sent again is
+    replayed, not applied twice."""
+    return f"{PREFIX}dev:{{{imei}}}:idem:{digest}"
+
+
+def idempotent_request(digest: str) -> str:
+    """String (JSON, TTL): the result of a call spanning many devices (bulk unlock), named like
+    :func:`idempotency`; each device's change has its own record as well."""
+    return f"{PREFIX}idem:{digest}"
+
+
 # SCAN pattern matching only the device record hashes (their names end with the tag).
 DEVICE_SCAN_PATTERN = f"{PREFIX}dev:{{*}}"
 

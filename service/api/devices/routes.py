@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app, g
+from flask import current_app, g, request
 from flask.views import MethodView
 
 from service.api.devices.schemas import (
@@ -20,15 +20,23 @@ from service.devices.activation import reset_activation
 from service.devices.document import device_document, override_out
 from service.devices.identity import AMBIGUOUS_CODE, AmbiguousImei, resolve_device
 from service.devices.overrides import (
+    IDEMPOTENCY_TTL_S,
+    MAX_IDEMPOTENCY_KEY,
+    OUTCOME_UNKNOWN_MESSAGE,
     SCOPE_MESSAGE,
+    IdempotencyConflict,
     InvalidImei,
+    OutcomeUnknown,
     OverrideService,
     SanctionsScopeError,
+    anonymous_operation,
+    named_operation,
     normalise_imei,
+    request_fingerprint,
 )
-from service.store.devices import ResetConflict
+from service.store.devices import Operation, ResetConflict
 from service.web.auth import require
-from service.web.errors import ApiError
+from service.web.errors import ApiError, redis_failure, retry_after_headers
 
 blp = ApiBlueprint("devices", __name__, url_prefix="/v1/devices", description="Support agents")
 
@@ -62,6 +70,78 @@ def _service() -> OverrideService:
     return OverrideService(rl.devices, rl.audit)
 
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+#: The OpenAPI description of the Idempotency-Key header, on every state-changing call.
+IDEMPOTENCY_PARAMETER = {
+    "in": "header",
+    "name": IDEMPOTENCY_HEADER,
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
+    "description": (
+        "A key of the caller's choosing (a random UUID) naming this call: the same call sent "
+        f"again with the same key within {IDEMPOTENCY_TTL_S // 3600} h is not applied again "
+        "but answered as the first was (same status and body, header Idempotent-Replayed: "
+        "true); the same key with another body is a 422. Send it, and after a 503 or a lost "
+        "answer retry with the same key."
+    ),
+}
+
+IF_MATCH_PARAMETER = {
+    "in": "header",
+    "name": "If-Match",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": (
+        "The override's ETag (GET /v1/devices/<imei>, the unlock and lock answers): remove it "
+        "only while it is still that override, else 412 precondition_failed"
+    ),
+}
+
+
+def _operation(body: object) -> Operation:
+    """The operation this call is: named by the caller's Idempotency-Key, else anonymous."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return anonymous_operation()
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isascii() or not key.isprintable():
+        raise ApiError(
+            422,
+            "the Idempotency-Key header is not valid",
+            fields={
+                IDEMPOTENCY_HEADER: [
+                    f"must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+                ]
+            },
+        )
+    fingerprint = request_fingerprint(request.method, request.path, body)
+    return named_operation(g.principal.name, key, fingerprint)
+
+
+def _reused_key() -> ApiError:
+    return ApiError(
+        422,
+        "this Idempotency-Key was already used for another request",
+        code="idempotency_key_reused",
+        fields={IDEMPOTENCY_HEADER: ["already used for a request with another body or address"]},
+    )
+
+
+def _outcome_unknown(exc: OutcomeUnknown) -> ApiError:
+    if exc.__cause__ is not None:
+        redis_failure(exc.__cause__)
+    return ApiError(
+        503, OUTCOME_UNKNOWN_MESSAGE, code="outcome_unknown", headers=retry_after_headers()
+    )
+
+
+def _replay_headers(replayed: bool, etag: str | None = None) -> dict[str, str]:
+    headers = {"Idempotent-Replayed": "true"} if replayed else {}
+    if etag:
+        headers["ETag"] = etag
+    return headers
+
+
 @blp.route("/<imei:imei>")
 class Device(MethodView):
     @blp.doc(security=[{"bearer": []}])
@@ -79,19 +159,30 @@ class Device(MethodView):
 
 @blp.route("/<imei:imei>/unlock")
 class Unlock(MethodView):
-    @blp.doc(security=[{"bearer": []}])
+    @blp.doc(security=[{"bearer": []}], parameters=[IDEMPOTENCY_PARAMETER])
     @blp.response(201, UnlockResultSchema)
     @blp.alt_response(403, description="the only lock is one this role cannot lift")
     @blp.alt_response(409, description="ambiguous_imei: an alias of several devices")
+    @blp.alt_response(503, description="Redis unreachable, or the outcome is unknown")
     @require("devices:write")
     @blp.arguments(UnlockSchema)
     def post(self, body, imei):
         """Unlock the device (scoped by role; optionally time-boxed)."""
         imei = _imei(imei)
+        operation = _operation(body)
         try:
             outcome = _service().unlock(
-                imei, g.principal, body["reason"], body.get("ticket"), body.get("expires_in_s")
+                imei,
+                g.principal,
+                body["reason"],
+                body.get("ticket"),
+                body.get("expires_in_s"),
+                operation=operation,
             )
+        except IdempotencyConflict:
+            raise _reused_key() from None
+        except OutcomeUnknown as exc:
+            raise _outcome_unknown(exc) from None
         except SanctionsScopeError as exc:
             raise ApiError(
                 403,
@@ -100,9 +191,9 @@ class Unlock(MethodView):
                 extra={"rules": exc.rules},
             ) from None
         still_locked = bool(outcome.still_locked_by)
-        return {
+        body = {
             "imei": imei,
-            "override": override_out(outcome.override),
+            "override": override_out(outcome.override, outcome.etag),
             "still_locked": still_locked,
             "still_locked_by": outcome.still_locked_by,
             "message": (
@@ -112,34 +203,69 @@ class Unlock(MethodView):
                 else "unlocked from the next check-in"
             ),
         }
+        return body, 201, _replay_headers(outcome.replayed, outcome.etag)
 
 
 @blp.route("/<imei:imei>/lock")
 class Lock(MethodView):
-    @blp.doc(security=[{"bearer": []}])
+    @blp.doc(security=[{"bearer": []}], parameters=[IDEMPOTENCY_PARAMETER])
     @blp.response(201, OverrideOutSchema)
     @blp.alt_response(409, description="ambiguous_imei: an alias of several devices")
+    @blp.alt_response(503, description="Redis unreachable, or the outcome is unknown")
     @require("devices:write")
     @blp.arguments(LockSchema)
     def post(self, body, imei):
         """Lock the device whatever the policy says, until the override is removed."""
-        return override_out(
-            _service().lock(_imei(imei), g.principal, body["reason"], body.get("ticket"))
+        imei = _imei(imei)
+        operation = _operation(body)
+        try:
+            outcome = _service().lock(
+                imei, g.principal, body["reason"], body.get("ticket"), operation=operation
+            )
+        except IdempotencyConflict:
+            raise _reused_key() from None
+        except OutcomeUnknown as exc:
+            raise _outcome_unknown(exc) from None
+        return (
+            override_out(outcome.override, outcome.etag),
+            201,
+            _replay_headers(outcome.replayed, outcome.etag),
         )
 
 
 @blp.route("/<imei:imei>/override")
 class RemoveOverride(MethodView):
-    @blp.doc(security=[{"bearer": []}])
+    @blp.doc(security=[{"bearer": []}], parameters=[IF_MATCH_PARAMETER, IDEMPOTENCY_PARAMETER])
     @blp.response(204)
     @blp.alt_response(404, description="the device has no override")
     @blp.alt_response(409, description="ambiguous_imei: an alias of several devices")
+    @blp.alt_response(412, description="If-Match names another override than the device's")
+    @blp.alt_response(503, description="Redis unreachable, or the outcome is unknown")
     @require("devices:write")
     def delete(self, imei):
-        """Remove the device's override; the next check-in follows the policy again."""
-        if not _service().remove(_imei(imei), g.principal):
+        """Remove the device's override; the next check-in follows the policy again.
+
+        The removal is atomic: of several at once, one removes it and the others answer 404
+        (412 with If-Match), and its audit entry names exactly the override removed."""
+        imei = _imei(imei)
+        if_match = request.headers.get("If-Match")
+        operation = _operation({"if_match": if_match})
+        try:
+            outcome = _service().remove(imei, g.principal, if_match=if_match, operation=operation)
+        except IdempotencyConflict:
+            raise _reused_key() from None
+        except OutcomeUnknown as exc:
+            raise _outcome_unknown(exc) from None
+        if outcome.status == "mismatch":
+            raise ApiError(
+                412,
+                "the device's override is not the one If-Match names (it was changed or "
+                "removed): read the device again",
+                code="precondition_failed",
+            )
+        if outcome.status == "none":
             raise ApiError(404, "this device has no override")
-        return None
+        return None, 204, _replay_headers(outcome.replayed)
 
 
 @blp.route("/<imei:imei>/activation")
@@ -167,22 +293,48 @@ class Activation(MethodView):
 
 @blp.route("/unlock")
 class BulkUnlock(MethodView):
-    @blp.doc(security=[{"bearer": []}])
+    @blp.doc(security=[{"bearer": []}], parameters=[IDEMPOTENCY_PARAMETER])
     @blp.response(200, BulkResultSchema)
+    @blp.alt_response(503, description="Redis unreachable, or some outcomes unknown")
     @require("devices:write")
     @blp.arguments(BulkUnlockSchema)
     def post(self, body):
-        """Unlock many devices at once; invalid IMEIs are reported, valid ones applied."""
-        results = list(
-            _service().bulk_unlock(
-                enumerate(body["imeis"], start=1),
-                g.principal,
-                body["reason"],
-                body.get("ticket"),
-                body.get("expires_in_s"),
+        """Unlock many devices at once; invalid IMEIs are reported, valid ones applied.
+
+        Safe to resume: after a 503 or a lost answer, send the same call again (best with the
+        same Idempotency-Key): devices already unlocked are not changed again (each device's
+        result is replayed as ``applied`` with the same key, else reported ``unchanged``)."""
+        operation = _operation(body)
+        rl = current_app.extensions["regionlock"]
+        if operation.fingerprint:
+            stored = rl.devices.request_record(operation.digest)
+            if stored is not None:
+                if stored.get("fingerprint") != operation.fingerprint:
+                    raise _reused_key()
+                return stored["body"], 200, _replay_headers(True)
+        try:
+            results = list(
+                _service().bulk_unlock(
+                    enumerate(body["imeis"], start=1),
+                    g.principal,
+                    body["reason"],
+                    body.get("ticket"),
+                    body.get("expires_in_s"),
+                    operation=operation,
+                )
             )
-        )
+        except IdempotencyConflict:
+            raise _reused_key() from None
+        except OutcomeUnknown as exc:
+            raise _outcome_unknown(exc) from None
         counts = {s: 0 for s in ("applied", "unchanged", "refused", "invalid")}
         for row in results:
             counts[row["status"]] += 1
-        return {**counts, "results": [r for r in results if r["status"] != "applied"]}
+        answer = {**counts, "results": results}
+        if operation.fingerprint:
+            rl.devices.store_request_record(
+                operation.digest,
+                {"fingerprint": operation.fingerprint, "body": answer},
+                IDEMPOTENCY_TTL_S,
+            )
+        return answer

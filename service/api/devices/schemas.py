@@ -48,6 +48,13 @@ class OverrideOutSchema(Schema):
     role = fields.String()
     created_at = fields.String()
     expires_at = fields.String(allow_none=True)
+    etag = fields.String(
+        metadata={
+            "description": "the override's entity tag (also the ETag header of the unlock and "
+            "lock answers): send it as If-Match on DELETE .../override to remove only this "
+            "override"
+        }
+    )
 
 
 class UnlockResultSchema(Schema):
@@ -111,8 +118,15 @@ class ResetActivationSchema(_Body):
 
 
 class BulkResultSchema(Schema):
-    applied = fields.Integer()
+    applied = fields.Integer(
+        metadata={
+            "description": "devices changed by this call (or, replayed with the same "
+            "Idempotency-Key, by its first run)"
+        }
+    )
     unchanged = fields.Integer()
     refused = fields.Integer()
     invalid = fields.Integer()
-    results = fields.List(fields.Dict())
+    results = fields.List(
+        fields.Dict(), metadata={"description": "one row per line not applied: why"}
+    )
