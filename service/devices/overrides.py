@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from stdnum import luhn
 
@@ -88,10 +88,14 @@ class OverrideService:
         reason: str,
         ticket: str | None = None,
         now: float | None = None,
+        message: str | None = None,
     ) -> Override:
-        """Manual lock, whatever the policy says, until removed."""
+        """Manual lock, whatever the policy says, until removed; MESSAGE is the lock-screen
+        text shown instead of the bundle's ``manual_lock`` one (SPEC §10)."""
         now = time.time() if now is None else now
         override = self._override("lock", principal, reason, ticket, None, now, frozenset())
+        if message is not None:
+            override = replace(override, message=message)
         self._store(imei, override, None, principal, "device.lock")
         return override
 
@@ -196,6 +200,7 @@ class OverrideService:
                 "ticket": override.ticket,
                 "lifts": sorted(override.lifts),
                 "expires_at": override.expires_at,
+                **({"message": override.message} if override.message is not None else {}),
             },
         )
         ttl = math.ceil(expires_in_s) if expires_in_s else None

@@ -52,6 +52,7 @@ from typing import Any
 import orjson
 
 from service.engine.allocation_index import AllocationIndex
+from service.engine.messages import MessageBook, offline_terms
 from service.engine.model import (
     DAY_S,
     SANCTIONED_REGION,
@@ -151,7 +152,9 @@ def _most_common_label(signals: Mapping[str, str | tuple[str, ...]]) -> str | No
 class CompiledPolicy:
     """A validated bundle ready to decide check-ins.
 
-    ``bundle`` is the normalised bundle dict; ``rules`` the compiled rules in bundle order.
+    ``bundle`` is the normalised bundle dict; ``rules`` the compiled rules in bundle order;
+    ``messages`` the lock-screen messages (:class:`~service.engine.messages.MessageBook`) and
+    ``offline`` the response's offline terms.
     """
 
     __slots__ = (
@@ -161,6 +164,8 @@ class CompiledPolicy:
         "rules",
         "_index",
         "_distributors",
+        "messages",
+        "offline",
     )
 
     def __init__(self, bundle: dict[str, Any], index: AllocationIndex):
@@ -178,6 +183,10 @@ class CompiledPolicy:
             )
             for d in bundle["distributors"]
         }
+        # What the user sees (SPEC §10, §11): the lock-screen messages and the response's
+        # ``offline`` terms (None when the bundle has no offline block).
+        self.messages: MessageBook = MessageBook.from_bundle(bundle)
+        self.offline: dict[str, int] | None = offline_terms(bundle.get("offline"))
 
     def to_snapshot(self) -> bytes:
         """The compiled policy as bytes that :meth:`from_snapshot` loads in a fraction of the

@@ -121,7 +121,13 @@ class Lock(MethodView):
     def post(self, body, imei):
         """Lock the device whatever the policy says, until the override is removed."""
         return override_out(
-            _service().lock(_imei(imei), g.principal, body["reason"], body.get("ticket"))
+            _service().lock(
+                _imei(imei),
+                g.principal,
+                body["reason"],
+                body.get("ticket"),
+                message=body.get("message"),
+            )
         )
 
 
