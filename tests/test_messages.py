@@ -581,3 +581,66 @@ def test_openapi_documents_the_new_fields(client):
         "application/json"
     ]["schema"]["$ref"]
     assert "message" in schemas[lock.rsplit("/", 1)[1]]["properties"]
+
+
+# --- the console shows what the phone shows --------------------------------------------------
+
+
+@pytest.fixture
+def agent(app, tokens):
+    from tests.test_console import Console
+
+    session = Console(app.test_client())
+    assert session.sign_in(tokens["agent"]).status_code == 302
+    return session
+
+
+def _phone_card(page: str) -> str:
+    import re
+
+    found = re.search(r'<section class="card phone-screen".*?</section>', page, re.S)
+    assert found, "no phone screen on the device page"
+    return found.group(0)
+
+
+def test_device_page_shows_the_lock_screen_in_the_phones_language(agent, checkin):
+    checkin(gps=HAVANA, locale="fa-IR")
+    card = _phone_card(agent.get(f"/console/devices/{UNKNOWN}").get_data(as_text=True))
+    assert 'lang="fa"' in card and "این تلفن در این منطقه قابل استفاده نیست." in card
+    assert "+85230001234" in card and "fa-IR" in card
+    # Checked in just now: 30 days less a few seconds left, warning from day 27.
+    assert 'Locks itself in <strong class="offline-left">29 days 23 hours</strong>' in card
+    assert "warns its user from" in card
+
+
+def test_device_page_countdown_runs_from_the_last_verdict(app):
+    from service.console.devices import _offline_countdown
+
+    terms = {"lock_after_s": 30 * 86400, "warn_after_s": 27 * 86400}
+    start = 1_800_000_000.0
+    decided = "2027-01-15T08:00:00Z"
+    assert _offline_countdown(decided, None, start) is None
+    counting = _offline_countdown(decided, terms, start + 86400)
+    assert counting["state"] == "counting" and counting["left"] == "29 days"
+    assert counting["lock_at"] == start + 30 * 86400
+    assert _offline_countdown(decided, terms, start + 28 * 86400)["state"] == "warning"
+    locked = _offline_countdown(decided, terms, start + 31 * 86400)
+    assert locked["state"] == "locked" and locked["left"] == "under a minute"
+
+
+def test_console_lock_with_its_own_text(agent, checkin, redis):
+    checkin(ip="france")
+    text = "Téléphone volé : appelez le 01 23 45 67 89."
+    review = agent.post(f"/console/devices/{UNKNOWN}/lock", {"reason": "stolen", "message": text})
+    assert text in review.get_data(as_text=True)
+    done = agent.post(
+        f"/console/devices/{UNKNOWN}/lock",
+        {"reason": "stolen", "message": text, "step": "confirm"},
+    )
+    assert done.status_code == 302
+    answer = checkin(ip="france", locale="fr-FR")
+    assert answer["message"]["text"] == text and answer["message"]["lang"] is None
+    card = _phone_card(agent.get(f"/console/devices/{UNKNOWN}").get_data(as_text=True))
+    assert text in card and "the agent's own text" in card
+    too_long = agent.post(f"/console/devices/{UNKNOWN}/lock", {"reason": "r", "message": "x" * 501})
+    assert too_long.status_code == 422
