@@ -644,3 +644,15 @@ def test_console_lock_with_its_own_text(agent, checkin, redis):
     assert text in card and "the agent's own text" in card
     too_long = agent.post(f"/console/devices/{UNKNOWN}/lock", {"reason": "r", "message": "x" * 501})
     assert too_long.status_code == 422
+
+
+def test_the_bundle_editor_shows_texts_one_language_a_line_and_errors_at_their_line():
+    from service.console.bundle_text import check_text, dump_bundle
+
+    text = dump_bundle(load_bundle_dir(ROOT / "policies"))
+    lines = text.splitlines()
+    fa_line = next(i for i, line in enumerate(lines, 1) if line.strip().startswith("fa: "))
+    assert check_text(text).valid
+    [error] = check_text(text.replace("      fa: ", "      f!a: ")).to_dict()["errors"]
+    assert error["path"] == "messages.sanctioned_region.text.f!a"
+    assert error["line"] == fa_line
