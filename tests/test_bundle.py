@@ -54,7 +54,15 @@ def test_seed_bundle_is_valid_and_normalised() -> None:
     bundle = load_bundle_dir(ROOT / "policies")
     assert validate_bundle(bundle) == bundle  # normalising is idempotent
     assert json.loads(json.dumps(bundle)) == bundle
-    assert list(bundle) == ["name", "next_checkin_s", "max_new_lock_ratio", "rules", "distributors"]
+    assert list(bundle) == [
+        "name",
+        "next_checkin_s",
+        "max_new_lock_ratio",
+        "rules",
+        "distributors",
+        "messages",  # SPEC §10
+        "offline",  # SPEC §11
+    ]
     assert [r["id"] for r in bundle["rules"]] == ["sanctions", "gray-market"]
     assert bundle["rules"][0]["regions"] == ["CU", "IR", "SY", "KP", "SD", "UA-43", "UA-40"]
     assert {d["id"] for d in bundle["distributors"]} == {"hk-global", "us-carrier", "eu-distri"}

@@ -123,10 +123,13 @@ def test_response_fields(checkin):
         "policy_version",
         "next_checkin_s",
         "decided_at",
+        "message",  # SPEC §10: null when allowed
+        "offline",  # SPEC §11: null when the bundle has no offline block
         "nonce",
         "kid",
         "signature",
     }
+    assert answer["message"] is None
     assert answer["nonce"] is None
     assert answer["policy_version"] == 1
     assert answer["next_checkin_s"] == 86400

@@ -168,11 +168,16 @@ def test_agent_is_told_a_sanctions_lock_is_for_compliance(live_server, page, tok
         "POST",
         "/v1/checkin",
         tokens["device"],
-        {"imei": UNKNOWN, "sim": {"network": "36801"}},
+        {"imei": UNKNOWN, "sim": {"network": "36801"}, "locale": "es-CU"},
     )
     sign_in(page, base, tokens["agent"])
     page.goto(f"{base}/console/devices/{UNKNOWN}")
     expect(page.locator(".reasons")).to_contain_text("CU (Cuba) is a sanctioned region")
+    # What the phone shows: its lock screen in Spanish, and its offline countdown (SPEC §10, §11).
+    expect(page.locator("#phone-screen .lock-screen")).to_contain_text(
+        "Este teléfono no puede usarse en esta región."
+    )
+    expect(page.locator("#phone-screen .offline-left")).to_contain_text("29 days")
     expect(page.locator("#unlock .scope-note")).to_contain_text("Only a compliance officer")
     page.fill("#unlock-reason", "customer says they only visited")
     page.click("button:has-text('Review unlock')")

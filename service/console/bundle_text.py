@@ -115,7 +115,17 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
+def _represent_dict(dumper: yaml.SafeDumper, value: dict) -> yaml.MappingNode:
+    # A mapping holding prose (a lock-screen message's texts by language) reads one entry a
+    # line; short ones (a support contact, an allocation) stay on one line.
+    prose = any(isinstance(v, str) and len(v) > 40 for v in value.values())
+    return dumper.represent_mapping(
+        "tag:yaml.org,2002:map", value, flow_style=False if prose else None
+    )
+
+
 _BundleDumper.add_representer(str, _represent_str)
+_BundleDumper.add_representer(dict, _represent_dict)
 
 
 def dump_bundle(bundle: dict[str, Any]) -> str:

@@ -8,6 +8,8 @@ fields and shows what will happen, the second (``step=confirm``) does it.
 from __future__ import annotations
 
 import secrets
+import time
+from datetime import datetime
 from typing import Any
 
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
@@ -30,12 +32,15 @@ from service.devices.overrides import (
     normalise_imei,
     request_fingerprint,
 )
+from service.engine.messages import Cause
 from service.engine.model import SANCTIONED_REGION
 from service.engine.roles import liftable_kinds
 from service.store.devices import Operation
 from service.web.errors import redis_failure, retry_after_headers
 
 MAX_REASON = 500
+#: A manual lock's own lock-screen text (SPEC §10).
+MAX_LOCK_MESSAGE = 500
 MAX_TICKET = 100
 _ACTIONS = ("unlock", "lock", "remove")
 
@@ -99,11 +104,60 @@ def unlock_scope(imei: str, role: str, document: dict[str, Any] | None) -> dict[
     }
 
 
+def phone_screen(imei: str, document: dict[str, Any], now: float | None = None) -> dict | None:
+    """What the phone shows (SPEC §10, §11): its lock-screen message in its own language and
+    its offline countdown, as the *active* policy words them, from the last check-in's verdict
+    and locale. None before any check-in."""
+    last = document.get("last_checkin")
+    if not last or not document.get("verdict"):
+        return None
+    policy = _rl().policies.current().policy
+    actions = {
+        (r.get("code"), r.get("rule")): r.get("action") for r in _rl().devices.policy_reasons(imei)
+    }
+    fixed = {"manual_lock": "lock", "override_unlock": "allow"}
+    causes = [
+        Cause(
+            r["code"],
+            r.get("rule"),
+            fixed.get(r["code"]) or actions.get((r["code"], r.get("rule")), ""),
+        )
+        for r in document.get("reasons") or []
+    ]
+    override = document.get("override") or {}
+    manual = override.get("message") if override.get("kind") == "lock" else None
+    locale = last.get("locale")
+    message = policy.messages.choose(document["verdict"], causes, locale, manual)
+    return {
+        "locale": locale,
+        "message": message,
+        "offline": _offline_countdown(last["at"], policy.offline, now),
+    }
+
+
+def _offline_countdown(decided_at: str, offline: dict | None, now: float | None) -> dict | None:
+    """When the phone warns and locks itself if it gets no newer verified verdict."""
+    if offline is None:
+        return None
+    now = time.time() if now is None else now
+    start = datetime.fromisoformat(decided_at.replace("Z", "+00:00")).timestamp()
+    lock_at = start + offline["lock_after_s"]
+    warn_at = start + offline["warn_after_s"]
+    state = "locked" if now >= lock_at else "warning" if now >= warn_at else "counting"
+    return {
+        "state": state,
+        "lock_at": lock_at,
+        "warn_at": warn_at,
+        "left": present.duration_text(max(0.0, lock_at - now)),
+    }
+
+
 def _read_form(action: str) -> tuple[dict[str, str], dict[str, str]]:
     form = {
         "reason": request.form.get("reason", "").strip(),
         "ticket": request.form.get("ticket", "").strip(),
         "expires": request.form.get("expires", ""),
+        "message": request.form.get("message", "").strip(),
     }
     errors: dict[str, str] = {}
     if action in ("unlock", "lock"):
@@ -113,6 +167,8 @@ def _read_form(action: str) -> tuple[dict[str, str], dict[str, str]]:
             errors["reason"] = f"At most {MAX_REASON} characters."
         if len(form["ticket"]) > MAX_TICKET:
             errors["ticket"] = f"At most {MAX_TICKET} characters."
+    if action == "lock" and len(form["message"]) > MAX_LOCK_MESSAGE:
+        errors["message"] = f"At most {MAX_LOCK_MESSAGE} characters."
     if action == "unlock" and form["expires"] not in dict(present.EXPIRY_CHOICES):
         errors["expires"] = "Choose one of the listed durations."
     return form, errors
@@ -151,6 +207,7 @@ def render_device(
         evidence=present.evidence_rows(document),
         history=present.history_rows(document),
         scope=unlock_scope(imei, user.role, document) if security.can("devices:write") else None,
+        phone=phone_screen(imei, document),
         when=present.when,
         place_name=present.place_name,
         places_text=present.places_text,
@@ -292,7 +349,9 @@ def _perform(imei: str, action: str, form: dict[str, str]) -> ResponseReturnValu
         else:
             flash(f"Unlocked{until}: the phone is allowed from its next check-in.", "success")
     elif action == "lock":
-        service.lock(imei, user, form["reason"], ticket, operation=operation)
+        service.lock(
+            imei, user, form["reason"], ticket, operation=operation, message=form["message"] or None
+        )
         flash("Locked: the phone locks at its next check-in, whatever the policy says.", "success")
     else:
         # Remove the override the confirm page showed, not whatever replaced it meanwhile.

@@ -228,3 +228,19 @@ def history_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
 def expiry_label(seconds: str | None) -> str:
     """The label of an expiry choice."""
     return dict(EXPIRY_CHOICES).get(seconds or "", "")
+
+
+def duration_text(seconds: float) -> str:
+    """A time left as people say it: '29 days 4 hours', '3 hours 5 minutes', 'under a minute'."""
+    minutes = int(seconds // 60)
+    days, rest = divmod(minutes, 24 * 60)
+    hours, mins = divmod(rest, 60)
+
+    def unit(n: int, name: str) -> str:
+        return f"{n} {name}{'' if n == 1 else 's'}"
+
+    if days:
+        return unit(days, "day") + (f" {unit(hours, 'hour')}" if hours else "")
+    if hours:
+        return unit(hours, "hour") + (f" {unit(mins, 'minute')}" if mins else "")
+    return unit(mins, "minute") if mins else "under a minute"

@@ -83,6 +83,8 @@ class CheckinService:
             "sim_operators": operators if len(operators) > 1 else None,
             "model": body.get("model"),
             "firmware": body.get("firmware"),
+            # The phone's language, so support sees the lock screen the user reads (SPEC §10).
+            "locale": body.get("locale"),
         }
         # Empty values are removed from the record rather than stored (DeviceRecord.encode):
         # memory per device is what bounds a fleet's Redis (see docs/performance.md).
@@ -133,6 +135,7 @@ class CheckinService:
             "policy_version": active.version,
             "next_checkin_s": active.policy.next_checkin_s,
             "decided_at": decided_at,
+            **_what_the_user_sees(active.policy, decision, body.get("locale")),
         }
 
     def _record_identity(
@@ -180,6 +183,14 @@ def _without_new_bindings(before: DeviceState, after: DeviceState) -> DeviceStat
         return after
     kept = {rule: outside for rule, outside in after.bindings.items() if rule in before.bindings}
     return DeviceState(bindings=kept, first_hits=after.first_hits)
+
+
+def _what_the_user_sees(policy, decision, locale: str | None) -> dict:
+    """The response's ``message`` (lock screen, SPEC §10) and ``offline`` terms (SPEC §11)."""
+    return {
+        "message": policy.messages.for_decision(decision, locale),
+        "offline": policy.offline,
+    }
 
 
 def _outcome_signature(verdict: str, reasons: list[dict], places: dict[str, str]) -> str:

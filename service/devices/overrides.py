@@ -7,7 +7,7 @@ import math
 import secrets
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import orjson
 import redis as redis_lib
@@ -175,13 +175,17 @@ class OverrideService:
         ticket: str | None = None,
         now: float | None = None,
         operation: Operation | None = None,
+        message: str | None = None,
     ) -> LockOutcome:
-        """Manual lock, whatever the policy says, until removed."""
+        """Manual lock, whatever the policy says, until removed; MESSAGE is the lock-screen
+        text shown instead of the bundle's ``manual_lock`` one (SPEC §10)."""
         operation = operation or anonymous_operation()
         prior = self._prior(imei, operation)
         if prior is None:
             now = time.time() if now is None else now
             override = self._override("lock", principal, reason, ticket, None, now, frozenset())
+            if message is not None:
+                override = replace(override, message=message)
             raw = self._store(imei, override, None, principal, "device.lock", operation, ANY, {})
             if isinstance(raw, dict):
                 prior = raw
@@ -412,6 +416,7 @@ class OverrideService:
                 "ticket": override.ticket,
                 "lifts": sorted(override.lifts),
                 "expires_at": override.expires_at,
+                **({"message": override.message} if override.message is not None else {}),
             },
         )
         ttl = math.ceil(expires_in_s) if expires_in_s else None

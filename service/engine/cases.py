@@ -19,6 +19,11 @@ File format::
               observed: []                   # optional: codes of observe-mode hits, in order
               lock_at: "2026-01-08T00:00:00Z"  # optional (null: none)
               distributor: hk-global         # optional (null: unknown device)
+              message: {reason: sanctioned_region, lang: es}   # optional (null: no message)
+
+A check-in may also give the phone's ``locale`` (``es-CU``) for the lock-screen message, and a
+manual lock override its own ``message`` text. ``expect.message`` compares only the parts it
+names (``reason``, ``lang``, ``text``); null expects no message.
 
 ``at`` defaults to 2026-01-01T00:00:00Z for the first check-in and to the previous check-in plus
 the policy's ``next_checkin_s`` for the others. ``override`` applies a support override (active,
@@ -53,7 +58,8 @@ from service.engine.schema import is_region_code
 #: Time of a case's first check-in when it gives no ``at``.
 DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 
-_EXPECT_KEYS = ("verdict", "reasons", "observed", "lock_at", "distributor")
+_EXPECT_KEYS = ("verdict", "reasons", "observed", "lock_at", "distributor", "message")
+_MESSAGE_KEYS = ("reason", "lang", "text")
 
 
 class CaseError(Exception):
@@ -73,6 +79,7 @@ class Checkin:
     at: float | None
     expect: Mapping[str, Any]
     override: Override | None = None
+    locale: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +120,7 @@ def _parse_checkin(raw: Any, path: str, errors: dict[str, list[str]]) -> Checkin
         return None
     ok = True
     for key in raw:
-        if key not in ("places", "at", "expect", "override"):
+        if key not in ("places", "at", "expect", "override", "locale"):
             errors.setdefault(f"{path}.{key}", []).append("unknown field")
             ok = False
     places: dict[str, PlaceValue] = {}
@@ -171,6 +178,7 @@ def _parse_checkin(raw: Any, path: str, errors: dict[str, list[str]]) -> Checkin
         except ValueError as exc:
             errors[f"{path}.expect.lock_at"] = [str(exc)]
             ok = False
+    ok = _check_message_expectations(raw, expect, path, errors) and ok
     override: Override | None = None
     raw_override = raw.get("override")
     if raw_override is not None:
@@ -183,10 +191,38 @@ def _parse_checkin(raw: Any, path: str, errors: dict[str, list[str]]) -> Checkin
             errors[f"{path}.override.lifts"] = [f"rule kinds are {RULE_KINDS}"]
             ok = False
         else:
-            override = Override(kind=kind, lifts=frozenset(lifts), reason="case")
+            message = raw_override.get("message")
+            override = Override(kind=kind, lifts=frozenset(lifts), reason="case", message=message)
     if not ok:
         return None
-    return Checkin(places=places, at=at, expect=dict(expect), override=override)
+    return Checkin(
+        places=places, at=at, expect=dict(expect), override=override, locale=raw.get("locale")
+    )
+
+
+def _check_message_expectations(
+    raw: Mapping[str, Any], expect: Mapping[str, Any], path: str, errors: dict[str, list[str]]
+) -> bool:
+    """The lock-screen parts of a check-in (``locale``, ``expect.message``,
+    ``override.message``); False after recording what is wrong."""
+    ok = True
+    locale = raw.get("locale")
+    if locale is not None and not isinstance(locale, str):
+        errors[f"{path}.locale"] = ["must be a language tag (a string)"]
+        ok = False
+    message = expect.get("message")
+    if message is not None:
+        if not isinstance(message, Mapping) or any(k not in _MESSAGE_KEYS for k in message):
+            errors[f"{path}.expect.message"] = [
+                f"must be null or a mapping of some of {_MESSAGE_KEYS}"
+            ]
+            ok = False
+    override = raw.get("override")
+    text = override.get("message") if isinstance(override, Mapping) else None
+    if text is not None and (not isinstance(text, str) or not text):
+        errors[f"{path}.override.message"] = ["must be a non-empty string"]
+        ok = False
+    return ok
 
 
 def _parse_aliases(raw: Any, path: str, errors: dict[str, list[str]]) -> tuple[str, ...]:
@@ -259,7 +295,12 @@ def load_cases(directory: str | Path) -> list[Case]:
 def _compare(step: int, expect: Mapping[str, Any], got: dict[str, Any]) -> list[str]:
     messages = []
     for key in _EXPECT_KEYS:
-        if key in expect and expect[key] != got[key]:
+        if key == "message" and isinstance(expect.get(key), Mapping):
+            shown = got[key]
+            part = {k: shown.get(k) for k in expect[key]} if shown is not None else None
+            if part != dict(expect[key]):
+                messages.append(f"check-in {step}: message {part!r}, expected {expect[key]!r}")
+        elif key in expect and expect[key] != got[key]:
             messages.append(f"check-in {step}: {key} {got[key]!r}, expected {expect[key]!r}")
     return messages
 
@@ -285,6 +326,7 @@ def run_case(policy: CompiledPolicy, case: Case) -> CaseResult:
             "observed": [r.code for r in decision.observed],
             "lock_at": iso_utc(decision.lock_at) if decision.lock_at is not None else None,
             "distributor": decision.distributor,
+            "message": policy.messages.for_decision(decision, checkin.locale),
         }
         mismatches = _compare(step, checkin.expect, got)
         if mismatches and "reasons" not in checkin.expect:

@@ -52,6 +52,7 @@ from typing import Any
 import orjson
 
 from service.engine.allocation_index import AllocationIndex
+from service.engine.messages import MessageBook, offline_terms
 from service.engine.model import (
     DAY_S,
     SANCTIONED_REGION,
@@ -152,7 +153,9 @@ def _most_common_label(signals: Mapping[str, str | tuple[str, ...]]) -> str | No
 class CompiledPolicy:
     """A validated bundle ready to decide check-ins.
 
-    ``bundle`` is the normalised bundle dict; ``rules`` the compiled rules in bundle order.
+    ``bundle`` is the normalised bundle dict; ``rules`` the compiled rules in bundle order;
+    ``messages`` the lock-screen messages (:class:`~service.engine.messages.MessageBook`) and
+    ``offline`` the response's offline terms.
     """
 
     __slots__ = (
@@ -164,6 +167,8 @@ class CompiledPolicy:
         "_distributors",
         "_proof_tacs",
         "_proof_distributors",
+        "messages",
+        "offline",
     )
 
     def __init__(self, bundle: dict[str, Any], index: AllocationIndex):
@@ -185,6 +190,11 @@ class CompiledPolicy:
         required_for = (bundle.get("device_proof") or {}).get("required_for") or ()
         self._proof_tacs = frozenset(x for x in required_for if is_tac(x))
         self._proof_distributors = frozenset(x for x in required_for if not is_tac(x))
+
+        # What the user sees (SPEC §10, §11): the lock-screen messages and the response's
+        # ``offline`` terms (None when the bundle has no offline block).
+        self.messages: MessageBook = MessageBook.from_bundle(bundle)
+        self.offline: dict[str, int] | None = offline_terms(bundle.get("offline"))
 
     def to_snapshot(self) -> bytes:
         """The compiled policy as bytes that :meth:`from_snapshot` loads in a fraction of the

@@ -231,7 +231,8 @@ class Override:
 
     ``lifts`` is the set of rule kinds an unlock sets aside; the caller derives it from the
     author's role (agent: ``{"distributor_territory"}``; compliance/admin: both kinds).
-    ``expires_at`` None means until removed.
+    ``expires_at`` None means until removed. ``message`` (manual locks only, SPEC §10) is the
+    lock-screen text the support agent wrote, shown as given instead of the bundle's.
     """
 
     kind: str
@@ -242,6 +243,7 @@ class Override:
     role: str | None = None
     created_at: float = 0.0
     expires_at: float | None = None
+    message: str | None = None
 
     def active(self, now: float) -> bool:
         """True until ``expires_at`` (exclusive); forever when it is None."""
@@ -258,8 +260,8 @@ class Override:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """API form for support, times as ISO-8601 UTC."""
-        return {
+        """API form for support, times as ISO-8601 UTC; ``message`` only when set."""
+        out = {
             "kind": self.kind,
             "lifts": sorted(self.lifts),
             "reason": self.reason,
@@ -269,6 +271,9 @@ class Override:
             "created_at": iso_utc(self.created_at),
             "expires_at": iso_utc(self.expires_at) if self.expires_at is not None else None,
         }
+        if self.message is not None:
+            out["message"] = self.message
+        return out
 
 
 @dataclass(frozen=True, slots=True)

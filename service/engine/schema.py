@@ -48,6 +48,12 @@ from marshmallow import (
 )
 
 from service.engine.allocation_index import is_digits
+from service.engine.messages import (
+    MessageSchema,
+    MessagesField,
+    OfflineSchema,
+    check_offline_after_checkin,
+)
 from service.engine.model import (
     DAY_S,
     DISTRIBUTOR_TERRITORY,
@@ -325,6 +331,8 @@ class RuleSchema(Schema):
         allow_none=True,
         validate=_at_most(MAX_DISTRIBUTORS, "distributors"),
     )
+    #: The rule's own lock-screen message (SPEC §10), winning over ``messages.<code>``.
+    message = fields.Nested(MessageSchema)
 
     @validates_schema(skip_on_field_errors=False, pass_original=True)
     def _check_rule(self, data: dict[str, Any], original: Any, **kwargs: Any) -> None:
@@ -372,6 +380,7 @@ class RuleSchema(Schema):
             # None means "every distributor"; [] would mean "none" and is kept as such.
             dists = data.get("distributors")
             out["distributors"] = _dedupe(dists) if dists is not None else None
+        _keep_optional(data, out, ("message",))
         return out
 
 
@@ -403,6 +412,14 @@ class DeviceProofSchema(Schema):
         return {"required_for": _dedupe(data["required_for"])}
 
 
+def _keep_optional(data: Mapping[str, Any], out: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Copy the optional fields of SPEC §9-§14 that were given: absent ones stay absent, so a
+    bundle without them normalises exactly as before (same hash, same diff)."""
+    for name in names:
+        if data.get(name) is not None:
+            out[name] = data[name]
+
+
 class BundleSchema(Schema):
     """The whole bundle. Unknown top-level keys are ignored (see module docstring)."""
 
@@ -432,6 +449,15 @@ class BundleSchema(Schema):
     )
     device_proof = fields.Nested(DeviceProofSchema)
 
+    #: Lock-screen messages by reason code or ``default`` (SPEC §10).
+    messages = MessagesField()
+    #: The offline self-lock (SPEC §11).
+    offline = fields.Nested(OfflineSchema)
+
+    @validates_schema
+    def _check_offline(self, data: dict[str, Any], **kwargs: Any) -> None:
+        check_offline_after_checkin(data)
+
     @validates_schema
     def _check_total(self, data: dict[str, Any], **kwargs: Any) -> None:
         total = sum(len(d["allocations"]) for d in data.get("distributors", ()))
@@ -443,7 +469,7 @@ class BundleSchema(Schema):
 
     @post_load
     def _normalise(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        return {
+        out = {
             "name": data["name"],
             "next_checkin_s": data["next_checkin_s"],
             "max_new_lock_ratio": float(data["max_new_lock_ratio"]),
@@ -452,6 +478,8 @@ class BundleSchema(Schema):
             # Only when given: bundles without it keep their normalised form (and diffs).
             **({"device_proof": data["device_proof"]} if "device_proof" in data else {}),
         }
+        _keep_optional(data, out, ("messages", "offline"))
+        return out
 
 
 BUNDLE_SCHEMA = BundleSchema()

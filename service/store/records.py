@@ -284,19 +284,21 @@ def _decode_proof_fields(get) -> dict[str, Any]:
 
 
 def encode_override(override: Override) -> bytes:
-    """Stored form of an override (JSON; times as epoch seconds, lifts sorted)."""
-    return orjson.dumps(
-        {
-            "kind": override.kind,
-            "lifts": sorted(override.lifts),
-            "reason": override.reason,
-            "ticket": override.ticket,
-            "actor": override.actor,
-            "role": override.role,
-            "created_at": override.created_at,
-            "expires_at": override.expires_at,
-        }
-    )
+    """Stored form of an override (JSON; times as epoch seconds, lifts sorted). A manual lock's
+    ``message`` is stored only when it has one, so other overrides keep their bytes."""
+    data = {
+        "kind": override.kind,
+        "lifts": sorted(override.lifts),
+        "reason": override.reason,
+        "ticket": override.ticket,
+        "actor": override.actor,
+        "role": override.role,
+        "created_at": override.created_at,
+        "expires_at": override.expires_at,
+    }
+    if override.message is not None:
+        data["message"] = override.message
+    return orjson.dumps(data)
 
 
 def decode_override(raw: str | bytes | None) -> Override | None:
@@ -314,6 +316,7 @@ def decode_override(raw: str | bytes | None) -> Override | None:
             role=data.get("role"),
             created_at=float(data.get("created_at", 0.0)),
             expires_at=data.get("expires_at"),
+            message=data.get("message"),
         )
     except _DAMAGE as exc:
         raise RecordError("override") from exc

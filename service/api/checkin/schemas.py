@@ -14,6 +14,7 @@ from marshmallow import (
 from stdnum import luhn
 
 from service.api.parsing import IMEI_OUT_PATTERN, Digits
+from service.engine.messages import MAX_TAG_CHARS, is_language_tag
 
 
 class _Lenient(Schema):
@@ -69,6 +70,26 @@ class GpsSchema(_Lenient):
     lon = fields.Float(required=True, allow_nan=False, validate=validate.Range(-180, 180))
 
 
+class Locale(fields.String):
+    """The phone's language (SPEC §10): a BCP 47 tag. Anything else (not a string, not a
+    well-formed tag) is read as no locale, never a 422: the message then falls back to ``en``."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        return value if is_language_tag(value) else None
+
+
+def _locale_field():
+    return Locale(
+        allow_none=True,
+        metadata={
+            "description": "the phone's language as a BCP 47 tag (es-CU); chooses the "
+            "lock-screen message's text; a malformed tag is ignored (en)",
+            "example": "es-CU",
+            "maxLength": MAX_TAG_CHARS,
+        },
+    )
+
+
 class CheckinSchema(_Lenient):
     imei = Digits(15, 15, required=True, metadata={"example": "353879234252633"})
     sim = fields.Nested(SimSchema, allow_none=True)
@@ -99,6 +120,7 @@ class CheckinSchema(_Lenient):
             "more SIM (SPEC §9)"
         },
     )
+    locale = _locale_field()
 
     @validates("imei")
     def _imei_luhn(self, value, **_):
@@ -176,6 +198,45 @@ class DeviceOverrideSchema(Schema):
     expires_at = fields.String(allow_none=True)
 
 
+class SupportContactSchema(Schema):
+    """Whom the user can call (each part only when the bundle gives it)."""
+
+    phone = fields.String(metadata={"description": "E.164", "example": "+85230001234"})
+    email = fields.String(metadata={"example": "unlock@example.com"})
+    url = fields.String(metadata={"description": "https", "example": "https://example.com/unlock"})
+
+
+class LockScreenMessageSchema(Schema):
+    """What the phone shows its user (SPEC §10)."""
+
+    reason = fields.String(
+        required=True,
+        metadata={"description": "the reason code that decided the verdict (manual_lock first)"},
+    )
+    lang = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "the key of the bundle message's text chosen for the check-in's "
+            "locale (RFC 4647 lookup, then en); null for a manual lock's own text"
+        },
+    )
+    text = fields.String(required=True)
+    support = fields.Nested(SupportContactSchema, required=True, allow_none=True)
+
+
+class OfflineTermsSchema(Schema):
+    """The offline self-lock (SPEC §11), counted from this verdict's decided_at."""
+
+    lock_after_s = fields.Integer(
+        required=True,
+        metadata={"description": "lock itself when no newer verified verdict came by then"},
+    )
+    warn_after_s = fields.Integer(
+        required=True, metadata={"description": "warn its user from then on"}
+    )
+
+
 class VerdictSchema(Schema):
     imei = fields.String(required=True, metadata={"pattern": IMEI_OUT_PATTERN})
     verdict = fields.String(required=True, validate=validate.OneOf(["allow", "warn", "lock"]))
@@ -186,6 +247,18 @@ class VerdictSchema(Schema):
     policy_version = fields.Integer(required=True)
     next_checkin_s = fields.Integer(required=True)
     decided_at = fields.String(required=True)
+    message = fields.Nested(
+        LockScreenMessageSchema,
+        required=True,
+        allow_none=True,
+        metadata={"description": "null when the verdict is allow or no message applies"},
+    )
+    offline = fields.Nested(
+        OfflineTermsSchema,
+        required=True,
+        allow_none=True,
+        metadata={"description": "null when the policy has no offline lock"},
+    )
     nonce = fields.String(
         required=True, allow_none=True, metadata={"description": "the request's nonce, or null"}
     )

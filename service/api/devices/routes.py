@@ -220,7 +220,12 @@ class Lock(MethodView):
         operation = _operation(body)
         try:
             outcome = _service().lock(
-                imei, g.principal, body["reason"], body.get("ticket"), operation=operation
+                imei,
+                g.principal,
+                body["reason"],
+                body.get("ticket"),
+                operation=operation,
+                message=body.get("message"),
             )
         except IdempotencyConflict:
             raise _reused_key() from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from service.api.parsing import IMEI_OUT_PATTERN
+from service.engine.messages import validate_lock_message
 
 TEN_YEARS_S = 10 * 365 * 86_400
 
@@ -28,6 +29,16 @@ class UnlockSchema(_Body):
 class LockSchema(_Body):
     reason = fields.String(required=True, validate=validate.Length(min=1, max=500))
     ticket = fields.String(allow_none=True, validate=validate.Length(max=100))
+    message = fields.String(
+        allow_none=True,
+        validate=validate_lock_message,
+        metadata={
+            "description": "lock-screen text (1-500 characters), shown as given (lang null) "
+            "instead of the policy's manual_lock message",
+            "minLength": 1,
+            "maxLength": 500,
+        },
+    )
 
 
 class BulkUnlockSchema(UnlockSchema):
@@ -55,6 +66,8 @@ class OverrideOutSchema(Schema):
             "override"
         }
     )
+
+    message = fields.String(metadata={"description": "a manual lock's own lock-screen text"})
 
 
 class UnlockResultSchema(Schema):

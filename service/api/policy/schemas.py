@@ -53,6 +53,18 @@ class PolicySchema(VersionMetaSchema):
     max_new_lock_ratio = fields.Float()
     rules = fields.List(fields.Dict())
     distributors = fields.List(fields.Dict())
+    messages = fields.Dict(
+        metadata={
+            "description": "lock-screen messages by reason code or default (SPEC §10): "
+            "{text: {BCP 47 tag: text}, support: {phone, email, url}}; absent when none"
+        }
+    )
+    offline = fields.Dict(
+        metadata={
+            "description": "offline self-lock (SPEC §11): {lock_after_days, warn_days}; "
+            "absent when none"
+        }
+    )
 
 
 class VersionListSchema(Schema):
