@@ -1,7 +1,7 @@
 """`regionlock unlock-codes ...`: the factory export of device keys (SPEC §11, §13).
 
-Only the CLI hands out per-device keys, never the HTTP API. (The reference verifier of unlock
-codes, `unlock-codes verify`, joins this group with the unlock-code issue.)
+Only the CLI hands out per-device keys, never the HTTP API. `unlock-codes verify` is the
+reference verifier of offline unlock codes firmware teams test against (docs/unlock-codes.md).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from service.cli.common import ACTOR_OPTION, actor_name, fail, redis_client
 
 @click.group("unlock-codes")
 def unlock_codes() -> None:
-    """Per-device keys for the factory (and, later, offline unlock codes)."""
+    """Per-device keys for the factory and the reference verifier of offline unlock codes."""
 
 
 @unlock_codes.command("device-keys")
@@ -92,3 +92,43 @@ def _read_imeis(path, normalise, invalid) -> tuple[list[str], list[tuple[int, st
             except invalid as exc:
                 problems.append((number, value, exc.problem))
     return list(imeis), problems
+
+
+#: What each scope lifts, in the verifier's words (SPEC §11).
+SCOPE_LIFTS = {
+    "gray": "gray-market locks (distributor_territory, foreign_sim) and the offline self-lock",
+    "all": "every lock, sanctioned_region included, and the offline self-lock",
+}
+
+
+@unlock_codes.command("verify")
+@click.option("--device-key", "key_hex", required=True, help="the device's key, 64 hex digits")
+@click.option("--challenge", required=True, help="the 10 digits the locked phone shows")
+@click.option("--code", required=True, help="the 12-digit code to check")
+def verify_command(key_hex, challenge, code) -> None:
+    """Print the scope and validity CODE grants for CHALLENGE on the device with DEVICE_KEY,
+    or exit 1 when it grants nothing: the reference verifier firmware teams test against (it
+    tries both scopes and every valid_days 0-90, as the phone does). Exit 2: bad arguments."""
+    from service.crypto.device_keys import verify_code
+
+    key_text = key_hex.strip().lower()
+    if len(key_text) != 64 or any(c not in "0123456789abcdef" for c in key_text):
+        fail("--device-key must be 64 hex digits (the device_key_hex of the factory export)")
+    challenge, code = challenge.strip(), code.strip().replace(" ", "").replace("-", "")
+    if len(challenge) != 10 or not challenge.isascii() or not challenge.isdigit():
+        fail("--challenge must be 10 digits")
+    if len(code) != 12 or not code.isascii() or not code.isdigit():
+        click.echo("invalid: a code is 12 digits", err=True)
+        sys.exit(1)
+    granted = verify_code(bytes.fromhex(key_text), challenge, code)
+    if granted is None:
+        click.echo("invalid: not a code of this device key and challenge", err=True)
+        sys.exit(1)
+    scope, days = granted
+    click.echo(f"scope: {scope}")
+    click.echo(f"valid_days: {days}")
+    click.echo(f"lifts: {SCOPE_LIFTS[scope]}")
+    if days == 0:
+        click.echo("validity: until the phone's next successful check-in, whose verdict rules")
+    else:
+        click.echo(f"validity: {days} day(s) ({days * 86400} s) on the phone's monotonic clock")

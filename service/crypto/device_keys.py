@@ -9,6 +9,10 @@ device's primary IMEI (its 15 digits):
 Both are put in the phone at the factory (``regionlock unlock-codes device-keys``); the server
 derives them again when it needs them (one HMAC each), so no per-device secret is stored.
 
+An offline unlock code (SPEC §11) is the first 8 bytes of
+``HMAC-SHA256(device_key, challenge + ":" + scope + ":" + valid_days)`` read as a big-endian
+integer, modulo 10^12, written as 12 decimal digits (docs/unlock-codes.md has the test vectors).
+
 A check-in proof is the header ``X-Device-Proof: <unix seconds>.<hex>`` where hex is
 ``HMAC-SHA256(auth_key, "<unix seconds>." + raw request body)`` in lower case
 (docs/device-protocol.md, "Check-in proofs", has the test vectors).
@@ -32,6 +36,16 @@ AUTH_KEY_LABEL = b"regionlock-auth-v1:"
 
 #: How far a proof's time may be from the server's, in seconds (SPEC §13).
 PROOF_WINDOW_S = 300
+
+#: Unlock-code scopes: ``gray`` lifts gray-market locks, ``all`` sanctions locks too (SPEC §11).
+SCOPES: tuple[str, ...] = ("gray", "all")
+#: The longest validity of an unlock code, in days (0: until the next successful check-in).
+MAX_VALID_DAYS = 90
+CHALLENGE_DIGITS = 10
+CODE_DIGITS = 12
+
+_CHALLENGE = re.compile(r"[0-9]{10}\Z")
+_CODE = re.compile(r"[0-9]{12}\Z")
 
 # "<unix seconds>.<64 lower-case hex digits>"; the time is at most 12 digits (year 33658).
 _PROOF = re.compile(r"([0-9]{1,12})\.([0-9a-f]{64})\Z")
@@ -87,3 +101,36 @@ def check_proof(key: bytes, header: str | None, body: bytes, now: float) -> Proo
     if not hmac.compare_digest(proof_mac(key, seconds, body), mac):
         return ProofCheck(False, "the proof does not match this device and body")
     return ProofCheck(True, mac=mac)
+
+
+def unlock_code(device_key: bytes, challenge: str, scope: str, valid_days: int) -> str:
+    """The 12-digit offline unlock code for CHALLENGE (10 digits) granting SCOPE (``gray`` or
+    ``all``) for VALID_DAYS (0-90) on the device whose unlock key is DEVICE_KEY (SPEC §11)."""
+    if not _CHALLENGE.match(challenge):
+        raise ValueError("the challenge must be 10 digits")
+    if scope not in SCOPES:
+        raise ValueError(f"the scope must be one of {SCOPES}")
+    if isinstance(valid_days, bool) or not 0 <= valid_days <= MAX_VALID_DAYS:
+        raise ValueError(f"valid_days must be 0 to {MAX_VALID_DAYS}")
+    message = f"{challenge}:{scope}:{int(valid_days)}".encode("ascii")
+    number = int.from_bytes(_hmac(device_key, message)[:8], "big") % 10**CODE_DIGITS
+    return f"{number:0{CODE_DIGITS}d}"
+
+
+def verify_code(device_key: bytes, challenge: str, code: str) -> tuple[str, int] | None:
+    """What CODE grants for CHALLENGE on the device with DEVICE_KEY: ``(scope, valid_days)``,
+    or None when it is no code of that device and challenge. Tries both scopes and every
+    valid_days 0-90 (182 HMACs), as the firmware does; every candidate is compared in constant
+    time. Never raises on bad input (a malformed challenge or code is simply None)."""
+    if not isinstance(challenge, str) or not isinstance(code, str):
+        return None
+    if not _CHALLENGE.match(challenge) or not _CODE.match(code):
+        return None
+    found = None
+    for scope in SCOPES:
+        for days in range(MAX_VALID_DAYS + 1):
+            if hmac.compare_digest(unlock_code(device_key, challenge, scope, days), code) and (
+                found is None
+            ):
+                found = (scope, days)
+    return found
