@@ -63,6 +63,8 @@ class Regionlock:
     metrics: Metrics
     sessions: ConsoleSessionStore
     deployment: DeploymentChecks
+    # The unlock master key's raw bytes (SPEC §11): unlock codes derive each device's key.
+    unlock_master_key: bytes
     breaker: OutageBreaker = field(default_factory=OutageBreaker)
 
 
@@ -145,6 +147,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         keys=keys,
         sessions=ConsoleSessionStore(client, idle_s=int(SESSION_IDLE.total_seconds())),
         deployment=deployment,
+        unlock_master_key=master_key.value,
         # Made here, not at import: multiprocess mode follows the settings, whatever was
         # imported first; each app has its own registry.
         metrics=Metrics(settings.metrics_dir),

@@ -18,6 +18,13 @@ ENDPOINTS = {
     "lock": ("POST", f"/v1/devices/{IMEI}/lock", {"reason": "r"}, "devices:write", 201),
     "bulk": ("POST", "/v1/devices/unlock", {"imeis": [IMEI], "reason": "r"}, "devices:write", 200),
     "audit": ("GET", "/v1/audit", None, "audit:read", 200),
+    "unlock-code": (
+        "POST",
+        f"/v1/devices/{IMEI}/unlock-code",
+        {"challenge": "0123456789", "reason": "r"},
+        "devices:unlock-code",
+        201,
+    ),
     "reset-activation": (
         "DELETE",
         f"/v1/devices/{IMEI}/activation",
@@ -35,6 +42,7 @@ EXPECTED = {
     "lock": (False, True, True, False, False, True),
     "bulk": (False, True, True, False, False, True),
     "audit": (False, False, True, False, True, True),
+    "unlock-code": (False, True, True, False, False, True),
     "reset-activation": (False, True, True, False, False, True),
 }
 

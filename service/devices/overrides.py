@@ -158,14 +158,18 @@ class OverrideService:
         now: float | None = None,
         action: str = "device.unlock",
         operation: Operation | None = None,
+        detail: dict | None = None,
     ) -> UnlockOutcome:
         """Unlock IMEI within what PRINCIPAL's role may lift; raises SanctionsScopeError when the
-        device's only policy locks are sanctions locks the role cannot lift."""
+        device's only policy locks are sanctions locks the role cannot lift. DETAIL joins the
+        audit entry's detail (an unlock code's scope, validity and challenge)."""
         operation = operation or anonymous_operation()
         prior = self._prior(imei, operation)
         if prior is not None:
             return self._unlock_replay(prior)
-        return self._unlock(imei, principal, reason, ticket, expires_in_s, now, action, operation)
+        return self._unlock(
+            imei, principal, reason, ticket, expires_in_s, now, action, operation, detail=detail
+        )
 
     def lock(
         self,
@@ -335,6 +339,7 @@ class OverrideService:
         action,
         operation,
         expected=ANY,
+        detail=None,
     ) -> UnlockOutcome:
         now = time.time() if now is None else now
         lifts = liftable_kinds(principal.role)
@@ -351,6 +356,7 @@ class OverrideService:
             operation,
             expected,
             {"still_locked_by": blocking},
+            detail,
         )
         if isinstance(raw, dict):
             return self._unlock_replay(raw)
@@ -402,7 +408,16 @@ class OverrideService:
         )
 
     def _store(
-        self, imei, override, expires_in_s, principal, action, operation, expected, extra
+        self,
+        imei,
+        override,
+        expires_in_s,
+        principal,
+        action,
+        operation,
+        expected,
+        extra,
+        detail=None,
     ) -> str | dict:
         """Write OVERRIDE with its audit entry: its stored form, or the record of the same
         operation applied before (a dict). Raises _Changed when EXPECTED no longer holds."""
@@ -417,6 +432,7 @@ class OverrideService:
                 "lifts": sorted(override.lifts),
                 "expires_at": override.expires_at,
                 **({"message": override.message} if override.message is not None else {}),
+                **(detail or {}),
             },
         )
         ttl = math.ceil(expires_in_s) if expires_in_s else None

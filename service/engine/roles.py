@@ -12,6 +12,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "devices:write": frozenset({"agent", "compliance", "admin"}),
     # Forget a device's activation binding (SPEC §13).
     "devices:reset-activation": frozenset({"agent", "compliance", "admin"}),
+    # Issue an offline unlock code, scoped like unlocks (SPEC §11).
+    "devices:unlock-code": frozenset({"agent", "compliance", "admin"}),
     "sanctions:lift": frozenset({"compliance", "admin"}),
     "policy:read": frozenset({"agent", "compliance", "editor", "auditor", "admin"}),
     "policy:write": frozenset({"editor", "admin"}),

@@ -12,6 +12,8 @@ from service.api.devices.schemas import (
     LockSchema,
     OverrideOutSchema,
     ResetActivationSchema,
+    UnlockCodeResultSchema,
+    UnlockCodeSchema,
     UnlockResultSchema,
     UnlockSchema,
 )
@@ -34,6 +36,7 @@ from service.devices.overrides import (
     normalise_imei,
     request_fingerprint,
 )
+from service.devices.unlock_codes import issue_unlock_code
 from service.store.devices import Operation, ResetConflict
 from service.web.auth import require
 from service.web.errors import ApiError, redis_failure, retry_after_headers
@@ -204,6 +207,69 @@ class Unlock(MethodView):
             ),
         }
         return body, 201, _replay_headers(outcome.replayed, outcome.etag)
+
+
+@blp.route("/<imei:imei>/unlock-code")
+class UnlockCode(MethodView):
+    @blp.doc(security=[{"bearer": []}], parameters=[IDEMPOTENCY_PARAMETER])
+    @blp.response(201, UnlockCodeResultSchema)
+    @blp.alt_response(
+        403, description="sanctions_scope: the only lock is one this role cannot lift"
+    )
+    @blp.alt_response(409, description="ambiguous_imei: an alias of several devices")
+    @blp.alt_response(503, description="Redis unreachable, or the outcome is unknown")
+    @require("devices:unlock-code")
+    @blp.arguments(UnlockCodeSchema)
+    def post(self, body, imei):
+        """Issue an offline unlock code for the challenge a locked phone shows (SPEC §11).
+
+        The code's scope follows the caller's role as unlocks do (``all`` for compliance and
+        admin, else ``gray``); the same call records an unlock override of that scope expiring
+        after ``valid_days`` (never, for 0) and its audit entry ``device.unlock_code`` (scope,
+        valid_days, challenge: never the code), atomically. docs/unlock-codes.md describes what
+        the phone does with the code, with test vectors."""
+        imei = _imei(imei)
+        operation = _operation(body)
+        rl = current_app.extensions["regionlock"]
+        try:
+            issued = issue_unlock_code(
+                _service(),
+                rl.unlock_master_key,
+                imei,
+                g.principal,
+                body["challenge"],
+                body["reason"],
+                body.get("ticket"),
+                body["valid_days"],
+                operation=operation,
+            )
+        except IdempotencyConflict:
+            raise _reused_key() from None
+        except OutcomeUnknown as exc:
+            raise _outcome_unknown(exc) from None
+        except SanctionsScopeError as exc:
+            raise ApiError(
+                403, SCOPE_MESSAGE, code="sanctions_scope", extra={"rules": exc.rules}
+            ) from None
+        outcome = issued.unlock
+        still_locked = bool(outcome.still_locked_by)
+        answer = {
+            "imei": imei,
+            "code": issued.code,
+            "challenge": body["challenge"],
+            "scope": issued.scope,
+            "valid_days": issued.valid_days,
+            "override": override_out(outcome.override, outcome.etag),
+            "still_locked": still_locked,
+            "still_locked_by": outcome.still_locked_by,
+            "message": (
+                "read the code to the user; a sanctioned_region lock remains: only a "
+                "compliance officer can lift it"
+                if still_locked
+                else "read the code to the user"
+            ),
+        }
+        return answer, 201, _replay_headers(outcome.replayed, outcome.etag)
 
 
 @blp.route("/<imei:imei>/lock")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from service.api.parsing import IMEI_OUT_PATTERN
+from service.crypto.device_keys import MAX_VALID_DAYS, SCOPES
+from service.devices.unlock_codes import DEFAULT_VALID_DAYS
 from service.engine.messages import validate_lock_message
 
 TEN_YEARS_S = 10 * 365 * 86_400
@@ -23,6 +25,33 @@ class UnlockSchema(_Body):
         allow_none=True,
         validate=validate.Range(min=1, max=TEN_YEARS_S),
         metadata={"description": "time-boxed unlock; absent means until removed"},
+    )
+
+
+class UnlockCodeSchema(_Body):
+    """POST /v1/devices/<imei>/unlock-code (SPEC §11)."""
+
+    challenge = fields.String(
+        required=True,
+        validate=validate.Regexp(r"[0-9]{10}\Z", error="must be exactly 10 digits"),
+        metadata={
+            "description": "the 10 digits the locked phone shows (leading zeros count)",
+            "pattern": "^[0-9]{10}$",
+            "example": "0123456789",
+        },
+    )
+    reason = fields.String(required=True, validate=validate.Length(min=1, max=500))
+    ticket = fields.String(allow_none=True, validate=validate.Length(max=100))
+    valid_days = fields.Integer(
+        strict=True,
+        load_default=DEFAULT_VALID_DAYS,
+        validate=validate.Range(min=0, max=MAX_VALID_DAYS),
+        metadata={
+            "description": "days the code unlocks the phone, counted on its monotonic clock, "
+            "and the days the matching override lasts; 0: until the phone's next successful "
+            f"check-in (the override never expires). Default {DEFAULT_VALID_DAYS}.",
+            "default": DEFAULT_VALID_DAYS,
+        },
     )
 
 
@@ -72,6 +101,31 @@ class OverrideOutSchema(Schema):
 
 class UnlockResultSchema(Schema):
     imei = fields.String(metadata={"pattern": IMEI_OUT_PATTERN})
+    override = fields.Nested(OverrideOutSchema)
+    still_locked = fields.Boolean()
+    still_locked_by = fields.List(fields.Dict())
+    message = fields.String()
+
+
+class UnlockCodeResultSchema(Schema):
+    imei = fields.String(
+        metadata={"pattern": IMEI_OUT_PATTERN, "description": "the primary IMEI (SPEC §9)"}
+    )
+    code = fields.String(
+        metadata={
+            "pattern": "^[0-9]{12}$",
+            "description": "the 12 digits to read to the user; never stored, nor audited",
+        }
+    )
+    challenge = fields.String(metadata={"pattern": "^[0-9]{10}$"})
+    scope = fields.String(
+        validate=validate.OneOf(SCOPES),
+        metadata={
+            "description": "gray: lifts gray-market locks; all: sanctioned_region locks too "
+            "(compliance and admin only)"
+        },
+    )
+    valid_days = fields.Integer()
     override = fields.Nested(OverrideOutSchema)
     still_locked = fields.Boolean()
     still_locked_by = fields.List(fields.Dict())
