@@ -17,7 +17,7 @@ from service.engine.loading import load_bundle_dir
 from service.store import keys
 from service.store.tokens import ROLES, TokenStore, digest
 from tests.conftest import ROOT, audit_entries, bearer
-from tests.imeis import HK, UNKNOWN
+from tests.imeis import HK, UNKNOWN, US
 
 CUBA_NETWORK = {"sim": {"network": "36801"}}
 US_NETWORK = {"sim": {"network": "310260"}}
@@ -869,3 +869,43 @@ def test_texts_over_the_limit_are_refused_with_a_message(as_role):
     big = _padded(source, 2_000_100)
     review = editor.post("/console/policy/review", {"text": big, "expected_version": version})
     assert review.status_code == 422 and "over 2,000,000 characters" in text(review)
+
+
+def test_device_page_lists_the_unlock_codes_issued_but_never_the_codes(
+    as_role, checkin, client, tokens
+):
+    checkin(HK, **US_NETWORK)
+    page = text(as_role("agent").get(f"/console/devices/{HK}"))
+    assert "No offline unlock code issued for this device." in page
+    codes = []
+    for role, days, ticket in (("agent", 30, "SUP-41"), ("compliance", 0, None)):
+        response = client.post(
+            f"/v1/devices/{HK}/unlock-code",
+            json={"challenge": "0000012345", "reason": "on the phone", "valid_days": days}
+            | ({"ticket": ticket} if ticket else {}),
+            headers=bearer(tokens[role]),
+        )
+        assert response.status_code == 201, response.get_json()
+        codes.append(response.get_json()["code"])
+    # Another device's code is not listed here.
+    other = client.post(
+        f"/v1/devices/{US}/unlock-code",
+        json={"challenge": "0000012345", "reason": "r", "valid_days": 5},
+        headers=bearer(tokens["agent"]),
+    )
+    assert other.status_code == 201
+    page = text(as_role("agent").get(f"/console/devices/{HK}"))
+    section = re.search(r'<section class="card" id="unlock-codes".*?</section>', page, re.S)
+    assert section is not None
+    listed = section.group(0)
+    assert rows(listed) == 2
+    first, second = re.findall(
+        r"<tr>.*?</tr>", re.search(r"<tbody>(.*?)</tbody>", listed, re.S).group(1), re.S
+    )
+    # Newest first: the compliance officer's all-scope code valid until the next check-in.
+    assert "test-compliance" in first and "sanctions included" in first
+    assert "until the next check-in" in first
+    assert "test-agent" in second and "Gray-market" in second and "30 days" in second
+    assert "SUP-41" in second and "5 days" not in listed
+    for code in codes:
+        assert code not in page

@@ -296,3 +296,16 @@ def test_the_openapi_document_describes_the_call(api):
     schema = spec["components"]["schemas"][name]
     assert set(schema["required"]) == {"challenge", "reason"}
     assert schema["properties"]["valid_days"]["maximum"] == 90
+
+
+def test_the_audit_query_reads_at_most_scan_limit_entries(redis):
+    from service.store.audit import AuditStore
+
+    audit = AuditStore(redis)
+    audit.append("a", "agent", "device.unlock_code", HK, {"scope": "gray"})
+    for _ in range(5):
+        audit.append("a", "agent", "device.unlock", UNKNOWN, {})
+    found, _ = audit.query(imei=HK, action="device.unlock_code", scan_limit=6, batch=2)
+    assert len(found) == 1
+    found, cursor = audit.query(imei=HK, action="device.unlock_code", scan_limit=5, batch=2)
+    assert found == [] and cursor is None

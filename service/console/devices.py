@@ -208,11 +208,37 @@ def render_device(
         history=present.history_rows(document),
         scope=unlock_scope(imei, user.role, document) if security.can("devices:write") else None,
         phone=phone_screen(imei, document),
+        unlock_codes=issued_unlock_codes(imei),
+        unlock_codes_scanned=UNLOCK_CODES_SCAN,
         when=present.when,
         place_name=present.place_name,
         places_text=present.places_text,
     )
     return render_template("console/device.html", **context), status
+
+
+#: How many of the newest audit entries the device page reads for the unlock codes issued.
+UNLOCK_CODES_SCAN = 20_000
+
+
+def issued_unlock_codes(imei: str, limit: int = 20) -> list[dict]:
+    """The offline unlock codes issued for IMEI (SPEC §11), newest first, from the audit trail's
+    ``device.unlock_code`` entries: when, by whom, scope, validity, ticket. Never the codes
+    (they are not stored anywhere)."""
+    entries, _ = current_app.extensions["regionlock"].audit.query(
+        imei=imei, action="device.unlock_code", limit=limit, scan_limit=UNLOCK_CODES_SCAN
+    )
+    return [
+        {
+            "at": entry["at"],
+            "actor": entry["actor"],
+            "role": entry["role"],
+            "scope": entry["detail"].get("scope"),
+            "valid_days": entry["detail"].get("valid_days"),
+            "ticket": entry["detail"].get("ticket"),
+        }
+        for entry in entries
+    ]
 
 
 @bp.get("/devices")

@@ -85,8 +85,12 @@ class AuditStore:
         limit: int = 50,
         before: str | None = None,
         batch: int = 500,
+        scan_limit: int | None = None,
     ) -> tuple[list[dict], str | None]:
-        """Entries newest first matching every given filter, and the cursor of the next page."""
+        """Entries newest first matching every given filter, and the cursor of the next page.
+        SCAN_LIMIT bounds how many entries are read (the newest ones; a page's side panels
+        must not read a whole trail): past it, what was found so far, with no cursor."""
+        scanned = 0
         results: list[dict] = []
         if before:
             ms, _, seq = before.partition("-")
@@ -100,6 +104,9 @@ class AuditStore:
                 return results, None
             for entry_id, fields in chunk:
                 upper = f"({entry_id}"
+                scanned += 1
+                if scan_limit is not None and scanned > scan_limit:
+                    return results, None
                 if imei and fields.get("imei") != imei:
                     continue
                 if actor and fields.get("actor") != actor:
