@@ -86,3 +86,14 @@ def test_the_device_keys_agree_with_the_device_protocol_page():
     protocol = (ROOT / "docs" / "device-protocol.md").read_text(encoding="utf-8")
     assert _master().hex() in protocol
     assert "unlock-codes.md" in protocol
+
+
+def test_the_device_protocol_page_carries_the_same_vectors():
+    protocol = (ROOT / "docs" / "device-protocol.md").read_text(encoding="utf-8")
+    start = protocol.index("### Unlock code vectors")
+    table = protocol[start : protocol.index("\n## ", start)]
+    ours = _section("Unlock code vectors")
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(lines) >= 8  # header, rule and at least 6 vectors
+    for line in lines:
+        assert line in ours
