@@ -184,3 +184,12 @@ def test_diff_of_published_versions(cli, bundle_dir, tmp_path, redis):
     assert mixed.exit_code == 0 and mixed.stdout == "no differences\n"
     missing = cli("policy", "diff", 1, 9)
     assert missing.exit_code == 1 and "no published version 9" in missing.stderr
+
+
+@pytest.mark.parametrize("note", ["x" * 1001, "   ", "bell\x07"])
+def test_publish_note_is_bounded_like_the_api(cli, redis, note):
+    """The API and console take 1-1000 printable characters; the CLI took any note."""
+    result = cli("policy", "publish", ROOT / "policies", "--note", note)
+    assert result.exit_code == 2 and "--note" in result.output
+    assert PolicyStore(redis).active_version() is None
+    assert audit_entries(redis) == []

@@ -18,8 +18,18 @@ import click
 from service.cli.common import ACTOR_OPTION, actor_name, redis_client
 from service.engine.loading import load_bundle_dir
 from service.engine.validation import BundleError
+from service.policy import MAX_NOTE_CHARS
 
 _RULE = "-" * 80
+
+
+def _check_note(note: str) -> str:
+    """A version's note as the API accepts it (1-MAX_NOTE_CHARS characters, printable)."""
+    if not note.strip() or len(note) > MAX_NOTE_CHARS:
+        raise click.BadParameter(f"must be 1-{MAX_NOTE_CHARS} characters", param_hint="--note")
+    if not note.replace("\n", "").isprintable():
+        raise click.BadParameter("must be printable text", param_hint="--note")
+    return note
 
 
 def _echo_errors(errors: dict[str, list[str]]) -> None:
@@ -162,7 +172,12 @@ def policy_simulate(directory: str) -> None:
 
 @policy.command("publish")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False))
-@click.option("--note", required=True, help="why this version is published (kept in history)")
+@click.option(
+    "--note",
+    required=True,
+    callback=lambda ctx, param, value: _check_note(value),
+    help=f"why this version is published (kept in history; 1-{MAX_NOTE_CHARS} characters)",
+)
 @click.option("--force", is_flag=True, help="publish even when the safety brake trips")
 @ACTOR_OPTION
 def policy_publish(directory: str, note: str, force: bool, actor: str | None) -> None:
@@ -252,7 +267,12 @@ def _lines(path: str) -> Iterator[Any]:
 @click.option("--distributor", "distributor_id", required=True, help="distributor id")
 @click.option("--name", default=None, help="distributor name (new distributor, or a rename)")
 @click.option("--territories", default=None, help="comma-separated codes, e.g. HK,MO")
-@click.option("--note", default=None, help="note of the published version")
+@click.option(
+    "--note",
+    default=None,
+    callback=lambda ctx, param, value: None if value is None else _check_note(value),
+    help=f"note of the published version (1-{MAX_NOTE_CHARS} characters)",
+)
 @click.option("--replace", is_flag=True, help="replace the distributor's allocations (else add)")
 @click.option("--dry-run", is_flag=True, help="check and report, publish nothing")
 @click.option("--force", is_flag=True, help="publish even when the safety brake trips")

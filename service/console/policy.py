@@ -29,6 +29,7 @@ from service.console.diff import changed, side_by_side
 from service.console.errors import error_answer
 from service.engine.compiler import CompiledPolicy, compile_bundle
 from service.engine.validation import BundleError
+from service.policy import MAX_NOTE_CHARS
 from service.policy.diff import diff_summary, format_summary
 from service.policy.publishing import (
     Publisher,
@@ -39,7 +40,7 @@ from service.policy.publishing import (
 )
 from service.policy.publishing import version_metadata as _version_metadata
 
-MAX_NOTE = 1000
+MAX_NOTE = MAX_NOTE_CHARS
 #: Above this many allocations the text views show a count per distributor instead of the list.
 TEXT_ALLOCATIONS_MAX = 20_000
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from marshmallow import EXCLUDE, Schema, fields, validate
 
+from service.policy import MAX_NOTE_CHARS
+
 
 class _Body(Schema):
     class Meta:
@@ -21,7 +23,7 @@ class BundleBodySchema(_Body):
 
 
 class PublishSchema(BundleBodySchema):
-    note = fields.String(required=True, validate=validate.Length(min=1, max=1000))
+    note = fields.String(required=True, validate=validate.Length(min=1, max=MAX_NOTE_CHARS))
     expected_version = fields.Integer(
         strict=True,
         required=True,
@@ -35,7 +37,7 @@ class PublishSchema(BundleBodySchema):
 
 class RollbackSchema(_Body):
     version = fields.Integer(strict=True, required=True, validate=validate.Range(min=1))
-    note = fields.String(required=True, validate=validate.Length(min=1, max=1000))
+    note = fields.String(required=True, validate=validate.Length(min=1, max=MAX_NOTE_CHARS))
 
 
 class VersionMetaSchema(Schema):
