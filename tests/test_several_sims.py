@@ -350,3 +350,21 @@ def test_signature_verifies_with_several_places(post, client, tokens):
     assert not firmware_verifies(
         {**answer, "reasons": [{**answer["reasons"][0], "signals": {}}]}, jwks
     )
+
+
+def test_bulk_unlock_by_alias_acts_on_the_device(post, agent, redis):
+    """A shipment list or ticket may carry a phone's second IMEI: the bulk unlock reaches the
+    device (its primary), as the single-device calls do."""
+    post({"imei": UNKNOWN, "imeis": [ALIAS], "sim": {"network": "20801"}})
+    post({"imei": UNKNOWN2, "imeis": [EU]})
+    post({"imei": HK, "imeis": [EU]})  # EU is now another IMEI of two devices
+    body = {"imeis": [ALIAS, UNKNOWN, EU], "reason": "refurbished stock"}
+    answer = agent("POST", "/v1/devices/unlock", 200, token="compliance", json=body)
+    rows = {row["imei"]: row for row in answer["results"]}
+    assert rows[ALIAS]["status"] == "applied" and rows[ALIAS]["device"] == UNKNOWN
+    assert rows[UNKNOWN]["status"] == "unchanged" and rows[UNKNOWN]["error"] == "duplicate"
+    assert rows[EU]["status"] == "refused" and "ambiguous_imei" in rows[EU]["error"]
+    assert redis.get(keys.device_override(UNKNOWN)) is not None
+    assert redis.get(keys.device_override(ALIAS)) is None
+    [entry] = audit_entries(redis)
+    assert (entry["action"], entry["imei"]) == ("device.bulk_unlock", UNKNOWN)

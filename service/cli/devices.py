@@ -44,6 +44,7 @@ def devices_unlock(path, reason, ticket, expires_in_s, actor, role) -> None:
     from service.devices.overrides import OutcomeUnknown, OverrideService
     from service.store.audit import AuditStore
     from service.store.devices import DeviceStore
+    from service.store.identities import IdentityStore
     from service.store.tokens import Principal
 
     principal = Principal(name=actor_name(actor), role=role)
@@ -52,7 +53,7 @@ def devices_unlock(path, reason, ticket, expires_in_s, actor, role) -> None:
     counts = {"applied": 0, "unchanged": 0, "refused": 0, "invalid": 0}
     problems = []
     with redis_client() as client:
-        service = OverrideService(DeviceStore(client), AuditStore(client))
+        service = OverrideService(DeviceStore(client), AuditStore(client), IdentityStore(client))
         with click.progressbar(length=len(lines), label="unlocking", file=sys.stderr) as bar:
             last_line = 0
             rows = service.bulk_unlock(iter(lines), principal, reason, ticket, expires_in_s)

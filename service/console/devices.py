@@ -63,7 +63,7 @@ def _document(imei: str) -> dict | None:
 
 def _service() -> OverrideService:
     rl = _rl()
-    return OverrideService(rl.devices, rl.audit)
+    return OverrideService(rl.devices, rl.audit, rl.identities)
 
 
 def _canonical(raw: str) -> str:

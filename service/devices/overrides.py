@@ -13,10 +13,12 @@ import orjson
 import redis as redis_lib
 from stdnum import luhn
 
+from service.devices.identity import AmbiguousImei, resolve_device
 from service.engine.model import Override
 from service.engine.roles import liftable_kinds
 from service.store.audit import AuditStore
 from service.store.devices import ANY, DeviceStore, Operation, override_etag
+from service.store.identities import IdentityStore
 from service.store.records import decode_override, encode_override
 from service.store.tokens import Principal
 
@@ -144,9 +146,14 @@ class OverrideService:
     exactly the override its audit entry describes, and no change is applied twice.
     """
 
-    def __init__(self, devices: DeviceStore, audit: AuditStore):
+    def __init__(
+        self, devices: DeviceStore, audit: AuditStore, identities: IdentityStore | None = None
+    ):
         self.devices = devices
         self.audit = audit
+        # Resolves another IMEI of a device to its primary (SPEC §9) for bulk unlocks; the
+        # single-device calls resolve before they get here.
+        self.identities = identities
 
     def unlock(
         self,
@@ -283,15 +290,30 @@ class OverrideService:
                     "error": exc.problem,
                 }
                 continue
-            if imei in seen:
-                yield {"line": line_no, "imei": imei, "status": "unchanged", "error": "duplicate"}
+            try:
+                device = resolve_device(self.identities, imei)
+            except AmbiguousImei as exc:
+                yield {
+                    "line": line_no,
+                    "imei": imei,
+                    "status": "refused",
+                    "error": "ambiguous_imei: another IMEI of several devices "
+                    f"({', '.join(exc.primaries)}): unlock each by its own IMEI",
+                }
                 continue
-            seen.add(imei)
-            status = self._bulk_one(imei, principal, reason, ticket, expires_in_s, lifts, operation)
+            # An alias acts on its device: results name the primary as "device" when it differs.
+            named = {"imei": imei} if device == imei else {"imei": imei, "device": device}
+            if device in seen:
+                yield {"line": line_no, **named, "status": "unchanged", "error": "duplicate"}
+                continue
+            seen.add(device)
+            status = self._bulk_one(
+                device, principal, reason, ticket, expires_in_s, lifts, operation
+            )
             if status == "refused":
-                yield {"line": line_no, "imei": imei, "status": "refused", "error": SCOPE_MESSAGE}
+                yield {"line": line_no, **named, "status": "refused", "error": SCOPE_MESSAGE}
             else:
-                yield {"line": line_no, "imei": imei, "status": status}
+                yield {"line": line_no, **named, "status": status}
 
     def _bulk_one(self, imei, principal, reason, ticket, expires_in_s, lifts, operation) -> str:
         device_operation = _device_operation(operation, imei)

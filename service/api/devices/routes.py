@@ -70,7 +70,7 @@ def _document(imei: str) -> dict | None:
 
 def _service() -> OverrideService:
     rl = current_app.extensions["regionlock"]
-    return OverrideService(rl.devices, rl.audit)
+    return OverrideService(rl.devices, rl.audit, rl.identities)
 
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
