@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import math
-import secrets
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
-import orjson
 import redis as redis_lib
 from stdnum import luhn
 
@@ -17,24 +15,44 @@ from service.devices.identity import AmbiguousImei, resolve_device
 from service.engine.model import Override
 from service.engine.roles import liftable_kinds
 from service.store.audit import AuditStore
-from service.store.devices import ANY, DeviceStore, Operation, override_etag
+from service.store.devices import ANY, DeviceStore, override_etag
+from service.store.idempotency import (  # re-exported: callers import them from here
+    ANONYMOUS_TTL_S,
+    IDEMPOTENCY_TTL_S,
+    MAX_IDEMPOTENCY_KEY,
+    OUTCOME_UNKNOWN_MESSAGE,
+    IdempotencyConflict,
+    Operation,
+    OutcomeUnknown,
+    anonymous_operation,
+    check_fingerprint,
+    named_operation,
+    request_fingerprint,
+)
 from service.store.identities import IdentityStore
 from service.store.records import decode_override, encode_override
 from service.store.tokens import Principal
 
-#: How long the result of a call made with an Idempotency-Key is kept (and replayed).
-IDEMPOTENCY_TTL_S = 24 * 3600
-#: How long the record of a call made without one is kept: long enough to recognise the same
-#: write sent again by the Redis client after a lost reply.
-ANONYMOUS_TTL_S = 600
-#: The longest Idempotency-Key accepted.
-MAX_IDEMPOTENCY_KEY = 200
-
-#: What a caller is told when a write was sent but its outcome could not be learnt.
-OUTCOME_UNKNOWN_MESSAGE = (
-    "the decision store did not answer in time: the change may or may not have been applied; "
-    "retry with the same Idempotency-Key to apply it at most once and learn its outcome"
-)
+__all__ = [
+    "ANONYMOUS_TTL_S",
+    "IDEMPOTENCY_TTL_S",
+    "MAX_IDEMPOTENCY_KEY",
+    "OUTCOME_UNKNOWN_MESSAGE",
+    "IdempotencyConflict",
+    "InvalidImei",
+    "LockOutcome",
+    "Operation",
+    "OutcomeUnknown",
+    "OverrideService",
+    "RemoveOutcome",
+    "SCOPE_MESSAGE",
+    "SanctionsScopeError",
+    "UnlockOutcome",
+    "anonymous_operation",
+    "named_operation",
+    "normalise_imei",
+    "request_fingerprint",
+]
 
 #: Why an unlock was refused by its scope, as the caller is told.
 SCOPE_MESSAGE = "only a compliance officer can lift a sanctioned_region lock"
@@ -46,15 +64,6 @@ class SanctionsScopeError(Exception):
     def __init__(self, rules: list[str]):
         super().__init__(SCOPE_MESSAGE)
         self.rules = rules
-
-
-class IdempotencyConflict(Exception):
-    """The Idempotency-Key was used before for another request."""
-
-
-class OutcomeUnknown(Exception):
-    """A write was sent to Redis but no answer came back: it may or may not have been applied.
-    The Redis error is the ``__cause__``."""
 
 
 @dataclass(frozen=True)
@@ -93,25 +102,6 @@ class _Changed(Exception):
     def __init__(self, current: str | None):
         super().__init__("override changed")
         self.current = current
-
-
-def request_fingerprint(method: str, path: str, body: object) -> str:
-    """A digest of a request (method, path, parsed body): a reused Idempotency-Key is
-    recognised by it."""
-    data = orjson.dumps([method, path, body], option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(data).hexdigest()
-
-
-def named_operation(principal_name: str, key: str, fingerprint: str) -> Operation:
-    """The operation named by a caller's Idempotency-Key (scoped to the caller's token name)."""
-    digest = hashlib.sha256(orjson.dumps([principal_name, key])).hexdigest()
-    return Operation(digest=digest, fingerprint=fingerprint, ttl_s=IDEMPOTENCY_TTL_S)
-
-
-def anonymous_operation() -> Operation:
-    """A call made without an Idempotency-Key: a random name, so the write is still applied
-    at most once if the Redis client sends it again."""
-    return Operation(digest=secrets.token_hex(16), fingerprint="", ttl_s=ANONYMOUS_TTL_S)
 
 
 def _device_operation(operation: Operation, imei: str) -> Operation:
@@ -406,8 +396,7 @@ class OverrideService:
 
     @staticmethod
     def _check_fingerprint(record: dict, operation: Operation) -> None:
-        if record.get("fingerprint") != operation.fingerprint:
-            raise IdempotencyConflict("the Idempotency-Key was used for another request")
+        check_fingerprint(record, operation)
 
     def _scope(self, imei: str, lifts: frozenset[str]) -> tuple[list[dict], bool]:
         """The device's policy locks this role cannot lift, and whether it can lift any."""

@@ -15,6 +15,7 @@ import orjson
 from service.engine.model import DeviceState, Override
 from service.store import keys
 from service.store.client import is_cluster
+from service.store.idempotency import Operation  # noqa: F401 (re-exported)
 from service.store.records import (
     DeviceRecord,
     decode_override,
@@ -56,17 +57,6 @@ class _Any:
 
 #: ``change_override(expected=ANY)``: whatever the device holds.
 ANY = _Any()
-
-
-@dataclass(frozen=True, slots=True)
-class Operation:
-    """One state-changing call, for its idempotency record: DIGEST names it (a digest of the
-    caller's token name and Idempotency-Key, or of a random id), FINGERPRINT is a digest of the
-    request (a key reused for another request is refused), TTL_S how long the record is kept."""
-
-    digest: str
-    fingerprint: str
-    ttl_s: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,23 +23,25 @@ from service.devices.document import device_document, override_out
 from service.devices.identity import AMBIGUOUS_CODE, AmbiguousImei, resolve_device
 from service.devices.overrides import (
     IDEMPOTENCY_TTL_S,
-    MAX_IDEMPOTENCY_KEY,
-    OUTCOME_UNKNOWN_MESSAGE,
     SCOPE_MESSAGE,
     IdempotencyConflict,
     InvalidImei,
     OutcomeUnknown,
     OverrideService,
     SanctionsScopeError,
-    anonymous_operation,
-    named_operation,
     normalise_imei,
-    request_fingerprint,
 )
 from service.devices.unlock_codes import issue_unlock_code
-from service.store.devices import Operation, ResetConflict
+from service.store.devices import ResetConflict
 from service.web.auth import require
-from service.web.errors import ApiError, redis_failure, retry_after_headers
+from service.web.errors import ApiError
+from service.web.idempotency import (
+    IDEMPOTENCY_PARAMETER,
+    outcome_unknown,
+    replay_headers,
+    request_operation,
+    reused_key,
+)
 
 blp = ApiBlueprint("devices", __name__, url_prefix="/v1/devices", description="Support agents")
 
@@ -73,23 +75,6 @@ def _service() -> OverrideService:
     return OverrideService(rl.devices, rl.audit, rl.identities)
 
 
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-
-#: The OpenAPI description of the Idempotency-Key header, on every state-changing call.
-IDEMPOTENCY_PARAMETER = {
-    "in": "header",
-    "name": IDEMPOTENCY_HEADER,
-    "required": False,
-    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY},
-    "description": (
-        "A key of the caller's choosing (a random UUID) naming this call: the same call sent "
-        f"again with the same key within {IDEMPOTENCY_TTL_S // 3600} h is not applied again "
-        "but answered as the first was (same status and body, header Idempotent-Replayed: "
-        "true); the same key with another body is a 422. Send it, and after a 503 or a lost "
-        "answer retry with the same key."
-    ),
-}
-
 IF_MATCH_PARAMETER = {
     "in": "header",
     "name": "If-Match",
@@ -100,49 +85,6 @@ IF_MATCH_PARAMETER = {
         "only while it is still that override, else 412 precondition_failed"
     ),
 }
-
-
-def _operation(body: object) -> Operation:
-    """The operation this call is: named by the caller's Idempotency-Key, else anonymous."""
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is None:
-        return anonymous_operation()
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY or not key.isascii() or not key.isprintable():
-        raise ApiError(
-            422,
-            "the Idempotency-Key header is not valid",
-            fields={
-                IDEMPOTENCY_HEADER: [
-                    f"must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
-                ]
-            },
-        )
-    fingerprint = request_fingerprint(request.method, request.path, body)
-    return named_operation(g.principal.name, key, fingerprint)
-
-
-def _reused_key() -> ApiError:
-    return ApiError(
-        422,
-        "this Idempotency-Key was already used for another request",
-        code="idempotency_key_reused",
-        fields={IDEMPOTENCY_HEADER: ["already used for a request with another body or address"]},
-    )
-
-
-def _outcome_unknown(exc: OutcomeUnknown) -> ApiError:
-    if exc.__cause__ is not None:
-        redis_failure(exc.__cause__)
-    return ApiError(
-        503, OUTCOME_UNKNOWN_MESSAGE, code="outcome_unknown", headers=retry_after_headers()
-    )
-
-
-def _replay_headers(replayed: bool, etag: str | None = None) -> dict[str, str]:
-    headers = {"Idempotent-Replayed": "true"} if replayed else {}
-    if etag:
-        headers["ETag"] = etag
-    return headers
 
 
 @blp.route("/<imei:imei>")
@@ -172,7 +114,7 @@ class Unlock(MethodView):
     def post(self, body, imei):
         """Unlock the device (scoped by role; optionally time-boxed)."""
         imei = _imei(imei)
-        operation = _operation(body)
+        operation = request_operation(body)
         try:
             outcome = _service().unlock(
                 imei,
@@ -183,9 +125,9 @@ class Unlock(MethodView):
                 operation=operation,
             )
         except IdempotencyConflict:
-            raise _reused_key() from None
+            raise reused_key() from None
         except OutcomeUnknown as exc:
-            raise _outcome_unknown(exc) from None
+            raise outcome_unknown(exc) from None
         except SanctionsScopeError as exc:
             raise ApiError(
                 403,
@@ -206,7 +148,7 @@ class Unlock(MethodView):
                 else "unlocked from the next check-in"
             ),
         }
-        return body, 201, _replay_headers(outcome.replayed, outcome.etag)
+        return body, 201, replay_headers(outcome.replayed, outcome.etag)
 
 
 @blp.route("/<imei:imei>/unlock-code")
@@ -229,7 +171,7 @@ class UnlockCode(MethodView):
         valid_days, challenge: never the code), atomically. docs/unlock-codes.md describes what
         the phone does with the code, with test vectors."""
         imei = _imei(imei)
-        operation = _operation(body)
+        operation = request_operation(body)
         rl = current_app.extensions["regionlock"]
         try:
             issued = issue_unlock_code(
@@ -244,9 +186,9 @@ class UnlockCode(MethodView):
                 operation=operation,
             )
         except IdempotencyConflict:
-            raise _reused_key() from None
+            raise reused_key() from None
         except OutcomeUnknown as exc:
-            raise _outcome_unknown(exc) from None
+            raise outcome_unknown(exc) from None
         except SanctionsScopeError as exc:
             raise ApiError(
                 403, SCOPE_MESSAGE, code="sanctions_scope", extra={"rules": exc.rules}
@@ -269,7 +211,7 @@ class UnlockCode(MethodView):
                 else "read the code to the user"
             ),
         }
-        return answer, 201, _replay_headers(outcome.replayed, outcome.etag)
+        return answer, 201, replay_headers(outcome.replayed, outcome.etag)
 
 
 @blp.route("/<imei:imei>/lock")
@@ -283,7 +225,7 @@ class Lock(MethodView):
     def post(self, body, imei):
         """Lock the device whatever the policy says, until the override is removed."""
         imei = _imei(imei)
-        operation = _operation(body)
+        operation = request_operation(body)
         try:
             outcome = _service().lock(
                 imei,
@@ -294,13 +236,13 @@ class Lock(MethodView):
                 message=body.get("message"),
             )
         except IdempotencyConflict:
-            raise _reused_key() from None
+            raise reused_key() from None
         except OutcomeUnknown as exc:
-            raise _outcome_unknown(exc) from None
+            raise outcome_unknown(exc) from None
         return (
             override_out(outcome.override, outcome.etag),
             201,
-            _replay_headers(outcome.replayed, outcome.etag),
+            replay_headers(outcome.replayed, outcome.etag),
         )
 
 
@@ -320,13 +262,13 @@ class RemoveOverride(MethodView):
         (412 with If-Match), and its audit entry names exactly the override removed."""
         imei = _imei(imei)
         if_match = request.headers.get("If-Match")
-        operation = _operation({"if_match": if_match})
+        operation = request_operation({"if_match": if_match})
         try:
             outcome = _service().remove(imei, g.principal, if_match=if_match, operation=operation)
         except IdempotencyConflict:
-            raise _reused_key() from None
+            raise reused_key() from None
         except OutcomeUnknown as exc:
-            raise _outcome_unknown(exc) from None
+            raise outcome_unknown(exc) from None
         if outcome.status == "mismatch":
             raise ApiError(
                 412,
@@ -336,7 +278,7 @@ class RemoveOverride(MethodView):
             )
         if outcome.status == "none":
             raise ApiError(404, "this device has no override")
-        return None, 204, _replay_headers(outcome.replayed)
+        return None, 204, replay_headers(outcome.replayed)
 
 
 @blp.route("/<imei:imei>/activation")
@@ -375,14 +317,14 @@ class BulkUnlock(MethodView):
         Safe to resume: after a 503 or a lost answer, send the same call again (best with the
         same Idempotency-Key): devices already unlocked are not changed again (each device's
         result is replayed as ``applied`` with the same key, else reported ``unchanged``)."""
-        operation = _operation(body)
+        operation = request_operation(body)
         rl = current_app.extensions["regionlock"]
         if operation.fingerprint:
             stored = rl.devices.request_record(operation.digest)
             if stored is not None:
                 if stored.get("fingerprint") != operation.fingerprint:
-                    raise _reused_key()
-                return stored["body"], 200, _replay_headers(True)
+                    raise reused_key()
+                return stored["body"], 200, replay_headers(True)
         try:
             results = list(
                 _service().bulk_unlock(
@@ -395,9 +337,9 @@ class BulkUnlock(MethodView):
                 )
             )
         except IdempotencyConflict:
-            raise _reused_key() from None
+            raise reused_key() from None
         except OutcomeUnknown as exc:
-            raise _outcome_unknown(exc) from None
+            raise outcome_unknown(exc) from None
         counts = {s: 0 for s in ("applied", "unchanged", "refused", "invalid")}
         for row in results:
             counts[row["status"]] += 1
