@@ -375,7 +375,7 @@ def test_a_reset_racing_a_check_in_never_undoes_it(app, redis):
         return real(keys=keys, args=args)
 
     devices._reset_activation = racing
-    forgotten = reset_activation(devices, HK, Principal("a", "agent"), "r")
+    forgotten = reset_activation(devices, HK, Principal("a", "agent"), "r").forgotten
     assert len(calls) == 2  # the first compare-and-set lost, the second read the new state
     assert forgotten["bindings"] == {"other": False}
     assert len([e for e in audit_entries(redis) if e["action"] == "device.activation_reset"]) == 1

@@ -10,7 +10,8 @@ afresh. One audit entry, written in the same call as the change.
 from __future__ import annotations
 
 from service.store.audit import AuditStore
-from service.store.devices import DeviceStore
+from service.store.devices import ActivationReset, DeviceStore
+from service.store.idempotency import Operation
 from service.store.tokens import Principal
 
 #: The audit action of a reset.
@@ -23,9 +24,13 @@ def reset_activation(
     principal: Principal,
     reason: str,
     ticket: str | None = None,
-) -> dict | None:
-    """Forget IMEI's activation binding; what was forgotten (``activation``, ``bindings``), or
-    None when there was nothing to forget (nothing written, no audit entry)."""
+    operation: Operation | None = None,
+) -> ActivationReset | None:
+    """Forget IMEI's activation binding; what was forgotten (``forgotten``: ``activation``,
+    ``bindings``), or None when there was nothing to forget (nothing written, no audit entry).
+    OPERATION (the caller's Idempotency-Key) is applied at most once: sent again, the first
+    result is returned (``replayed``); IdempotencyConflict when the key was used for another
+    request, OutcomeUnknown when the answer was lost."""
 
     def audit_fields(forgotten: dict) -> dict:
         return AuditStore.entry_fields(
@@ -36,4 +41,4 @@ def reset_activation(
             {"reason": reason, "ticket": ticket, "forgotten": forgotten},
         )
 
-    return devices.reset_activation(imei, audit_fields)
+    return devices.reset_activation(imei, audit_fields, operation=operation)

@@ -15,7 +15,8 @@ from service.engine.model import iso_utc
 from service.policy.simulate import SimulationReport, simulate
 from service.store.audit import AuditStore
 from service.store.devices import DeviceStore
-from service.store.policy import PolicyStore, VersionConflict
+from service.store.idempotency import Operation, check_fingerprint
+from service.store.policy import AlreadyPublished, PolicyStore, VersionConflict
 
 __all__ = [
     "Publisher",
@@ -68,6 +69,22 @@ class Published:
     entry: dict
     report: SimulationReport | None
     forced: bool = False
+    #: The simulation report in API form (kept in the idempotency record, for a replay).
+    simulation: dict | None = None
+    #: True when the call had been applied before (same Idempotency-Key): ENTRY holds the
+    #: version's metadata only.
+    replayed: bool = False
+
+    @classmethod
+    def replay(cls, record: dict) -> Published:
+        """What the first call with the same Idempotency-Key answered, from its RECORD."""
+        return cls(
+            entry=record["entry"],
+            report=None,
+            forced=bool(record.get("forced")),
+            simulation=record.get("simulation"),
+            replayed=True,
+        )
 
 
 class Publisher:
@@ -107,6 +124,21 @@ class Publisher:
             active = candidate
         return simulate(self.devices, candidate, active, active_version=number)
 
+    def _prior(self, operation: Operation | None) -> Published | None:
+        """The answer of OPERATION if it was applied before (checked first, so a retry is
+        answered as the first call was even though the active version has moved on)."""
+        if operation is None or not operation.named:
+            return None
+        record = self.store.operation_record(operation.digest)
+        if record is None:
+            return None
+        check_fingerprint(record, operation)
+        return Published.replay(record)
+
+    def _replayed(self, exc: AlreadyPublished, operation: Operation) -> Published:
+        check_fingerprint(exc.record, operation)
+        return Published.replay(exc.record)
+
     def publish(
         self,
         bundle: dict,
@@ -116,12 +148,19 @@ class Publisher:
         actor: str,
         role: str,
         force: bool = False,
+        operation: Operation | None = None,
     ) -> Published:
         """Validate, simulate and publish BUNDLE as the version after EXPECTED_VERSION.
 
         Raises BundleError (invalid), VersionConflict (stale expected_version) or SafetyBrake
         (too many new locks, unless FORCE). Writes one ``policy.publish`` audit entry.
+        OPERATION (a named one: the caller's Idempotency-Key) is applied at most once: sent
+        again, the first answer is returned (``replayed``); IdempotencyConflict when its key
+        was used for another request; OutcomeUnknown when the EXEC's answer was lost.
         """
+        prior = self._prior(operation)
+        if prior is not None:
+            return prior
         # The cheap check first: a stale editor learns it before seconds of compiling.
         active_number = self.store.active_version()
         if active_number != expected_version:
@@ -138,23 +177,42 @@ class Publisher:
             None,
             {"version": number, "note": note, "forced": force, "changes": report.changes},
         )
+        simulation = report.to_dict()
         # The normalised bundle is stored, so versions diff cleanly whatever form was posted.
-        entry = self.store.publish(
-            candidate.bundle,
-            published_by=actor,
-            note=note,
-            expected_version=expected_version,
-            audit_fields=audit_fields,
-            compiled=candidate.to_snapshot(),
-        )
-        return Published(entry=entry, report=report, forced=force)
+        try:
+            entry = self.store.publish(
+                candidate.bundle,
+                published_by=actor,
+                note=note,
+                expected_version=expected_version,
+                audit_fields=audit_fields,
+                compiled=candidate.to_snapshot(),
+                operation=operation,
+                result={"forced": force, "simulation": simulation},
+            )
+        except AlreadyPublished as exc:  # the same call, applied meanwhile
+            assert operation is not None
+            return self._replayed(exc, operation)
+        return Published(entry=entry, report=report, forced=force, simulation=simulation)
 
-    def rollback(self, version: int, *, note: str, actor: str, role: str) -> Published:
+    def rollback(
+        self,
+        version: int,
+        *,
+        note: str,
+        actor: str,
+        role: str,
+        operation: Operation | None = None,
+    ) -> Published:
         """Publish a new version equal to VERSION's bundle (no safety brake, no simulation).
 
         Raises UnknownVersion, BundleError (the old bundle no longer validates) or, when other
         publishes keep racing it, VersionConflict. Writes one ``policy.rollback`` audit entry.
+        OPERATION is applied at most once, as for :meth:`publish`.
         """
+        prior = self._prior(operation)
+        if prior is not None:
+            return prior
         entry = self.store.version(version)
         if entry is None:
             raise UnknownVersion(f"there is no version {version}")
@@ -181,7 +239,12 @@ class Publisher:
                     expected_version=active,
                     audit_fields=audit_fields,
                     compiled=compiled,
+                    operation=operation,
+                    result={"rolled_back_to": version},
                 )
+            except AlreadyPublished as exc:  # the same call, applied meanwhile
+                assert operation is not None
+                return self._replayed(exc, operation)
             except VersionConflict as exc:  # someone published meanwhile: restore on top of it
                 conflict = exc
                 continue

@@ -11,11 +11,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import redis as redis_lib
 
 from service.engine.model import DeviceState, Override
 from service.store import keys
 from service.store.client import is_cluster
-from service.store.idempotency import Operation  # noqa: F401 (re-exported)
+from service.store.idempotency import (
+    OUTCOME_UNKNOWN_MESSAGE,
+    Operation,
+    OutcomeUnknown,
+    anonymous_operation,
+    check_fingerprint,
+    decode_record,
+    encode_record,
+)
 from service.store.records import (
     DeviceRecord,
     decode_override,
@@ -32,6 +41,15 @@ USED_PROOF_TTL_S = 600
 
 class ResetConflict(RuntimeError):
     """The device's record kept changing under an activation reset (check-ins racing it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationReset:
+    """What an activation reset forgot (``activation``, ``bindings``); REPLAYED when the same
+    operation (Idempotency-Key) had done it before: FORGOTTEN is what that first call forgot."""
+
+    forgotten: dict
+    replayed: bool = False
 
 
 def override_etag(raw: str | bytes | None) -> str | None:
@@ -189,14 +207,20 @@ return changed
 """
 
 # Forget the activation binding (SPEC §13), compare-and-set against what the caller read so a
-# check-in landing meanwhile is never undone, with its audit entry in the same call.
-# KEYS: device hash, [audit stream]. ARGV: state read ("" for none), activation read ("" for
-# none), new state ("" to delete), then the audit entry's field/value pairs.
+# check-in landing meanwhile is never undone, with its idempotency record and its audit entry in
+# the same call.
+# KEYS: device hash, idempotency record, [audit stream]. ARGV: state read ("" for none),
+# activation read ("" for none), new state ("" to delete), idempotency record, its TTL, then the
+# audit entry's field/value pairs.
 _RESET_ACTIVATION = r"""
+local prior = redis.call('GET', KEYS[2])
+if prior then
+  return {'replay', prior}
+end
 local state = redis.call('HGET', KEYS[1], 'state') or ''
 local activation = redis.call('HGET', KEYS[1], 'activation') or ''
 if state ~= ARGV[1] or activation ~= ARGV[2] then
-  return 0
+  return {'changed', ''}
 end
 redis.call('HDEL', KEYS[1], 'activation')
 if ARGV[3] == '' then
@@ -204,10 +228,11 @@ if ARGV[3] == '' then
 else
   redis.call('HSET', KEYS[1], 'state', ARGV[3])
 end
-if KEYS[2] then
-  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 4))
+redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
+if KEYS[3] then
+  redis.call('XADD', KEYS[3], '*', unpack(ARGV, 6))
 end
-return 1
+return {'done', ''}
 """
 
 # Check-and-set of a device's override with its idempotency record and audit entry.
@@ -426,11 +451,29 @@ class DeviceStore:
         """The device's override as stored (what :meth:`change_override` compares with)."""
         return _text(self.redis.get(keys.device_override(imei)))
 
-    def reset_activation(self, imei: str, audit_fields_of, attempts: int = 5) -> dict | None:
+    def reset_activation(
+        self,
+        imei: str,
+        audit_fields_of,
+        attempts: int = 5,
+        operation: Operation | None = None,
+    ) -> ActivationReset | None:
         """Forget the device's activation record and its ``bind: activation`` bindings (with
         the grace clocks those rules started), so the next check-in binds afresh (SPEC §13).
         AUDIT_FIELDS_OF(forgotten) gives the audit entry, written in the same call. Returns
-        what was forgotten (``activation``, ``bindings``), None when there was nothing."""
+        what was forgotten, None when there was nothing.
+
+        OPERATION (default: an anonymous one) names the call: its record is written by the same
+        script, so the same call sent again is answered with the first one's result
+        (``replayed``) instead of being applied twice. Raises IdempotencyConflict when its key
+        was used for another request, OutcomeUnknown when the script's answer was lost."""
+        operation = operation or anonymous_operation()
+        record_key = keys.idempotency(imei, operation.digest)
+        if operation.named:
+            prior = decode_record(self.redis.get(record_key))
+            if prior is not None:
+                check_fingerprint(prior, operation)
+                return ActivationReset(prior["forgotten"], replayed=True)
         for _ in range(attempts):
             state_raw, activation_raw = self.redis.hmget(keys.device(imei), ["state", "activation"])
             record = DeviceRecord.decode({"state": state_raw, "activation": activation_raw})
@@ -445,15 +488,32 @@ class DeviceStore:
             audit_fields = audit_fields_of(forgotten)
             flat = [item for pair in audit_fields.items() for item in pair]
             new_state = encode_state(kept)
-            done = self._reset_activation(
-                keys=[keys.device(imei), *([] if self.cluster else [keys.AUDIT])],
-                args=[state_raw or "", activation_raw or "", new_state or b"", *flat],
-            )
-            if done:
+            record = encode_record(operation, {"status": 204, "forgotten": forgotten})
+            try:
+                reply = self._reset_activation(
+                    keys=[keys.device(imei), record_key, *([] if self.cluster else [keys.AUDIT])],
+                    args=[
+                        state_raw or "",
+                        activation_raw or "",
+                        new_state or b"",
+                        record,
+                        operation.ttl_s,
+                        *flat,
+                    ],
+                )
+            except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
+                # Sent (or perhaps sent): whether it was applied cannot be known from here.
+                raise OutcomeUnknown(OUTCOME_UNKNOWN_MESSAGE) from exc
+            outcome = _text(reply[0])
+            if outcome == "replay":
+                prior = orjson.loads(reply[1])
+                check_fingerprint(prior, operation)
+                return ActivationReset(prior["forgotten"], replayed=True)
+            if outcome == "done":
                 if self.cluster:
                     # The audit stream lives in another slot: it follows the change.
                     self.redis.xadd(keys.AUDIT, audit_fields)
-                return forgotten
+                return ActivationReset(forgotten)
         raise ResetConflict(imei)
 
     def policy_reasons(self, imei: str) -> list[dict]:

@@ -90,6 +90,14 @@ POLICY_CHANNEL = f"{PREFIX}{{policy}}:published"
 # Hash: version number -> the compiled policy's snapshot (what workers load on a publish).
 POLICY_COMPILED = f"{PREFIX}{{policy}}:compiled"
 
+
+def policy_idempotency(digest: str) -> str:
+    """String (JSON, TTL): the record of one publish or rollback made with an Idempotency-Key
+    (its request's fingerprint and result), named like :func:`idempotency`; in the policy's
+    slot, so the publish's EXEC writes it with the version."""
+    return f"{PREFIX}{{policy}}:idem:{digest}"
+
+
 # Prefix of flask-limiter's counters (per token name or client IP; never the token itself).
 RATE_LIMITS_PREFIX = f"{PREFIX}limits"
 

@@ -9,6 +9,13 @@ import redis as redis_lib
 
 from service.store import keys
 from service.store.audit import add_entry, write_deferred
+from service.store.idempotency import (
+    OUTCOME_UNKNOWN_MESSAGE,
+    Operation,
+    OutcomeUnknown,
+    decode_record,
+    encode_record,
+)
 
 
 class VersionConflict(Exception):
@@ -17,6 +24,15 @@ class VersionConflict(Exception):
     def __init__(self, active: int | None):
         super().__init__(f"active version is {active}")
         self.active = active
+
+
+class AlreadyPublished(Exception):
+    """The publish's operation (its Idempotency-Key) was applied before: RECORD is what it
+    stored (the fingerprint, ``entry``: the version's metadata, and the caller's result)."""
+
+    def __init__(self, record: dict):
+        super().__init__("already published")
+        self.record = record
 
 
 class PolicyStore:
@@ -44,6 +60,10 @@ class PolicyStore:
         rows = [orjson.loads(raw) for raw in self.redis.hvals(keys.POLICY_VERSION_META)]
         return sorted(rows, key=lambda e: e["version"])
 
+    def operation_record(self, digest: str) -> dict | None:
+        """The stored record of a publish or rollback named DIGEST (None when none)."""
+        return decode_record(self.redis.get(keys.policy_idempotency(digest)))
+
     def publish(
         self,
         bundle: dict,
@@ -52,17 +72,32 @@ class PolicyStore:
         expected_version: int | None,
         audit_fields: dict | None = None,
         compiled: bytes | None = None,
+        operation: Operation | None = None,
+        result: dict | None = None,
     ) -> dict:
         """Append BUNDLE as the next version and make it active, if the active version is still
         EXPECTED_VERSION (None: nothing published yet). Raises VersionConflict otherwise.
 
         COMPILED, the policy's snapshot (CompiledPolicy.to_snapshot), is stored with it so
         workers load the version without compiling it again. AUDIT_FIELDS, the entry recording
-        the publish, is written by the same EXEC as the version."""
+        the publish, is written by the same EXEC as the version.
+
+        OPERATION, when the caller named it (an Idempotency-Key), has its record (the version's
+        metadata and RESULT) written by that EXEC too: when it is there already, nothing is
+        written and AlreadyPublished carries it. A lost answer to the EXEC raises
+        OutcomeUnknown (the version may or may not be published)."""
+        named = operation is not None and operation.named
+        record_key = keys.policy_idempotency(operation.digest) if named else None
         with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    pipe.watch(keys.POLICY_ACTIVE)
+                    if record_key is not None:
+                        pipe.watch(keys.POLICY_ACTIVE, record_key)
+                        prior = decode_record(pipe.get(record_key))
+                        if prior is not None:
+                            raise AlreadyPublished(prior)
+                    else:
+                        pipe.watch(keys.POLICY_ACTIVE)
                     raw = pipe.get(keys.POLICY_ACTIVE)
                     active = int(raw) if raw is not None else None
                     if active != expected_version:
@@ -82,9 +117,16 @@ class PolicyStore:
                     if compiled is not None:
                         pipe.hset(keys.POLICY_COMPILED, str(number), compiled)
                     pipe.set(keys.POLICY_ACTIVE, number)
+                    if record_key is not None:
+                        record = encode_record(operation, {"entry": meta, **(result or {})})
+                        pipe.set(record_key, record, ex=operation.ttl_s)
                     deferred: list[dict] = []
                     add_entry(self.redis, pipe, audit_fields, deferred)
-                    pipe.execute()
+                    try:
+                        pipe.execute()
+                    except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
+                        # Sent (or perhaps sent): whether it was applied cannot be known here.
+                        raise OutcomeUnknown(OUTCOME_UNKNOWN_MESSAGE) from exc
                     break
                 except redis_lib.WatchError:
                     continue

@@ -283,25 +283,38 @@ class RemoveOverride(MethodView):
 
 @blp.route("/<imei:imei>/activation")
 class Activation(MethodView):
-    @blp.doc(security=[{"bearer": []}])
+    @blp.doc(security=[{"bearer": []}], parameters=[IDEMPOTENCY_PARAMETER])
     @blp.response(204)
     @blp.alt_response(404, description="the device has no activation binding")
     @blp.alt_response(409, description="check-ins kept changing the record: try again")
+    @blp.alt_response(422, description="no reason, or idempotency_key_reused")
+    @blp.alt_response(503, description="Redis unreachable, or the outcome is unknown")
     @require("devices:reset-activation")
     @blp.arguments(ResetActivationSchema)
     def delete(self, body, imei):
         """Forget the device's activation binding (SPEC §13): its next check-in binds afresh.
         The repair for a phone bound by a forged or mistaken check-in; audited."""
         rl = current_app.extensions["regionlock"]
+        imei = _imei(imei)
+        operation = request_operation(body)
         try:
-            forgotten = reset_activation(
-                rl.devices, _imei(imei), g.principal, body["reason"], body.get("ticket")
+            reset = reset_activation(
+                rl.devices,
+                imei,
+                g.principal,
+                body["reason"],
+                body.get("ticket"),
+                operation=operation,
             )
+        except IdempotencyConflict:
+            raise reused_key() from None
+        except OutcomeUnknown as exc:
+            raise outcome_unknown(exc) from None
         except ResetConflict:
             raise ApiError(409, "the device kept checking in meanwhile: try again") from None
-        if forgotten is None:
+        if reset is None:
             raise ApiError(404, "this device has no activation binding")
-        return None
+        return None, 204, replay_headers(reset.replayed)
 
 
 @blp.route("/unlock")

@@ -28,8 +28,16 @@ from service.policy.publishing import (
     brake_message,
     version_metadata,
 )
+from service.store.idempotency import IdempotencyConflict, OutcomeUnknown
 from service.web.auth import require
 from service.web.errors import ApiError
+from service.web.idempotency import (
+    IDEMPOTENCY_PARAMETER,
+    outcome_unknown,
+    replay_headers,
+    request_operation,
+    reused_key,
+)
 
 blp = ApiBlueprint("policy", __name__, url_prefix="/v1/policy", description="Policy editors")
 
@@ -41,10 +49,12 @@ def _allow_big_bundles() -> None:
     request.max_content_length = current_app.extensions["regionlock"].settings.policy_max_body_bytes
 
 
-def _json(document: dict, status: int = 200) -> Response:
+def _json(document: dict, status: int = 200, headers: dict | None = None) -> Response:
     # orjson directly: a million-allocation bundle is too big for marshmallow's dump; the
     # schemas on the routes document the shape.
-    return Response(orjson.dumps(document), status=status, mimetype="application/json")
+    return Response(
+        orjson.dumps(document), status=status, mimetype="application/json", headers=headers
+    )
 
 
 def _publisher() -> Publisher:
@@ -105,18 +115,23 @@ class ActivePolicy(MethodView):
         """The active bundle with its version, publication time, publisher and note."""
         return _json(_version_document(_active_number()))
 
-    @blp.doc(security=[{"bearer": []}])
+    @blp.doc(security=[{"bearer": []}], parameters=[IDEMPOTENCY_PARAMETER])
     @blp.response(201, PublishedSchema)
     @blp.alt_response(
         409,
         description="version_conflict (stale expected_version) or "
         "safety_brake (with the simulation report)",
     )
-    @blp.alt_response(422, description="invalid_bundle: every error by path")
+    @blp.alt_response(
+        422,
+        description="invalid_bundle: every error by path; or idempotency_key_reused",
+    )
+    @blp.alt_response(503, description="Redis unreachable, or the outcome is unknown")
     @require("policy:write")
     @blp.arguments(PublishSchema)
     def post(self, body):
         """Publish a new version, if expected_version is still active and the brake allows."""
+        operation = request_operation(body)
         _active_number()
         try:
             published = _publisher().publish(
@@ -126,7 +141,12 @@ class ActivePolicy(MethodView):
                 actor=g.principal.name,
                 role=g.principal.role,
                 force=body["force"],
+                operation=operation,
             )
+        except IdempotencyConflict:
+            raise reused_key() from None
+        except OutcomeUnknown as exc:
+            raise outcome_unknown(exc) from None
         except BundleError as exc:
             raise _invalid(exc) from None
         except VersionConflict as exc:
@@ -143,9 +163,10 @@ class ActivePolicy(MethodView):
             {
                 **version_metadata(published.entry),
                 "forced": published.forced,
-                "simulation": published.report.to_dict() if published.report else None,
+                "simulation": published.simulation,
             },
             201,
+            replay_headers(published.replayed),
         )
 
 
@@ -208,22 +229,37 @@ class Simulate(MethodView):
 
 @blp.route("/rollback")
 class Rollback(MethodView):
-    @blp.doc(security=[{"bearer": []}])
+    @blp.doc(security=[{"bearer": []}], parameters=[IDEMPOTENCY_PARAMETER])
     @blp.response(201, RolledBackSchema)
     @blp.alt_response(404, description="no such version")
+    @blp.alt_response(422, description="idempotency_key_reused")
+    @blp.alt_response(503, description="Redis unreachable, or the outcome is unknown")
     @require("policy:write")
     @blp.arguments(RollbackSchema)
     def post(self, body):
         """Publish a new version equal to an earlier one (no safety brake: a known version)."""
+        operation = request_operation(body)
         _active_number()
         try:
             published = _publisher().rollback(
-                body["version"], note=body["note"], actor=g.principal.name, role=g.principal.role
+                body["version"],
+                note=body["note"],
+                actor=g.principal.name,
+                role=g.principal.role,
+                operation=operation,
             )
+        except IdempotencyConflict:
+            raise reused_key() from None
+        except OutcomeUnknown as exc:
+            raise outcome_unknown(exc) from None
         except UnknownVersion:
             raise ApiError(404, f"there is no policy version {body['version']}") from None
         except BundleError as exc:
             raise _invalid(exc) from None
         except VersionConflict as exc:
             raise _conflict(exc) from None
-        return _json({**version_metadata(published.entry), "rolled_back_to": body["version"]}, 201)
+        return _json(
+            {**version_metadata(published.entry), "rolled_back_to": body["version"]},
+            201,
+            replay_headers(published.replayed),
+        )
