@@ -136,3 +136,36 @@ def test_retention_sweep_reaches_every_primary(cluster_app):
     assert (report.devices, report.devices_changed) == (12, 12)
     assert all("facts" not in client.hgetall(keys.device(p)) for p in phones)
     assert rl.devices.snapshot(phones[0]).record.verdict == "allow"
+
+
+def test_idempotency_keys_on_a_cluster(cluster_app):
+    """Issue 12.7: the publish's record shares the {policy} slot (one MULTI/EXEC) and the
+    activation reset's the device's slot (one script): both replay on a cluster."""
+    import orjson
+
+    app, client, tokens = cluster_app
+    http = app.test_client()
+    editor = {**bearer(tokens["editor"]), "Idempotency-Key": "c-pub"}
+    current = http.get("/v1/policy", headers=editor).get_json()
+    bundle = {k: current[k] for k in ("name", "next_checkin_s", "rules", "distributors")}
+    bundle["rules"][0]["regions"].append("FR")
+    body = {"bundle": bundle, "note": "add FR", "expected_version": 1, "force": True}
+    first = http.post("/v1/policy", json=body, headers=editor)
+    second = http.post("/v1/policy", json=body, headers=editor)
+    assert first.status_code == second.status_code == 201, second.get_json()
+    assert second.headers["Idempotent-Replayed"] == "true"
+    assert first.get_json()["version"] == second.get_json()["version"] == 2
+    assert client.get(keys.POLICY_ACTIVE) in ("2", b"2")
+
+    client.hset(
+        keys.device(HK),
+        mapping={
+            "state": orjson.dumps({"bindings": {"gray-market": True}}),
+            "activation": orjson.dumps({"at": "x", "places": {}, "in_territory": False}),
+        },
+    )
+    agent = {**bearer(tokens["agent"]), "Idempotency-Key": "c-reset"}
+    reset = http.delete(f"/v1/devices/{HK}/activation", json={"reason": "r"}, headers=agent)
+    again = http.delete(f"/v1/devices/{HK}/activation", json={"reason": "r"}, headers=agent)
+    assert reset.status_code == again.status_code == 204
+    assert again.headers["Idempotent-Replayed"] == "true"
