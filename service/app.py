@@ -17,7 +17,7 @@ from service.console.security import SESSION_IDLE
 from service.crypto.device_keys import MASTER_KEY_NAME
 from service.crypto.secrets import load_shared_secret
 from service.crypto.signing import KEK_NAME, KeyRing
-from service.devices.checkin import CheckinService
+from service.devices.checkin import CheckinLimits, CheckinService
 from service.devices.proofs import DeviceProofs
 from service.engine.loading import load_bundle_dir
 from service.evidence import Evidence, GeoIP, GpsGeocoder
@@ -143,6 +143,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
             mcc_mnc_of_imsi,
             identities=identities,
             proofs=DeviceProofs(master_key.value, settings.device_proof),
+            limits=CheckinLimits(
+                device=settings.checkin_device_limit, fleet=settings.checkin_fleet_limit
+            ),
         ),
         keys=keys,
         sessions=ConsoleSessionStore(client, idle_s=int(SESSION_IDLE.total_seconds())),

@@ -46,8 +46,9 @@ class Settings:
     facts_stream_maxlen: int = 1_000_000
     # Seconds between checks for a newly published policy version (SPEC §6: within 1 s).
     policy_poll_s: float = 0.5
-    # Seconds a verified token is cached in a worker (revocation takes at most this long).
-    token_cache_s: float = 2.0
+    # Seconds a verified token is cached in a worker (revocation takes at most this long, on
+    # every worker: 0.5 keeps it within 1 s; docs/decisions.md "Token revocation").
+    token_cache_s: float = 0.5
     # Redis socket timeouts: a check-in fails fast with 503 instead of hanging a worker.
     redis_timeout_s: float = 0.5
     retry_after_s: int = 5
@@ -67,6 +68,11 @@ class Settings:
     key_activation_delay_s: float = 10.0
     # Per-role request limits (flask-limiter syntax, ";" between several), "anonymous" per IP.
     rate_limits: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    # POST /v1/checkin's own limits, (requests, window seconds) or None: per device (IMEI) and
+    # for the whole fleet, counted in Redis in fixed windows by the check-in's device read
+    # (docs/decisions.md "Check-in rate limits"). Other calls keep rate_limits.
+    checkin_device_limit: tuple[int, int] | None = (60, 60)
+    checkin_fleet_limit: tuple[int, int] | None = None
     # Largest request body accepted (413 beyond it).
     max_body_bytes: int = 1 << 20
     # Largest body of the /v1/policy calls: a bundle may carry a million allocations (~50 MB).
@@ -101,6 +107,8 @@ _ENV = {
     "REGIONLOCK_DEVICE_PROOF": "device_proof",
     "REGIONLOCK_KEY_ACTIVATION_DELAY_S": "key_activation_delay_s",
     "REGIONLOCK_RATE_LIMITS": "rate_limits",
+    "REGIONLOCK_CHECKIN_DEVICE_LIMIT": "checkin_device_limit",
+    "REGIONLOCK_CHECKIN_FLEET_LIMIT": "checkin_fleet_limit",
     "REGIONLOCK_MAX_BODY_BYTES": "max_body_bytes",
     "REGIONLOCK_POLICY_MAX_BODY_BYTES": "policy_max_body_bytes",
     # prometheus-client's own variable: whoever already sets it for other tools keeps working.
@@ -155,6 +163,25 @@ def _parse_rate_limits(value: Any) -> dict[str, str]:
             ) from None
         merged[role] = limit
     return merged
+
+
+def _parse_one_limit(name: str, value: Any) -> tuple[int, int] | None:
+    """One fixed-window limit like ``60/minute`` or ``2/10 seconds`` as (requests, window
+    seconds); ``none`` (or empty) for no limit."""
+    from limits import parse
+
+    if value is None or (isinstance(value, tuple) and len(value) == 2):
+        return value
+    text = str(value).strip()
+    if text.lower() in ("", "none", "off"):
+        return None
+    try:
+        item = parse(text)
+    except ValueError:
+        item = None
+    if item is None or item.amount < 1:
+        raise ConfigError(f"{name}: {text!r} is not a limit like 60/minute (or none)")
+    return (int(item.amount), int(item.get_expiry()))
 
 
 def _optional_path(value: Any) -> Path | None:
@@ -230,6 +257,8 @@ _COERCE: dict[str, Any] = {
     "retry_after_s": _positive_int,
     "keys_dir": lambda name, v: _optional_path(v),
     "rate_limits": lambda name, v: _parse_rate_limits(v),
+    "checkin_device_limit": lambda name, v: _parse_one_limit("REGIONLOCK_CHECKIN_DEVICE_LIMIT", v),
+    "checkin_fleet_limit": lambda name, v: _parse_one_limit("REGIONLOCK_CHECKIN_FLEET_LIMIT", v),
     "max_body_bytes": _positive_int,
     "policy_max_body_bytes": _positive_int,
     "secret_key": lambda name, v: v if isinstance(v, bytes) and v else _optional_str(v),

@@ -63,6 +63,9 @@ def make_app(redis, redis_url, geo, tmp_path):
             "var_dir": tmp_path / "var",
             "policy_poll_s": 0.1,
             "token_cache_s": 0,
+            # Tests check one IMEI in far more often than a phone would; the check-in limits
+            # are tested with their own settings (tests/test_abuse.py).
+            "checkin_device_limit": None,
             # Production fails fast after 0.5 s; a test machine under load (2 shared cores)
             # can stall a healthy Redis call longer than that, which turned a check-in into
             # a 503 and a later read of the device into a 404. Outage tests stop Redis

@@ -20,25 +20,114 @@ def _checkin(client, token, **kwargs):
 
 
 def test_token_over_its_limit_gets_429_with_retry_after(make_app, tokens):
-    app = make_app(rate_limits={"device": "3/minute"})
+    app = make_app(rate_limits={"agent": "3/minute"})
     client = app.test_client()
-    assert [_checkin(client, tokens["device"]).status_code for _ in range(3)] == [200] * 3
-    limited = _checkin(client, tokens["device"])
+    agent = bearer(tokens["agent"])
+    statuses = [client.get(f"/v1/devices/{HK}", headers=agent).status_code for _ in range(3)]
+    assert statuses == [404] * 3
+    limited = client.get(f"/v1/devices/{HK}", headers=agent)
     assert limited.status_code == 429
     assert 0 < int(limited.headers["Retry-After"]) <= 60
     error = limited.get_json()["error"]
     assert error["code"] == "rate_limited" and error["message"]
     # Another token (here an admin) has its own budget.
-    assert _checkin(client, tokens["admin"]).status_code == 200
+    assert client.get(f"/v1/devices/{HK}", headers=bearer(tokens["admin"])).status_code == 404
+
+
+def test_checkins_are_not_counted_against_the_token(make_app, tokens, redis):
+    # One device token is shared by a whole fleet: its role limit never stops check-ins.
+    app = make_app(rate_limits={"device": "2/minute"})
+    client = app.test_client()
+    statuses = [
+        client.post("/v1/checkin", json={"imei": imei}, headers=bearer(tokens["device"]))
+        for imei in (HK, UNKNOWN, HK, UNKNOWN)
+    ]
+    assert [r.status_code for r in statuses] == [200] * 4
+    assert not redis.keys(f"{keys.RATE_LIMITS_PREFIX}*token:test-device*")
+
+
+def test_a_device_over_its_limit_gets_429_and_nothing_recorded(make_app, tokens, redis):
+    app = make_app(checkin_device_limit="2/minute")
+    client = app.test_client()
+    assert [_checkin(client, tokens["device"]).status_code for _ in range(2)] == [200] * 2
+    before = redis.hgetall(keys.device(HK))
+    facts = redis.xlen(keys.CHECKIN_FACTS)
+    limited = _checkin(client, tokens["device"])
+    assert limited.status_code == 429
+    assert 1 <= int(limited.headers["Retry-After"]) <= 60
+    assert limited.get_json()["error"]["code"] == "rate_limited"
+    assert "device" in limited.get_json()["error"]["message"]
+    assert redis.hgetall(keys.device(HK)) == before
+    assert redis.xlen(keys.CHECKIN_FACTS) == facts
+    # Another device on the same token is unaffected.
+    other = client.post("/v1/checkin", json={"imei": UNKNOWN}, headers=bearer(tokens["device"]))
+    assert other.status_code == 200
+    # The counter is the device's own, with a TTL (it never outlives its window for long).
+    (counter,) = redis.keys(f"rl:dev:{{{HK}}}:rate:*")
+    assert 0 < redis.ttl(counter) <= 61
+
+
+def test_the_device_limit_is_shared_by_every_app_instance(make_app, tokens):
+    one = make_app(checkin_device_limit="2/minute").test_client()
+    two = make_app(checkin_device_limit="2/minute").test_client()
+    assert _checkin(one, tokens["device"]).status_code == 200
+    assert _checkin(two, tokens["device"]).status_code == 200
+    assert _checkin(one, tokens["device"]).status_code == 429
+    assert _checkin(two, tokens["device"]).status_code == 429
+
+
+def test_the_fleet_ceiling_limits_all_devices_together(make_app, tokens, redis):
+    app = make_app(checkin_fleet_limit="2/minute")
+    client = app.test_client()
+    device = bearer(tokens["device"])
+    first = client.post("/v1/checkin", json={"imei": HK}, headers=device)
+    second = client.post("/v1/checkin", json={"imei": UNKNOWN}, headers=device)
+    assert (first.status_code, second.status_code) == (200, 200)
+    facts = redis.xlen(keys.CHECKIN_FACTS)
+    third = client.post("/v1/checkin", json={"imei": UNKNOWN}, headers=device)
+    assert third.status_code == 429
+    assert 1 <= int(third.headers["Retry-After"]) <= 60
+    assert "fleet" in third.get_json()["error"]["message"]
+    assert redis.xlen(keys.CHECKIN_FACTS) == facts
+
+
+def test_by_default_a_device_may_check_in_60_times_a_minute(make_app, tokens):
+    from service.config import Settings
+
+    app = make_app(checkin_device_limit=Settings().checkin_device_limit)
+    client = app.test_client()
+    assert {_checkin(client, tokens["device"]).status_code for _ in range(60)} == {200}
+    assert _checkin(client, tokens["device"]).status_code == 429
+
+
+def test_checkin_limits_default_and_from_the_environment():
+    settings = load_settings(environ={})
+    assert settings.checkin_device_limit == (60, 60)
+    assert settings.checkin_fleet_limit is None
+    settings = load_settings(
+        environ={
+            "REGIONLOCK_CHECKIN_DEVICE_LIMIT": "none",
+            "REGIONLOCK_CHECKIN_FLEET_LIMIT": "20000/second",
+        }
+    )
+    assert settings.checkin_device_limit is None
+    assert settings.checkin_fleet_limit == (20000, 1)
+
+
+@pytest.mark.parametrize("value", ["lots", "0/minute", "5/fortnight"])
+def test_bad_checkin_limits_stop_start_up(value):
+    with pytest.raises(ConfigError, match="REGIONLOCK_CHECKIN_DEVICE_LIMIT"):
+        load_settings(environ={"REGIONLOCK_CHECKIN_DEVICE_LIMIT": value})
 
 
 def test_one_budget_per_token_across_endpoints(make_app, tokens):
     app = make_app(rate_limits={"admin": "3/minute"})
     client = app.test_client()
     admin = bearer(tokens["admin"])
-    assert _checkin(client, tokens["admin"]).status_code == 200
+    assert _checkin(client, tokens["admin"]).status_code == 200  # limited per device instead
     assert client.get(f"/v1/devices/{HK}", headers=admin).status_code == 200
     assert client.get("/v1/audit", headers=admin).status_code == 200
+    assert client.get("/v1/policy", headers=admin).status_code == 200
     assert client.get("/v1/policy", headers=admin).status_code == 429
 
 
@@ -82,11 +171,11 @@ def test_keys_health_and_docs_are_never_limited(make_app, tokens):
 def test_counters_are_keyed_by_token_name_never_the_token(make_app, tokens, redis):
     app = make_app()
     client = app.test_client()
-    _checkin(client, tokens["device"])
+    client.get(f"/v1/devices/{HK}", headers=bearer(tokens["agent"]))
     limit_keys = redis.keys(f"{keys.RATE_LIMITS_PREFIX}*")
-    assert limit_keys and any("token:test-device" in key for key in limit_keys)
+    assert limit_keys and any("token:test-agent" in key for key in limit_keys)
     everything = " ".join(redis.keys("*"))
-    assert tokens["device"] not in everything
+    assert tokens["agent"] not in everything
 
 
 def test_default_limits_are_generous_for_device_fleets():
@@ -190,7 +279,7 @@ def test_hsts_only_over_tls(client, tokens):
 
 
 def test_tokens_never_reach_the_logs(make_app, tokens, captured_logs, closed_port_url):
-    app = make_app(rate_limits={"device": "2/minute"})
+    app = make_app(checkin_device_limit="1/minute")
     client = app.test_client()
     unknown = "rl_" + secrets.token_urlsafe(32)
     _checkin(client, tokens["device"])  # 200
@@ -200,7 +289,7 @@ def test_tokens_never_reach_the_logs(make_app, tokens, captured_logs, closed_por
         content_type="application/json",
         headers=bearer(tokens["device"]),
     )  # 400
-    client.post("/v1/checkin", json={"imei": "1"}, headers=bearer(tokens["device"]))  # 429
+    _checkin(client, tokens["device"])  # 429 (the device's own limit)
     _checkin(client, unknown)  # 401
     _checkin(client, tokens["agent"])  # 403
     client.post("/v1/checkin", json={"imei": "1"}, headers=bearer(tokens["admin"]))  # 422

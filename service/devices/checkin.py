@@ -3,21 +3,77 @@
 from __future__ import annotations
 
 import hashlib
+import math
+from dataclasses import dataclass
 
 import orjson
 
 from service.devices.proofs import NO_PROOF, PROVEN, UNPROVEN, ProofOutcome, ProofRequest
 from service.engine.model import DeviceState, Facts, apply_override, iso_utc, place_labels
+from service.store import keys
 from service.store.records import DeviceRecord, LastCheckin
 
 # The only parts of a device record a check-in needs to decide ("proven": SPEC §13).
 CHECKIN_FIELDS = ("state", "activation", "proven")
 
 
+class CheckinRateLimited(Exception):
+    """A check-in over its device's rate or the fleet's ceiling: nothing was recorded."""
+
+    def __init__(self, scope: str, retry_after_s: int):
+        super().__init__(scope)
+        self.scope = scope  # "device" or "fleet"
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class CheckinLimits:
+    """Fixed-window limits on check-ins: DEVICE per IMEI, FLEET for all devices together, each
+    (requests, window seconds) or None for no limit. Counted in Redis by the device read itself
+    (no extra round trip), so every worker shares them (docs/decisions.md)."""
+
+    device: tuple[int, int] | None = None
+    fleet: tuple[int, int] | None = None
+
+    def counters(self, imei: str, now: float) -> list[tuple[str, int]]:
+        """The (key, seconds to live) of each counter this check-in increments."""
+        out = []
+        if self.device is not None:
+            period = self.device[1]
+            out.append((keys.device_checkin_rate(imei, int(now // period)), period + 1))
+        if self.fleet is not None:
+            period = self.fleet[1]
+            out.append((keys.fleet_checkin_rate(int(now // period)), period + 1))
+        return out
+
+    def check(self, counts: tuple[int, ...], now: float) -> None:
+        """CheckinRateLimited when a count (in the order of :meth:`counters`) is over its limit."""
+        limits = [(name, limit) for name, limit in (("device", self.device), ("fleet", self.fleet))]
+        given = iter(counts)
+        for name, limit in limits:
+            if limit is None:
+                continue
+            count = next(given, 0)
+            amount, period = limit
+            if count > amount:
+                ends = (now // period + 1) * period
+                raise CheckinRateLimited(name, max(1, math.ceil(ends - now)))
+
+
 class CheckinService:
     """Decides check-ins; the pieces are injected so tests and the simulator share them."""
 
-    def __init__(self, evidence, devices, policies, mcc_mnc_of_imsi, identities=None, proofs=None):
+    def __init__(
+        self,
+        evidence,
+        devices,
+        policies,
+        mcc_mnc_of_imsi,
+        identities=None,
+        proofs=None,
+        limits: CheckinLimits | None = None,
+    ):
+        self.limits = limits or CheckinLimits()
         self.evidence = evidence
         self.devices = devices
         self.policies = policies
@@ -32,7 +88,8 @@ class CheckinService:
     ) -> dict:
         """Decide and record one validated check-in body; returns the response document.
         PROOF is the request's check-in proof: DeviceProofError when one is required and
-        missing, bad or used before (nothing is then recorded)."""
+        missing, bad or used before (nothing is then recorded); CheckinRateLimited when the
+        device or the fleet is over its rate (nothing recorded either)."""
         active = self.policies.current()
         outcome = NO_PROOF
         if self.proofs is not None and proof is not None:
@@ -40,13 +97,21 @@ class CheckinService:
             outcome = self.proofs.assess(body["imei"], proof, now, required)
         document = self._decide(body, ip, now, active, outcome)
         if document is None:  # the proof was a replay: refused, or decided again unproven
-            document = self._decide(body, ip, now, active, self.proofs.replayed(outcome, now))
+            replayed = self.proofs.replayed(outcome, now)
+            document = self._decide(body, ip, now, active, replayed, counted=True)
         return document
 
     def _decide(
-        self, body: dict, ip: str | None, now: float, active, proof: ProofOutcome
+        self,
+        body: dict,
+        ip: str | None,
+        now: float,
+        active,
+        proof: ProofOutcome,
+        counted: bool = False,
     ) -> dict | None:
-        """Decide and record; None (nothing recorded) when PROOF's MAC was used before."""
+        """Decide and record; None (nothing recorded) when PROOF's MAC was used before.
+        COUNTED: this check-in was already counted against the rate limits."""
         imei = body["imei"]
         sim = body.get("sim") or {}
         gps = body.get("gps")
@@ -61,7 +126,10 @@ class CheckinService:
             networks=[s["network"] for s in more_sims if s.get("network")],
             imsis=[s["imsi"] for s in more_sims if s.get("imsi")],
         )
-        snapshot = self.devices.snapshot(imei, CHECKIN_FIELDS)
+        counters = () if counted else self.limits.counters(imei, now)
+        snapshot = self.devices.snapshot(imei, CHECKIN_FIELDS, counters)
+        if counters:
+            self.limits.check(snapshot.counts, now)
         state = snapshot.state
         policy_decision = active.policy.decide(
             Facts(imei=imei, places=places, now=now, state=state, aliases=aliases)

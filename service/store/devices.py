@@ -96,6 +96,8 @@ class DeviceSnapshot:
     record: DeviceRecord | None
     override: Override | None
     override_raw: str | None = None
+    # The counters the read incremented (``counters`` of :meth:`DeviceStore.snapshot`), in order.
+    counts: tuple[int, ...] = ()
 
     @property
     def override_etag(self) -> str | None:
@@ -292,15 +294,25 @@ class DeviceStore:
         self._reset_activation = redis.register_script(_RESET_ACTIVATION)
         self._change_override = redis.register_script(_CHANGE_OVERRIDE)
 
-    def snapshot(self, imei: str, fields: tuple[str, ...] | None = None) -> DeviceSnapshot:
-        """Record (all fields, or only FIELDS) and override of a device, in one round trip."""
+    def snapshot(
+        self,
+        imei: str,
+        fields: tuple[str, ...] | None = None,
+        counters: Sequence[tuple[str, int]] = (),
+    ) -> DeviceSnapshot:
+        """Record (all fields, or only FIELDS) and override of a device, in one round trip.
+        COUNTERS, (key, seconds to live) pairs, are incremented in the same round trip (the
+        check-in's rate limits); their new values are the snapshot's ``counts``."""
         pipe = self.redis.pipeline(transaction=False)
         if fields is None:
             pipe.hgetall(keys.device(imei))
         else:
             pipe.hmget(keys.device(imei), fields)
         pipe.get(keys.device_override(imei))
-        stored, override = pipe.execute()
+        for key, ttl_s in counters:
+            pipe.incr(key)
+            pipe.expire(key, ttl_s)
+        stored, override, *counted = pipe.execute()
         if fields is not None:
             stored = {
                 name: value for name, value in zip(fields, stored, strict=True) if value is not None
@@ -309,6 +321,7 @@ class DeviceStore:
             record=DeviceRecord.decode(stored) if stored else None,
             override=decode_override(override),
             override_raw=_text(override),
+            counts=tuple(int(n) for n in counted[::2]),
         )
 
     def record_checkin(

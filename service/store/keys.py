@@ -38,6 +38,16 @@ def device_used_proof(imei: str, mac: str) -> str:
     return f"{PREFIX}dev:{{{imei}}}:proof:{mac}"
 
 
+def device_checkin_rate(imei: str, window: int) -> str:
+    """Check-ins of IMEI counted in fixed window number WINDOW (its per-device rate limit)."""
+    return f"{PREFIX}dev:{{{imei}}}:rate:{window}"
+
+
+def fleet_checkin_rate(window: int) -> str:
+    """Check-ins of the whole fleet counted in fixed window number WINDOW (the ceiling)."""
+    return f"{PREFIX}fleet-rate:{window}"
+
+
 def idempotency(imei: str, digest: str) -> str:
     """String (JSON, TTL): the record of one state-changing call on the device (its request's
     fingerprint and result), named by a digest of the caller's token name and Idempotency-Key

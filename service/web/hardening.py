@@ -1,6 +1,10 @@
 """Abuse resistance: per-token rate limits (flask-limiter on the service's Redis) and the
 security headers every response carries.
 
+``POST /v1/checkin`` with a valid token is not counted here: one device token is shared by a
+whole fleet, so check-ins are limited per device (IMEI) and fleet-wide by the check-in's own
+read (service/devices/checkin.py CheckinLimits).
+
 Rate limits are counted per token (keyed by the token's *name*, never the secret) with a limit
 chosen by its role, and per client IP for /v1 calls without a valid token. They are shared by
 every /v1 route (one budget per token, not per endpoint). ``/v1/keys`` and the OpenAPI document
@@ -28,6 +32,7 @@ from service.web.errors import error_response
 
 # Served from memory, never need Redis, so they are not limited (and not counted).
 UNLIMITED_PATHS = frozenset({"/v1/keys", "/v1/openapi.json"})
+CHECKIN_PATH = "/v1/checkin"
 
 
 def _settings() -> Settings:
@@ -61,6 +66,16 @@ def rate_limit_value() -> str:
     return limits.get(role) or limits["anonymous"]
 
 
+def _not_limited_here() -> bool:
+    """Requests flask-limiter leaves alone: outside /v1, served from memory, and check-ins
+    with a valid token (limited per device and fleet by the check-in itself, in its own
+    device read: devices/checkin.py CheckinLimits). Check-ins without one stay limited per IP."""
+    path = request.path
+    if not path.startswith("/v1/") or path in UNLIMITED_PATHS:
+        return True
+    return path == CHECKIN_PATH and current_principal() is not None
+
+
 def limiter_storage_uri(redis_url: str, cluster: bool) -> str:
     """The limits-library URI of the service's Redis (its cluster scheme for a cluster)."""
     if cluster:
@@ -90,9 +105,7 @@ def init_rate_limits(app: Flask, settings: Settings, cluster: bool = False) -> L
         # 429 by the handler below instead.
         headers_enabled=False,
     )
-    limiter.request_filter(
-        lambda: not request.path.startswith("/v1/") or request.path in UNLIMITED_PATHS
-    )
+    limiter.request_filter(_not_limited_here)
     limiter.init_app(app)
 
     @app.errorhandler(RateLimitExceeded)

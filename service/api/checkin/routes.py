@@ -10,6 +10,7 @@ from flask.views import MethodView
 
 from service.api.checkin.schemas import CheckinSchema, VerdictSchema
 from service.api.parsing import ApiBlueprint
+from service.devices.checkin import CheckinRateLimited
 from service.devices.proofs import DeviceProofError, ProofRequest
 from service.web.auth import require
 from service.web.client import client_ip
@@ -42,6 +43,12 @@ class Checkin(MethodView):
         "(`server_time`, unix seconds, in the error) or was used before; nothing recorded",
     )
     @blp.alt_response(403, description="the token's role may not check in")
+    @blp.alt_response(
+        429,
+        description="this device (IMEI) checked in more often than REGIONLOCK_CHECKIN_DEVICE_"
+        "LIMIT allows, or the fleet over REGIONLOCK_CHECKIN_FLEET_LIMIT; retry after "
+        "Retry-After seconds; nothing recorded",
+    )
     @blp.alt_response(503, description="Redis unreachable; retry after Retry-After seconds")
     @require("checkin")
     @blp.arguments(CheckinSchema())
@@ -62,6 +69,13 @@ class Checkin(MethodView):
         )
         try:
             document = rl.checkin.decide(body, ip, time.time(), proof)
+        except CheckinRateLimited as exc:
+            problem = (
+                "too many check-ins from this device; slow down"
+                if exc.scope == "device"
+                else "too many check-ins across the fleet; retry later"
+            )
+            raise ApiError(429, problem, headers={"Retry-After": str(exc.retry_after_s)}) from None
         except DeviceProofError as exc:
             raise ApiError(
                 401, exc.problem, code="device_proof", extra={"server_time": exc.server_time}
