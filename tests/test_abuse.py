@@ -324,3 +324,30 @@ def test_the_token_cache_keeps_digests_not_tokens(make_app, tokens):
     cache = app.extensions["regionlock"].tokens._entries
     assert len(cache) == 1
     assert tokens["device"] not in cache and all(len(k) == 64 for k in cache)
+
+
+def test_a_revoked_token_stops_working_within_1_s_on_every_instance(make_app, tokens, redis):
+    # Issue 17.2: two app instances (two workers or hosts) on one Redis, each with the default
+    # token cache; the token is revoked from a third process's point of view (the store the CLI
+    # uses), and both instances refuse it within 1 s.
+    import time
+
+    from service.config import Settings
+    from service.store.tokens import TokenStore
+
+    assert Settings().token_cache_s <= 0.5
+    instances = [make_app(token_cache_s=Settings().token_cache_s).test_client() for _ in range(2)]
+    agent = bearer(tokens["agent"])
+    for client in instances:  # both have the token cached now
+        assert client.get(f"/v1/devices/{HK}", headers=agent).status_code == 404
+    TokenStore(redis).revoke("test-agent")
+    revoked_at = time.monotonic()
+    refused_after = {}
+    while len(refused_after) < 2 and time.monotonic() - revoked_at < 3:
+        for i, client in enumerate(instances):
+            if i not in refused_after:
+                if client.get(f"/v1/devices/{HK}", headers=agent).status_code == 401:
+                    refused_after[i] = time.monotonic() - revoked_at
+        time.sleep(0.02)
+    assert sorted(refused_after) == [0, 1]
+    assert max(refused_after.values()) < 1.0, refused_after
