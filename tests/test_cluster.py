@@ -169,3 +169,26 @@ def test_idempotency_keys_on_a_cluster(cluster_app):
     again = http.delete(f"/v1/devices/{HK}/activation", json={"reason": "r"}, headers=agent)
     assert reset.status_code == again.status_code == 204
     assert again.headers["Idempotent-Replayed"] == "true"
+
+
+def test_checkin_limits_on_a_cluster(cluster, make_app):
+    # The device counter shares the device's slot; the fleet counter lives on another node:
+    # both are counted by the device read's (non-transactional) pipeline.
+    app = make_app(
+        redis_url=cluster.url, checkin_device_limit="2/minute", checkin_fleet_limit="3/minute"
+    )
+    client = app.extensions["regionlock"].redis
+    for node in client.get_primaries():
+        client.flushdb(target_nodes=node)
+    device = bearer(TokenStore(client).create("c-limits", "device"))
+    http = app.test_client()
+    assert client.keyslot(keys.device_checkin_rate(HK, 1)) == client.keyslot(keys.device(HK))
+
+    def checkin(imei):
+        return http.post("/v1/checkin", json={"imei": imei}, headers=device)
+
+    assert [checkin(HK).status_code for _ in range(2)] == [200, 200]
+    refused = checkin(HK)
+    assert refused.status_code == 429 and "device" in refused.get_json()["error"]["message"]
+    # The fleet has now counted three check-ins (the refused one too): a fourth device is over.
+    assert checkin(UNKNOWN).status_code == 429
