@@ -183,12 +183,15 @@ def exception_headers(exc: HTTPException) -> dict[str, str]:
     return {name: value for name, value in exc.get_headers() if name.lower() != "content-type"}
 
 
+def api_error_response(exc: ApiError):
+    """The one payload for an ApiError."""
+    return error_response(exc.status, exc.message, exc.code, exc.fields, exc.extra, exc.headers)
+
+
 def register_error_handlers(app: Flask) -> None:
     """Install the handlers that give every error the one payload."""
 
-    @app.errorhandler(ApiError)
-    def _api_error(exc: ApiError):
-        return error_response(exc.status, exc.message, exc.code, exc.fields, exc.extra, exc.headers)
+    app.register_error_handler(ApiError, api_error_response)
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

@@ -9,13 +9,14 @@ from service.store.idempotency import (
     IDEMPOTENCY_TTL_S,
     MAX_IDEMPOTENCY_KEY,
     OUTCOME_UNKNOWN_MESSAGE,
+    IdempotencyConflict,
     Operation,
     OutcomeUnknown,
     anonymous_operation,
     named_operation,
     request_fingerprint,
 )
-from service.web.errors import ApiError, redis_failure, retry_after_headers
+from service.web.errors import ApiError, api_error_response, redis_failure, retry_after_headers
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
@@ -80,3 +81,16 @@ def replay_headers(replayed: bool, etag: str | None = None) -> dict[str, str]:
     if etag:
         headers["ETag"] = etag
     return headers
+
+
+def register_write_errors(blueprint) -> None:
+    """Answer a reused Idempotency-Key (422) and a write of unknown outcome (503) the same way
+    for every view of BLUEPRINT, instead of each route catching them."""
+
+    @blueprint.errorhandler(IdempotencyConflict)
+    def _reused(exc: IdempotencyConflict):
+        return api_error_response(reused_key())
+
+    @blueprint.errorhandler(OutcomeUnknown)
+    def _unknown(exc: OutcomeUnknown):
+        return api_error_response(outcome_unknown(exc))

@@ -24,9 +24,7 @@ from service.devices.identity import AMBIGUOUS_CODE, AmbiguousImei, resolve_devi
 from service.devices.overrides import (
     IDEMPOTENCY_TTL_S,
     SCOPE_MESSAGE,
-    IdempotencyConflict,
     InvalidImei,
-    OutcomeUnknown,
     OverrideService,
     SanctionsScopeError,
     normalise_imei,
@@ -34,16 +32,40 @@ from service.devices.overrides import (
 from service.devices.unlock_codes import issue_unlock_code
 from service.store.devices import ResetConflict
 from service.web.auth import require
-from service.web.errors import ApiError
+from service.web.errors import ApiError, api_error_response
 from service.web.idempotency import (
     IDEMPOTENCY_PARAMETER,
-    outcome_unknown,
+    register_write_errors,
     replay_headers,
     request_operation,
     reused_key,
 )
 
 blp = ApiBlueprint("devices", __name__, url_prefix="/v1/devices", description="Support agents")
+register_write_errors(blp)
+
+
+@blp.errorhandler(SanctionsScopeError)
+def _sanctions_scope(exc: SanctionsScopeError):
+    """The only lock is one the caller's role cannot lift (unlocks and unlock codes alike)."""
+    return api_error_response(
+        ApiError(403, SCOPE_MESSAGE, code="sanctions_scope", extra={"rules": exc.rules})
+    )
+
+
+def _unlock_answer(imei: str, outcome, extra: dict, done: str, still_locked_message: str):
+    """An unlock-like call's 201: the override, whether a sanctions lock remains, and the
+    message for either case."""
+    still_locked = bool(outcome.still_locked_by)
+    body = {
+        "imei": imei,
+        **extra,
+        "override": override_out(outcome.override, outcome.etag),
+        "still_locked": still_locked,
+        "still_locked_by": outcome.still_locked_by,
+        "message": still_locked_message if still_locked else done,
+    }
+    return body, 201, replay_headers(outcome.replayed, outcome.etag)
 
 
 def _imei(raw: str) -> str:
@@ -115,40 +137,21 @@ class Unlock(MethodView):
         """Unlock the device (scoped by role; optionally time-boxed)."""
         imei = _imei(imei)
         operation = request_operation(body)
-        try:
-            outcome = _service().unlock(
-                imei,
-                g.principal,
-                body["reason"],
-                body.get("ticket"),
-                body.get("expires_in_s"),
-                operation=operation,
-            )
-        except IdempotencyConflict:
-            raise reused_key() from None
-        except OutcomeUnknown as exc:
-            raise outcome_unknown(exc) from None
-        except SanctionsScopeError as exc:
-            raise ApiError(
-                403,
-                SCOPE_MESSAGE,
-                code="sanctions_scope",
-                extra={"rules": exc.rules},
-            ) from None
-        still_locked = bool(outcome.still_locked_by)
-        body = {
-            "imei": imei,
-            "override": override_out(outcome.override, outcome.etag),
-            "still_locked": still_locked,
-            "still_locked_by": outcome.still_locked_by,
-            "message": (
-                "unlocked, but a sanctioned_region lock remains: only a compliance officer "
-                "can lift it"
-                if still_locked
-                else "unlocked from the next check-in"
-            ),
-        }
-        return body, 201, replay_headers(outcome.replayed, outcome.etag)
+        outcome = _service().unlock(
+            imei,
+            g.principal,
+            body["reason"],
+            body.get("ticket"),
+            body.get("expires_in_s"),
+            operation=operation,
+        )
+        return _unlock_answer(
+            imei,
+            outcome,
+            {},
+            "unlocked from the next check-in",
+            "unlocked, but a sanctioned_region lock remains: only a compliance officer can lift it",
+        )
 
 
 @blp.route("/<imei:imei>/unlock-code")
@@ -173,45 +176,30 @@ class UnlockCode(MethodView):
         imei = _imei(imei)
         operation = request_operation(body)
         rl = current_app.extensions["regionlock"]
-        try:
-            issued = issue_unlock_code(
-                _service(),
-                rl.unlock_master_key,
-                imei,
-                g.principal,
-                body["challenge"],
-                body["reason"],
-                body.get("ticket"),
-                body["valid_days"],
-                operation=operation,
-            )
-        except IdempotencyConflict:
-            raise reused_key() from None
-        except OutcomeUnknown as exc:
-            raise outcome_unknown(exc) from None
-        except SanctionsScopeError as exc:
-            raise ApiError(
-                403, SCOPE_MESSAGE, code="sanctions_scope", extra={"rules": exc.rules}
-            ) from None
-        outcome = issued.unlock
-        still_locked = bool(outcome.still_locked_by)
-        answer = {
-            "imei": imei,
-            "code": issued.code,
-            "challenge": body["challenge"],
-            "scope": issued.scope,
-            "valid_days": issued.valid_days,
-            "override": override_out(outcome.override, outcome.etag),
-            "still_locked": still_locked,
-            "still_locked_by": outcome.still_locked_by,
-            "message": (
-                "read the code to the user; a sanctioned_region lock remains: only a "
-                "compliance officer can lift it"
-                if still_locked
-                else "read the code to the user"
-            ),
-        }
-        return answer, 201, replay_headers(outcome.replayed, outcome.etag)
+        issued = issue_unlock_code(
+            _service(),
+            rl.unlock_master_key,
+            imei,
+            g.principal,
+            body["challenge"],
+            body["reason"],
+            body.get("ticket"),
+            body["valid_days"],
+            operation=operation,
+        )
+        return _unlock_answer(
+            imei,
+            issued.unlock,
+            {
+                "code": issued.code,
+                "challenge": body["challenge"],
+                "scope": issued.scope,
+                "valid_days": issued.valid_days,
+            },
+            "read the code to the user",
+            "read the code to the user; a sanctioned_region lock remains: only a compliance "
+            "officer can lift it",
+        )
 
 
 @blp.route("/<imei:imei>/lock")
@@ -226,19 +214,14 @@ class Lock(MethodView):
         """Lock the device whatever the policy says, until the override is removed."""
         imei = _imei(imei)
         operation = request_operation(body)
-        try:
-            outcome = _service().lock(
-                imei,
-                g.principal,
-                body["reason"],
-                body.get("ticket"),
-                operation=operation,
-                message=body.get("message"),
-            )
-        except IdempotencyConflict:
-            raise reused_key() from None
-        except OutcomeUnknown as exc:
-            raise outcome_unknown(exc) from None
+        outcome = _service().lock(
+            imei,
+            g.principal,
+            body["reason"],
+            body.get("ticket"),
+            operation=operation,
+            message=body.get("message"),
+        )
         return (
             override_out(outcome.override, outcome.etag),
             201,
@@ -263,12 +246,7 @@ class RemoveOverride(MethodView):
         imei = _imei(imei)
         if_match = request.headers.get("If-Match")
         operation = request_operation({"if_match": if_match})
-        try:
-            outcome = _service().remove(imei, g.principal, if_match=if_match, operation=operation)
-        except IdempotencyConflict:
-            raise reused_key() from None
-        except OutcomeUnknown as exc:
-            raise outcome_unknown(exc) from None
+        outcome = _service().remove(imei, g.principal, if_match=if_match, operation=operation)
         if outcome.status == "mismatch":
             raise ApiError(
                 412,
@@ -306,10 +284,6 @@ class Activation(MethodView):
                 body.get("ticket"),
                 operation=operation,
             )
-        except IdempotencyConflict:
-            raise reused_key() from None
-        except OutcomeUnknown as exc:
-            raise outcome_unknown(exc) from None
         except ResetConflict:
             raise ApiError(409, "the device kept checking in meanwhile: try again") from None
         if reset is None:
@@ -338,21 +312,16 @@ class BulkUnlock(MethodView):
                 if stored.get("fingerprint") != operation.fingerprint:
                     raise reused_key()
                 return stored["body"], 200, replay_headers(True)
-        try:
-            results = list(
-                _service().bulk_unlock(
-                    enumerate(body["imeis"], start=1),
-                    g.principal,
-                    body["reason"],
-                    body.get("ticket"),
-                    body.get("expires_in_s"),
-                    operation=operation,
-                )
+        results = list(
+            _service().bulk_unlock(
+                enumerate(body["imeis"], start=1),
+                g.principal,
+                body["reason"],
+                body.get("ticket"),
+                body.get("expires_in_s"),
+                operation=operation,
             )
-        except IdempotencyConflict:
-            raise reused_key() from None
-        except OutcomeUnknown as exc:
-            raise outcome_unknown(exc) from None
+        )
         counts = {s: 0 for s in ("applied", "unchanged", "refused", "invalid")}
         for row in results:
             counts[row["status"]] += 1

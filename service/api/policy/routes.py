@@ -28,18 +28,17 @@ from service.policy.publishing import (
     brake_message,
     version_metadata,
 )
-from service.store.idempotency import IdempotencyConflict, OutcomeUnknown
 from service.web.auth import require
 from service.web.errors import ApiError
 from service.web.idempotency import (
     IDEMPOTENCY_PARAMETER,
-    outcome_unknown,
+    register_write_errors,
     replay_headers,
     request_operation,
-    reused_key,
 )
 
 blp = ApiBlueprint("policy", __name__, url_prefix="/v1/policy", description="Policy editors")
+register_write_errors(blp)
 
 
 @blp.before_request
@@ -143,10 +142,6 @@ class ActivePolicy(MethodView):
                 force=body["force"],
                 operation=operation,
             )
-        except IdempotencyConflict:
-            raise reused_key() from None
-        except OutcomeUnknown as exc:
-            raise outcome_unknown(exc) from None
         except BundleError as exc:
             raise _invalid(exc) from None
         except VersionConflict as exc:
@@ -248,10 +243,6 @@ class Rollback(MethodView):
                 role=g.principal.role,
                 operation=operation,
             )
-        except IdempotencyConflict:
-            raise reused_key() from None
-        except OutcomeUnknown as exc:
-            raise outcome_unknown(exc) from None
         except UnknownVersion:
             raise ApiError(404, f"there is no policy version {body['version']}") from None
         except BundleError as exc:
