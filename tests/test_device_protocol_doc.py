@@ -10,26 +10,16 @@ import orjson
 
 from service.crypto.device_keys import auth_key, check_proof, device_key, proof_header
 from tests.conftest import ROOT
+from tests.docvectors import section, table_rows
 
 PAGE = (ROOT / "docs" / "device-protocol.md").read_text(encoding="utf-8")
 
 
 def _section(title: str) -> str:
-    start = PAGE.index(f"### {title}")
-    end = PAGE.find("\n#", start + 4)
-    return PAGE[start : end if end != -1 else None]
+    return section(PAGE, title)
 
 
-def _rows(section: str) -> list[list[str]]:
-    """The table rows of SECTION, each cell's code span (without the backticks)."""
-    rows = []
-    for line in section.splitlines():
-        if not line.startswith("| ") or line.startswith("| ---"):
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-        if all(c.startswith("`") and c.endswith("`") or c.isdigit() for c in cells):
-            rows.append([c.strip("`") for c in cells])
-    return rows
+_rows = table_rows
 
 
 def _master() -> bytes:

@@ -11,25 +11,17 @@ from click.testing import CliRunner
 from service.cli import main
 from service.crypto.device_keys import device_key, unlock_code, verify_code
 from tests.conftest import ROOT
+from tests.docvectors import section, table_rows
 
 PAGE = (ROOT / "docs" / "unlock-codes.md").read_text(encoding="utf-8")
 
 
 def _section(title: str) -> str:
-    start = PAGE.index(f"## {title}")
-    end = PAGE.find("\n## ", start + 3)
-    return PAGE[start : end if end != -1 else None]
+    return section(PAGE, title, level=2)
 
 
 def _rows() -> list[list[str]]:
-    rows = []
-    for line in _section("Unlock code vectors").splitlines():
-        if not line.startswith("| ") or line.startswith("| ---"):
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
-        if all(c.startswith("`") and c.endswith("`") or c.isdigit() for c in cells):
-            rows.append([c.strip("`") for c in cells])
-    return rows
+    return table_rows(_section("Unlock code vectors"))
 
 
 def _master() -> bytes:
