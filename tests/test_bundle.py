@@ -62,10 +62,22 @@ def test_seed_bundle_is_valid_and_normalised() -> None:
         "distributors",
         "messages",  # SPEC §10
         "offline",  # SPEC §11
+        "exceptions",  # SPEC §12.2
     ]
-    assert [r["id"] for r in bundle["rules"]] == ["sanctions", "gray-market"]
+    assert [r["id"] for r in bundle["rules"]] == [
+        "sanctions",
+        "gray-market",
+        "orange-sims",  # SPEC §12.3
+        "mi-mobile-sims",
+    ]
     assert bundle["rules"][0]["regions"] == ["CU", "IR", "SY", "KP", "SD", "UA-43", "UA-40"]
-    assert {d["id"] for d in bundle["distributors"]} == {"hk-global", "us-carrier", "eu-distri"}
+    assert {d["id"] for d in bundle["distributors"]} == {
+        "hk-global",
+        "us-carrier",
+        "eu-distri",
+        "orange-fr",
+        "mi-mobile-cn",
+    }
 
 
 def test_defaults_are_filled_in() -> None:

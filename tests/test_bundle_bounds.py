@@ -20,6 +20,7 @@ import pycountry
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from stdnum import luhn
 
 from service.engine import schema
 from service.engine.compiler import CompiledPolicy, compile_bundle
@@ -361,6 +362,43 @@ def allocations(draw, prefix: str) -> list[dict]:
     return out
 
 
+#: Home networks (MCC+MNC) with assigned MCCs: France, China, the US (6 digits).
+networks = st.sampled_from(["20801", "20815", "46001", "46003", "46011", "310260", "31026"])
+
+
+@st.composite
+def exception_lists(draw, dists: list[dict]) -> list[dict]:
+    """Exceptions (SPEC §12.2) by IMEI, TAC and range, overlapping each other and allocations."""
+    out: list[dict] = []
+    for _ in range(draw(st.integers(0, 4))):
+        entry: dict[str, Any]
+        form = draw(st.sampled_from(["imei", "tac", "range"]))
+        prefix = f"{draw(st.integers(10, 10 + max(len(dists), 1))):02d}"
+        if form == "imei":
+            body = prefix + draw(_digits(12))
+            entry = {"imei": body + luhn.calc_check_digit(body)}
+        elif form == "tac":
+            entry = {"tac": prefix + draw(_digits(6))}
+        else:
+            low, high = sorted([prefix + draw(_digits(12)), prefix + draw(_digits(12))])
+            entry = {"from": low, "to": high}
+        if draw(st.booleans()):
+            entry["lifts"] = draw(
+                st.lists(
+                    st.sampled_from(["distributor_territory", "carrier_network"]),
+                    min_size=1,
+                    unique=True,
+                )
+            )
+        entry["note"] = draw(st.text(min_size=1, max_size=20).filter(_no_surrogate))
+        out.append(entry)
+    return out
+
+
+def _no_surrogate(text: str) -> bool:
+    return not any(0xD800 <= ord(c) <= 0xDFFF for c in text)
+
+
 @st.composite
 def distributors(draw) -> list[dict]:
     out = []
@@ -370,6 +408,8 @@ def distributors(draw) -> list[dict]:
             "territories": draw(region_lists()),
             "allocations": draw(allocations(f"{10 + i:02d}")),
         }
+        if draw(st.booleans()):  # a carrier channel (SPEC §12.3)
+            dist["networks"] = draw(st.lists(networks, min_size=1, max_size=3))
         if draw(st.booleans()):
             dist["name"] = draw(st.one_of(names, st.none()))
         out.append(dist)
@@ -381,6 +421,20 @@ def rules(draw, distributor_ids: list[str]) -> list[dict]:
     out = []
     for ident in draw(st.lists(ids, max_size=5, unique=True)):
         kind = draw(st.sampled_from(RULE_KINDS))
+        if kind == "carrier_network":
+            carrier: dict[str, Any] = {
+                "id": ident,
+                "type": kind,
+                "action": draw(st.sampled_from(["warn", "lock"])),
+                "grace_days": draw(grace_days),
+                "mode": draw(st.sampled_from(["enforce", "observe"])),
+            }
+            if distributor_ids and draw(st.booleans()):
+                carrier["distributors"] = draw(st.lists(st.sampled_from(distributor_ids)))
+            if draw(st.booleans()):
+                carrier["rollout_percent"] = draw(st.integers(1, 100))
+            out.append(carrier)
+            continue
         signals = draw(st.lists(st.sampled_from(SIGNALS), min_size=1, max_size=4, unique=True))
         rule: dict[str, Any] = {
             "id": ident,
@@ -391,6 +445,8 @@ def rules(draw, distributor_ids: list[str]) -> list[dict]:
             "grace_days": draw(grace_days),
             "mode": draw(st.sampled_from(["enforce", "observe"])),
         }
+        if draw(st.booleans()):  # a staged rollout (SPEC §12.1)
+            rule["rollout_percent"] = draw(st.integers(1, 100))
         if kind == "sanctioned_region":
             rule["regions"] = draw(region_lists())
         else:
@@ -414,6 +470,8 @@ def valid_bundles(draw) -> dict:
         "rules": draw(rules([d["id"] for d in dists])),
         "distributors": dists,
     }
+    if draw(st.booleans()):
+        bundle["exceptions"] = draw(exception_lists(dists))
     if draw(st.booleans()):
         bundle["name"] = draw(names)
     if draw(st.booleans()):
@@ -461,7 +519,8 @@ def _facts(data, policy: CompiledPolicy, bundle: dict) -> Facts:
         bindings=data.draw(st.dictionaries(st.sampled_from(rule_ids), st.booleans())),
         first_hits=data.draw(st.dictionaries(st.sampled_from(rule_ids), times)),
     )
-    return Facts(data.draw(_imeis(bundle)), places, data.draw(times), state)
+    sims = tuple(data.draw(st.lists(networks, max_size=2, unique=True)))
+    return Facts(data.draw(_imeis(bundle)), places, data.draw(times), state, (), sims)
 
 
 def _overrides(now: float) -> st.SearchStrategy[Override | None]:

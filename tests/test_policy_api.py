@@ -96,8 +96,19 @@ def test_active_policy_is_the_seed_as_version_1(as_role):
     assert policy["version"] == 1 and policy["published_by"] == "seed"
     assert ISO_UTC.match(policy["published_at"])
     assert policy["note"]
-    assert [r["id"] for r in policy["rules"]] == ["sanctions", "gray-market"]
-    assert [d["id"] for d in policy["distributors"]] == ["hk-global", "us-carrier", "eu-distri"]
+    assert [r["id"] for r in policy["rules"]] == [
+        "sanctions",
+        "gray-market",
+        "orange-sims",
+        "mi-mobile-sims",
+    ]
+    assert [d["id"] for d in policy["distributors"]] == [
+        "hk-global",
+        "us-carrier",
+        "eu-distri",
+        "orange-fr",
+        "mi-mobile-cn",
+    ]
 
 
 def test_publish_appends_a_version_and_keeps_the_history(as_role):

@@ -64,7 +64,7 @@ def russians(client, tokens):
 def test_validate_accepts_the_seed(cli):
     result = cli("policy", "validate", ROOT / "policies")
     assert result.exit_code == 0
-    assert "valid (2 rules, 3 distributors, 7 allocations)" in result.stdout
+    assert "valid (4 rules, 5 distributors, 9 allocations)" in result.stdout
 
 
 def test_validate_lists_every_error_with_file_and_path(cli, bundle_dir):

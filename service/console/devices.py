@@ -33,7 +33,7 @@ from service.devices.overrides import (
     request_fingerprint,
 )
 from service.engine.messages import Cause
-from service.engine.model import SANCTIONED_REGION
+from service.engine.model import SANCTIONED_REGION, lifted_kinds
 from service.engine.roles import liftable_kinds
 from service.store.devices import Operation
 from service.web.errors import redis_failure, retry_after_headers
@@ -86,7 +86,7 @@ def _canonical(raw: str) -> str:
 def unlock_scope(imei: str, role: str, document: dict[str, Any] | None) -> dict[str, Any]:
     """Which of the device's policy locks an unlock by ROLE lifts and which stay, with the
     region each sanctions lock is about (for the explanation next to the unlock form)."""
-    lifts = liftable_kinds(role)
+    lifts = lifted_kinds(liftable_kinds(role))
     regions = {r.get("rule"): r.get("region") for r in (document or {}).get("reasons") or []}
     locks = [
         {**r, "region": regions.get(r.get("rule"))}

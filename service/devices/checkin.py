@@ -131,8 +131,18 @@ class CheckinService:
         if counters:
             self.limits.check(snapshot.counts, now)
         state = snapshot.state
+        # MCC+MNC only: the full IMSI and ICCID are never stored (SPEC §4 privacy); carrier
+        # rules judge them (SPEC §12.3).
+        operators = _sim_operators(self.mcc_mnc_of_imsi, sim, more_sims)
         policy_decision = active.policy.decide(
-            Facts(imei=imei, places=places, now=now, state=state, aliases=aliases)
+            Facts(
+                imei=imei,
+                places=places,
+                now=now,
+                state=state,
+                aliases=aliases,
+                sim_operators=tuple(operators),
+            )
         )
         decision = apply_override(policy_decision, snapshot.override, now)
         new_state = decision.state
@@ -143,8 +153,6 @@ class CheckinService:
         labels = place_labels(places)
         verdict = decision.to_dict()
         decided_at = iso_utc(now)
-        # MCC+MNC only: the full IMSI and ICCID are never stored (SPEC §4 privacy).
-        operators = _sim_operators(self.mcc_mnc_of_imsi, sim, more_sims)
         device_info = {
             "sim_operator": operators[0] if operators else None,
             # Only for several SIMs, so a one-SIM record is stored as it always was.

@@ -12,7 +12,7 @@ import redis as redis_lib
 from stdnum import luhn
 
 from service.devices.identity import AmbiguousImei, resolve_device
-from service.engine.model import Override
+from service.engine.model import Override, lifted_kinds
 from service.engine.roles import liftable_kinds
 from service.store.audit import AuditStore
 from service.store.devices import ANY, DeviceStore, override_etag
@@ -400,6 +400,7 @@ class OverrideService:
 
     def _scope(self, imei: str, lifts: frozenset[str]) -> tuple[list[dict], bool]:
         """The device's policy locks this role cannot lift, and whether it can lift any."""
+        lifts = lifted_kinds(lifts)  # carrier locks go with territory ones (SPEC §11 gray)
         locks = [
             r for r in self.devices.policy_reasons(imei) if r.get("action") in ("lock", "warn")
         ]

@@ -11,6 +11,7 @@ File format::
         checkins:
           - places: {ip: CU, gps: CU}        # signal -> region code (country or ISO 3166-2),
                                              # or a list of them: {network: [CU, FR]} (SPEC §9)
+            sim_operators: ["20815"]         # optional: SIMs' home networks, MCC+MNC (§12.3)
             at: "2026-01-01T00:00:00Z"       # optional, see below
             override: {kind: unlock, lifts: [distributor_territory]}   # optional
             expect:
@@ -20,6 +21,10 @@ File format::
               lock_at: "2026-01-08T00:00:00Z"  # optional (null: none)
               distributor: hk-global         # optional (null: unknown device)
               message: {reason: sanctioned_region, lang: es}   # optional (null: no message)
+              held_back: [gray-market]       # optional: rules whose hit was held back by
+                                             # their rollout_percent (SPEC §12.1), in order
+              lifted: [gray-market]          # optional: rules whose hit an exception
+                                             # lifted (SPEC §12.2), in order
 
 A check-in may also give the phone's ``locale`` (``es-CU``) for the lock-screen message, and a
 manual lock override its own ``message`` text. ``expect.message`` compares only the parts it
@@ -58,7 +63,16 @@ from service.engine.schema import is_region_code
 #: Time of a case's first check-in when it gives no ``at``.
 DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
 
-_EXPECT_KEYS = ("verdict", "reasons", "observed", "lock_at", "distributor", "message")
+_EXPECT_KEYS = (
+    "verdict",
+    "reasons",
+    "observed",
+    "lock_at",
+    "distributor",
+    "message",
+    "held_back",
+    "lifted",
+)
 _MESSAGE_KEYS = ("reason", "lang", "text")
 
 
@@ -80,6 +94,7 @@ class Checkin:
     expect: Mapping[str, Any]
     override: Override | None = None
     locale: str | None = None
+    sim_operators: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +135,7 @@ def _parse_checkin(raw: Any, path: str, errors: dict[str, list[str]]) -> Checkin
         return None
     ok = True
     for key in raw:
-        if key not in ("places", "at", "expect", "override", "locale"):
+        if key not in ("places", "at", "expect", "override", "locale", "sim_operators"):
             errors.setdefault(f"{path}.{key}", []).append("unknown field")
             ok = False
     places: dict[str, PlaceValue] = {}
@@ -152,6 +167,14 @@ def _parse_checkin(raw: Any, path: str, errors: dict[str, list[str]]) -> Checkin
             ok = False
         else:
             places[signal] = Place.parse(code)
+    sim_operators = raw.get("sim_operators") or []
+    if not isinstance(sim_operators, list) or not all(
+        isinstance(op, str) and op.isascii() and op.isdigit() and len(op) in (5, 6)
+        for op in sim_operators
+    ):
+        errors[f"{path}.sim_operators"] = ["must be a list of quoted MCC+MNC (5-6 digits)"]
+        ok = False
+        sim_operators = []
     at: float | None = None
     if raw.get("at") is not None:
         try:
@@ -193,10 +216,21 @@ def _parse_checkin(raw: Any, path: str, errors: dict[str, list[str]]) -> Checkin
         else:
             message = raw_override.get("message")
             override = Override(kind=kind, lifts=frozenset(lifts), reason="case", message=message)
+    for key in ("held_back", "lifted"):
+        if key in expect and not (
+            isinstance(expect[key], list) and all(isinstance(r, str) for r in expect[key])
+        ):
+            errors[f"{path}.expect.{key}"] = ["must be a list of rule ids"]
+            ok = False
     if not ok:
         return None
     return Checkin(
-        places=places, at=at, expect=dict(expect), override=override, locale=raw.get("locale")
+        places=places,
+        at=at,
+        expect=dict(expect),
+        override=override,
+        locale=raw.get("locale"),
+        sim_operators=tuple(dict.fromkeys(sim_operators)),
     )
 
 
@@ -317,7 +351,9 @@ def run_case(policy: CompiledPolicy, case: Case) -> CaseResult:
             now = DEFAULT_START
         else:
             now += policy.next_checkin_s
-        decision = policy.decide(Facts(case.imei, checkin.places, now, state, case.aliases))
+        decision = policy.decide(
+            Facts(case.imei, checkin.places, now, state, case.aliases, checkin.sim_operators)
+        )
         state = decision.state
         decision = apply_override(decision, checkin.override, now)
         got = {
@@ -327,6 +363,8 @@ def run_case(policy: CompiledPolicy, case: Case) -> CaseResult:
             "lock_at": iso_utc(decision.lock_at) if decision.lock_at is not None else None,
             "distributor": decision.distributor,
             "message": policy.messages.for_decision(decision, checkin.locale),
+            "held_back": [r.rule for r in decision.observed if r.held_back],
+            "lifted": [r.rule for r in decision.observed if r.lifted],
         }
         mismatches = _compare(step, checkin.expect, got)
         if mismatches and "reasons" not in checkin.expect:

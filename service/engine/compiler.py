@@ -37,6 +37,20 @@ Several places per signal (SPEC §9)
     territory* when none of its places is inside one; a reason then shows all of the signal's
     places (a list in the API form). One place stays a bare :class:`Place` (no tuple).
 
+``carrier_network`` (SPEC §12.3)
+    Applies to devices of distributors with ``networks`` (and of the listed ``distributors``);
+    hits when one of the device's SIMs has a home network (``Facts.sim_operators``, MCC+MNC from
+    the IMSI) outside them: reason ``foreign_sim`` naming the first such ``sim_operator``. A
+    network matches when equal, or when one is the other plus a last digit (the MNC length of an
+    IMSI is not always known: 31026 and 310260). No SIM, no distributor, no ``networks``: no hit.
+
+``rollout_percent`` and ``exceptions`` (SPEC §12.1, §12.2)
+    Looked at only once a rule hits (see :mod:`service.engine.rollout`). A hit of an enforced
+    rule on a device outside its rollout goes to ``observed`` with ``held_back``; a hit of a
+    rule kind the bundle's exceptions lift for the device goes to ``observed`` with ``lifted:
+    ["exception"]`` (warn hits too: such devices are left alone by that kind of rule). Both are
+    evaluated like observe-mode rules, state included.
+
 ``mode: observe``
     Evaluated like an enforced rule, *including* its own bindings and first hits in the state,
     so ``observed`` shows exactly what enforcing it would do (and switching it to ``enforce``
@@ -54,7 +68,9 @@ import orjson
 from service.engine.allocation_index import AllocationIndex
 from service.engine.messages import MessageBook, offline_terms
 from service.engine.model import (
+    CARRIER_NETWORK,
     DAY_S,
+    LIFTED_BY_EXCEPTION,
     SANCTIONED_REGION,
     Decision,
     DeviceState,
@@ -67,6 +83,7 @@ from service.engine.model import (
     places_of,
     signal_label,
 )
+from service.engine.rollout import ExceptionIndex, in_rollout
 from service.engine.schema import is_tac
 from service.engine.validation import validate_and_index
 
@@ -98,16 +115,48 @@ class CompiledRule:
     unknown_device: str
     #: None: every distributor.
     distributors: frozenset[str] | None
+    #: Staged rollout (SPEC §12.1): 100 (the default) enforces on every device.
+    rollout_percent: int = 100
 
 
 @dataclass(frozen=True, slots=True)
 class DistributorInfo:
-    """What the engine knows of a distributor."""
+    """What the engine knows of a distributor; ``networks`` (SPEC §12.3) is None without any."""
 
     id: str
     name: str
     territories: tuple[str, ...]
     territory_set: frozenset[str]
+    networks: frozenset[str] | None = None
+    #: The networks as one length shorter or longer (see :meth:`carries`).
+    network_variants: frozenset[str] = frozenset()
+
+    def carries(self, operator: str) -> bool:
+        """True when a SIM with home network ``operator`` (MCC+MNC) is one of the distributor's
+        networks: equal, or equal but for a third MNC digit on either side (the MNC length of an
+        IMSI is not always known, so 31026 and 310260 are taken as the same network)."""
+        networks = self.networks
+        if networks is None:
+            return True
+        if operator in networks or operator in self.network_variants:
+            return True
+        return len(operator) == 6 and operator[:5] in networks  # 31026 listed, 310260 read
+
+
+def _distributor_info(d: Mapping[str, Any]) -> DistributorInfo:
+    networks = d.get("networks")
+    variants: set[str] = set()
+    for network in networks or ():
+        if len(network) == 6:
+            variants.add(network[:5])  # 310260 listed: an IMSI read as 31026 matches
+    return DistributorInfo(
+        id=d["id"],
+        name=d["name"],
+        territories=tuple(d["territories"]),
+        territory_set=frozenset(d["territories"]),
+        networks=frozenset(networks) if networks is not None else None,
+        network_variants=frozenset(variants),
+    )
 
 
 def _compile_rule(rule: Mapping[str, Any]) -> CompiledRule:
@@ -118,8 +167,8 @@ def _compile_rule(rule: Mapping[str, Any]) -> CompiledRule:
         id=rule["id"],
         kind=rule["type"],
         enforced=rule["mode"] == "enforce",
-        signals=tuple(rule["signals"]),
-        min_signals=rule["min_signals"],
+        signals=tuple(rule.get("signals") or ()),  # carrier rules have none
+        min_signals=rule.get("min_signals", 1),
         action=rule["action"],
         grace_s=grace,
         region_rank={code: i for i, code in enumerate(regions)},
@@ -127,6 +176,7 @@ def _compile_rule(rule: Mapping[str, Any]) -> CompiledRule:
         bind_activation=rule.get("bind", "activation") == "activation",
         unknown_device=rule.get("unknown_device", "allow"),
         distributors=frozenset(dists) if dists is not None else None,
+        rollout_percent=rule.get("rollout_percent", 100),
     )
 
 
@@ -169,6 +219,9 @@ class CompiledPolicy:
         "_proof_distributors",
         "messages",
         "offline",
+        "_exceptions",
+        "_staged",
+        "judges_sims",
     )
 
     def __init__(self, bundle: dict[str, Any], index: AllocationIndex):
@@ -178,14 +231,15 @@ class CompiledPolicy:
         self.rules: tuple[CompiledRule, ...] = tuple(_compile_rule(r) for r in bundle["rules"])
         self._index = index
         self._distributors: dict[str, DistributorInfo] = {
-            d["id"]: DistributorInfo(
-                id=d["id"],
-                name=d["name"],
-                territories=tuple(d["territories"]),
-                territory_set=frozenset(d["territories"]),
-            )
-            for d in bundle["distributors"]
+            d["id"]: _distributor_info(d) for d in bundle["distributors"]
         }
+        # SPEC §12.2: None when the bundle has no exceptions (nothing to look up per check-in).
+        exceptions = ExceptionIndex(bundle.get("exceptions") or ())
+        self._exceptions: ExceptionIndex | None = exceptions if exceptions else None
+        # SPEC §12.1: the enforced rules with a staged rollout (see device_key).
+        self._staged = tuple(r for r in self.rules if r.enforced and r.rollout_percent < 100)
+        #: True when a rule judges the SIMs' home networks (``Facts.sim_operators``, §12.3).
+        self.judges_sims: bool = any(r.kind == CARRIER_NETWORK for r in self.rules)
         # device_proof.required_for (SPEC §13): 8-digit entries are TACs, others distributors.
         required_for = (bundle.get("device_proof") or {}).get("required_for") or ()
         self._proof_tacs = frozenset(x for x in required_for if is_tac(x))
@@ -240,6 +294,18 @@ class CompiledPolicy:
             self._index.owner_of(imei) in self._proof_distributors
         )
 
+    def device_key(self, imei: str, aliases: tuple[str, ...] = ()) -> tuple:
+        """What, beyond its distributor, a decision reads of a device's IMEIs: its group in
+        each staged rollout and what the exceptions lift for it (SPEC §12.1, §12.2); ``()``
+        when the bundle has neither. Devices with equal keys, distributors and facts get equal
+        decisions (the impact simulation caches on it)."""
+        if not self._staged and self._exceptions is None:
+            return ()
+        groups = tuple(in_rollout(r.id, imei, r.rollout_percent) for r in self._staged)
+        if self._exceptions is None:
+            return groups
+        return (*groups, tuple(sorted(self._exceptions.lifts_for(imei, aliases))))
+
     def distributor(self, distributor_id: str) -> DistributorInfo | None:
         """Name and territories of a distributor, None for an unknown id."""
         return self._distributors.get(distributor_id)
@@ -262,16 +328,22 @@ class CompiledPolicy:
         state = _StateChanges(facts.state)
         reasons: list[Reason] = []
         observed: list[Reason] = []
+        exceptions = self._exceptions
         for rule in self.rules:
             if rule.kind == SANCTIONED_REGION:
                 reason = _judge_sanctions(rule, places)
             elif rule.distributors is not None and distributor_id not in rule.distributors:
                 continue  # another distributor's devices (or unknown ones): not judged here
+            elif rule.kind == CARRIER_NETWORK:
+                reason = _judge_carrier(rule, facts.sim_operators, places, device)
             elif device is None:
                 # Unknown device: its unknown_device action applies as is (no grace, no binding).
                 reason = _judge_unknown_device(rule, places)
                 if reason is not None:
-                    (reasons if rule.enforced else observed).append(reason)
+                    if rule.rollout_percent == 100 and exceptions is None:
+                        (reasons if rule.enforced else observed).append(reason)
+                    else:
+                        _file_staged(rule, reason, facts, exceptions, reasons, observed)
                 continue
             else:
                 reason = _judge_territory(rule, places, device, state)
@@ -280,8 +352,33 @@ class CompiledPolicy:
                 continue
             if rule.grace_s:
                 reason = _with_grace(rule, reason, facts.now, state)
-            (reasons if rule.enforced else observed).append(reason)
+            if rule.rollout_percent == 100 and exceptions is None:  # the §1-§8 path
+                (reasons if rule.enforced else observed).append(reason)
+            else:
+                _file_staged(rule, reason, facts, exceptions, reasons, observed)
         return _decision(reasons, observed, distributor_id, state.result())
+
+
+def _file_staged(
+    rule: CompiledRule,
+    reason: Reason,
+    facts: Facts,
+    exceptions: ExceptionIndex | None,
+    reasons: list[Reason],
+    observed: list[Reason],
+) -> None:
+    """File a hit of a rule with a staged rollout, or of a bundle with exceptions: enforced
+    only when the rule is, the device is in its rollout and no exception lifts its kind;
+    otherwise observed, flagged ``held_back`` (outside the rollout of an enforced rule) and/or
+    ``lifted: ["exception"]``."""
+    enforced = rule.enforced
+    if enforced and not in_rollout(rule.id, facts.imei, rule.rollout_percent):
+        reason = replace(reason, held_back=True)
+        enforced = False
+    if exceptions is not None and rule.kind in exceptions.lifts_for(facts.imei, facts.aliases):
+        reason = replace(reason, lifted=LIFTED_BY_EXCEPTION)
+        enforced = False
+    (reasons if enforced else observed).append(reason)
 
 
 class _StateChanges:
@@ -342,6 +439,31 @@ def _judge_sanctions(rule: CompiledRule, places: Mapping[str, PlaceValue]) -> Re
         return None
     region, signals = _best_region(rule, matched, places)
     return Reason("sanctioned_region", rule.id, rule.kind, rule.action, region, signals)
+
+
+def _judge_carrier(
+    rule: CompiledRule,
+    operators: tuple[str, ...],
+    places: Mapping[str, PlaceValue],
+    device: DistributorInfo | None,
+) -> Reason | None:
+    """A ``foreign_sim`` reason when the device's distributor lists ``networks`` and one of its
+    SIMs' home networks is not among them (the first such one is named), else None."""
+    if device is None or device.networks is None or not operators:
+        return None
+    for operator in operators:
+        if not device.carries(operator):
+            sim = places.get("sim")
+            return Reason(
+                "foreign_sim",
+                rule.id,
+                rule.kind,
+                rule.action,
+                signals={"sim": signal_label(sim)} if sim is not None else {},
+                distributor=device.id,
+                sim_operator=operator,
+            )
+    return None
 
 
 def _judge_unknown_device(rule: CompiledRule, places: Mapping[str, PlaceValue]) -> Reason | None:

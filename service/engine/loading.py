@@ -18,7 +18,7 @@ try:  # the C loader is several times faster on big allocation lists
 except AttributeError:  # pragma: no cover - depends on how PyYAML was built
     _Loader = yaml.SafeLoader
 
-_MERGED_LISTS = ("rules", "distributors")
+_MERGED_LISTS = ("rules", "distributors", "exceptions")  # exceptions: SPEC §12.2
 
 
 def read_bundle_dir(
@@ -26,7 +26,8 @@ def read_bundle_dir(
 ) -> tuple[dict[str, Any], dict[str, list[tuple[str, int]]], dict[str, str]]:
     """Read and merge the ``*.yaml`` files of ``path`` without validating.
 
-    Returns the merged data, where each merged ``rules``/``distributors`` entry came from
+    Returns the merged data, where each merged ``rules``/``distributors``/``exceptions`` entry
+    came from
     (file name, index in that file) and which file set each other top-level key.
     """
     folder = Path(path)
@@ -81,8 +82,8 @@ def _locate(path: str, origin: dict[str, list[tuple[str, int]]], setters: dict[s
 
 def load_bundle_dir(path: str | Path) -> dict[str, Any]:
     """Load the seed bundle: every ``*.yaml`` in ``path`` (not sub-folders), merged in file-name
-    order — ``rules`` and ``distributors`` concatenated, any other top-level key taken from the
-    *last* file that sets it — then validated.
+    order — ``rules``, ``distributors`` and ``exceptions`` concatenated, any other top-level
+    key taken from the *last* file that sets it — then validated.
 
     Raises :class:`BundleError`: ``{"<file>": [msg]}`` for unreadable YAML; validation errors keyed
     ``<file>:<path inside that file>`` (``10-sanctions.yaml:rules.0.regions.2``).

@@ -33,7 +33,21 @@ ACTION_RANK: Mapping[str, int] = {"allow": 0, "warn": 1, "lock": 2}
 #: Rule kinds (the ``type`` of a bundle rule).
 SANCTIONED_REGION = "sanctioned_region"
 DISTRIBUTOR_TERRITORY = "distributor_territory"
-RULE_KINDS: tuple[str, ...] = (SANCTIONED_REGION, DISTRIBUTOR_TERRITORY)
+#: Carrier channels (SPEC §12.3): a SIM of another operator than the distributor's networks.
+CARRIER_NETWORK = "carrier_network"
+RULE_KINDS: tuple[str, ...] = (SANCTIONED_REGION, DISTRIBUTOR_TERRITORY, CARRIER_NETWORK)
+#: What ``Reason.lifted`` says of a hit that a bundle exception set aside (SPEC §12.2).
+LIFTED_BY_EXCEPTION: tuple[str, ...] = ("exception",)
+
+
+def lifted_kinds(lifts: frozenset[str]) -> frozenset[str]:
+    """The rule kinds an unlock with ``lifts`` sets aside: lifting ``distributor_territory``
+    lifts ``carrier_network`` too (the gray-market kinds: SPEC §11's ``gray`` scope lifts
+    ``distributor_territory`` and ``foreign_sim`` locks), so overrides stored before carrier
+    rules existed, and every agent's unlock, keep meaning what their scope says."""
+    if DISTRIBUTOR_TERRITORY in lifts and CARRIER_NETWORK not in lifts:
+        return lifts | {CARRIER_NETWORK}
+    return lifts
 
 
 def iso_utc(ts: float) -> str:
@@ -166,13 +180,17 @@ class Facts:
     """Everything one decision depends on: the IMEI, the place(s) each signal gave (see
     :data:`PlaceValue`), the time and the state carried from earlier check-ins. Signals with no
     place are simply absent. ``aliases`` are the device's other IMEIs in the order it reported
-    them (SPEC §9); they only matter when no allocation holds the primary ``imei``."""
+    them (SPEC §9); they only matter when no allocation holds the primary ``imei`` (and for
+    the bundle's ``exceptions``, SPEC §12.2)."""
 
     imei: str
     places: Mapping[str, PlaceValue]
     now: float
     state: DeviceState = field(default_factory=DeviceState)
     aliases: tuple[str, ...] = ()
+    #: MCC+MNC of each SIM's home network (from its IMSI), distinct, in the order reported:
+    #: what ``carrier_network`` rules judge (SPEC §12.3). Never the IMSI itself.
+    sim_operators: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +202,11 @@ class Reason:
     for (``lock``, ``warn`` or ``allow``). ``bound`` is True when a ``bind: activation`` rule
     answered from the stored binding rather than from the current evidence; ``signals`` are then
     the current check-in's places, not those of the binding check-in (those are not kept).
-    ``lifted`` (override_unlock only) names the rules the unlock set aside.
+    ``lifted``: on an ``override_unlock`` reason, the rules the unlock set aside; on a rule's
+    hit, ``("exception",)`` when a bundle exception set it aside (SPEC §12.2; reported under
+    ``observed``). ``held_back`` marks an enforced rule's hit on a device outside its
+    ``rollout_percent`` (SPEC §12.1; reported under ``observed``). ``sim_operator`` is the
+    foreign SIM's home network (MCC+MNC) of a ``foreign_sim`` hit (SPEC §12.3).
     """
 
     code: str
@@ -199,11 +221,14 @@ class Reason:
     lock_at: float | None = None
     bound: bool = False
     lifted: tuple[str, ...] = ()
+    held_back: bool = False
+    sim_operator: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """API form: ``code, rule, region, signals`` always; ``distributor`` and ``territories``
-        for territory rules (``distributor`` may be null: unknown device); ``lock_at`` (ISO-8601
-        UTC), ``bound`` and ``lifted`` only when set."""
+        for territory rules (``distributor`` may be null: unknown device); ``sim_operator`` for
+        carrier rules; ``lock_at`` (ISO-8601 UTC), ``bound``, ``lifted`` and ``held_back`` only
+        when set."""
         out: dict[str, Any] = {
             "code": self.code,
             "rule": self.rule,
@@ -213,7 +238,10 @@ class Reason:
                 for signal, label in self.signals.items()
             },
         }
-        if self.kind == DISTRIBUTOR_TERRITORY or self.distributor is not None:
+        if self.kind == CARRIER_NETWORK:
+            out["distributor"] = self.distributor
+            out["sim_operator"] = self.sim_operator
+        elif self.kind == DISTRIBUTOR_TERRITORY or self.distributor is not None:
             out["distributor"] = self.distributor
             out["territories"] = list(self.territories)
         if self.lock_at is not None:
@@ -222,6 +250,8 @@ class Reason:
             out["bound"] = True
         if self.lifted:
             out["lifted"] = list(self.lifted)
+        if self.held_back:
+            out["held_back"] = True
         return out
 
 
@@ -230,7 +260,8 @@ class Override:
     """A support action on one device: a manual ``lock`` or an ``unlock``.
 
     ``lifts`` is the set of rule kinds an unlock sets aside; the caller derives it from the
-    author's role (agent: ``{"distributor_territory"}``; compliance/admin: both kinds).
+    author's role (agent: ``{"distributor_territory", "carrier_network"}``; compliance/admin:
+    also ``sanctioned_region``).
     ``expires_at`` None means until removed. ``message`` (manual locks only, SPEC §10) is the
     lock-screen text the support agent wrote, shown as given instead of the bundle's.
     """
@@ -338,10 +369,9 @@ def apply_override(decision: Decision, override: Override | None, now: float) ->
         )
     if override.kind != "unlock":
         raise ValueError(f"unknown override kind: {override.kind!r}")
-    kept = tuple(r for r in decision.reasons if r.kind not in override.lifts)
-    lifted = tuple(
-        r.rule for r in decision.reasons if r.kind in override.lifts and r.rule is not None
-    )
+    lifts = lifted_kinds(override.lifts)
+    kept = tuple(r for r in decision.reasons if r.kind not in lifts)
+    lifted = tuple(r.rule for r in decision.reasons if r.kind in lifts and r.rule is not None)
     unlock = Reason(code="override_unlock", rule=None, kind=None, action="allow", lifted=lifted)
     reasons = (*kept, unlock)
     return replace(

@@ -46,6 +46,7 @@ from marshmallow import (
     validate,
     validates_schema,
 )
+from stdnum import luhn, numdb
 
 from service.engine.allocation_index import is_digits
 from service.engine.messages import (
@@ -55,6 +56,7 @@ from service.engine.messages import (
     check_offline_after_checkin,
 )
 from service.engine.model import (
+    CARRIER_NETWORK,
     DAY_S,
     DISTRIBUTOR_TERRITORY,
     RULE_KINDS,
@@ -88,6 +90,13 @@ MAX_REGIONS = 1_000
 MAX_ALLOCATIONS = 5_000_000
 #: How much of a rejected value an error message quotes.
 QUOTE_CHARS = 40
+#: Home networks (MCC+MNC) of one distributor (SPEC §12.3): an operator group has a few dozen.
+MAX_NETWORKS = 1_000
+#: Entries of the bundle's ``exceptions`` (SPEC §12.2): test phones, demonstration units and
+#: refurbished batches, by IMEI, TAC or range; a whole stock is an allocation, not exceptions.
+MAX_EXCEPTIONS = 100_000
+#: An exception's ``note``.
+MAX_EXCEPTION_NOTE_CHARS = 500
 
 
 def quote(value: Any) -> str:
@@ -154,6 +163,37 @@ def _check_name(value: str) -> None:
 
 def _at_most(limit: int, what: str) -> validate.Length:
     return validate.Length(max=limit, error=f"at most {limit:,} {what}")
+
+
+_NETWORK = re.compile(r"[0-9]{5,6}\Z")
+
+
+@cache
+def _known_mccs() -> frozenset[str]:
+    """Mobile country codes python-stdnum's E.212 table knows (assigned MCCs)."""
+    return frozenset(
+        low
+        for length, low, high, _props, _children in numdb.get("imsi").prefixes
+        if length == 3 and low == high
+    )
+
+
+def is_network(value: Any) -> bool:
+    """True for an MCC+MNC: a string of 5 or 6 ASCII digits whose MCC is assigned."""
+    return (
+        isinstance(value, str)
+        and value.isascii()
+        and _NETWORK.match(value) is not None
+        and value[:3] in _known_mccs()
+    )
+
+
+def check_network(value: str) -> None:
+    """A home network (MCC+MNC, SPEC §12.3): quoted, 5-6 digits, an assigned MCC."""
+    if not (value.isascii() and _NETWORK.match(value)):
+        raise ValidationError(f"must be an MCC+MNC: a quoted string of 5-6 digits ({quote(value)})")
+    if value[:3] not in _known_mccs():
+        raise ValidationError(f"unknown mobile country code {value[:3]!r} in {quote(value)}")
 
 
 class AllocationSchema(Schema):
@@ -263,15 +303,28 @@ class DistributorSchema(Schema):
         ],
     )
     allocations = AllocationList(load_default=list)
+    #: Home networks of a carrier channel (SPEC §12.3): ``carrier_network`` rules hit this
+    #: distributor's devices carrying a SIM of any other network.
+    networks = fields.List(
+        fields.String(validate=check_network),
+        validate=[
+            validate.Length(min=1, error="must not be empty (leave it out instead)"),
+            _at_most(MAX_NETWORKS, "networks"),
+        ],
+        metadata={"description": "home networks (MCC+MNC, quoted 5-6 digits) of its SIMs"},
+    )
 
     @post_load
     def _normalise(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        return {
+        out = {
             "id": data["id"],
             "name": data["name"] if data.get("name") is not None else data["id"],
             "territories": _dedupe(data["territories"]),
             "allocations": data["allocations"],
         }
+        if data.get("networks") is not None:  # absent stays absent (same hash, same diff)
+            out["networks"] = _dedupe(data["networks"])
+        return out
 
 
 class _OneOf(validate.OneOf):
@@ -288,6 +341,10 @@ def _one_of(what: str, choices: tuple[str, ...]) -> validate.OneOf:
 
 
 _TERRITORY_ONLY = ("bind", "unknown_device", "distributors")
+#: Carrier rules judge the SIMs' home networks (SPEC §12.3): no places, so none of these.
+_NOT_FOR_CARRIER = ("regions", "signals", "min_signals", "bind", "unknown_device")
+#: Staged rollout (SPEC §12.1): the share of devices an enforced rule is enforced on.
+MIN_ROLLOUT_PERCENT, MAX_ROLLOUT_PERCENT = 1, 100
 
 
 class RuleSchema(Schema):
@@ -306,9 +363,9 @@ class RuleSchema(Schema):
         validate=_one_of("mode", MODES),
     )
     regions = fields.List(RegionCode(), validate=_at_most(MAX_REGIONS, "regions"))
+    # Required for the place-judging rule types (checked in _check_rule); carrier rules have none.
     signals = fields.List(
         fields.String(validate=_one_of("signal", SIGNALS)),
-        required=True,
         validate=[
             validate.Length(min=1, error="must not be empty"),
             _at_most(len(SIGNALS), "signals, each once"),
@@ -333,6 +390,19 @@ class RuleSchema(Schema):
     )
     #: The rule's own lock-screen message (SPEC §10), winning over ``messages.<code>``.
     message = fields.Nested(MessageSchema)
+    #: Staged rollout (SPEC §12.1): absent means 100 (every device).
+    rollout_percent = fields.Integer(
+        strict=True,
+        validate=validate.Range(
+            MIN_ROLLOUT_PERCENT,
+            MAX_ROLLOUT_PERCENT,
+            error=f"must be {MIN_ROLLOUT_PERCENT}-{MAX_ROLLOUT_PERCENT} (percent of devices)",
+        ),
+        metadata={
+            "description": "percent of devices (by a hash of rule id and primary IMEI, SPEC "
+            "§12.1) the rule is enforced on; the others are only observed (held_back)"
+        },
+    )
 
     @validates_schema(skip_on_field_errors=False, pass_original=True)
     def _check_rule(self, data: dict[str, Any], original: Any, **kwargs: Any) -> None:
@@ -351,6 +421,11 @@ class RuleSchema(Schema):
             if seen and isinstance(low, int) and not 1 <= low <= len(seen):
                 errors["min_signals"] = [f"must be between 1 and {len(seen)} (the signals listed)"]
         kind = data.get("type")
+        given_keys = set(original) if isinstance(original, Mapping) else set()
+        if kind == CARRIER_NETWORK:
+            _check_carrier_rule(data, given_keys, errors)
+        elif "signals" not in given_keys:
+            errors.setdefault("signals", []).append("Missing data for required field.")
         if kind == SANCTIONED_REGION:
             if "regions" not in data and "regions" not in errors:
                 errors["regions"] = ["required for sanctioned_region rules"]
@@ -358,7 +433,11 @@ class RuleSchema(Schema):
                 errors["regions"] = ["must not be empty"]
             for name in _TERRITORY_ONLY:
                 if name in data:
-                    errors[name] = ["only for distributor_territory rules"]
+                    errors[name] = [
+                        "only for distributor_territory and carrier_network rules"
+                        if name == "distributors"
+                        else "only for distributor_territory rules"
+                    ]
         elif kind == DISTRIBUTOR_TERRITORY and "regions" in data:
             errors["regions"] = ["only for sanctioned_region rules"]
         if errors:
@@ -370,6 +449,8 @@ class RuleSchema(Schema):
         out: dict[str, Any] = {"id": data["id"], "type": data["type"], "mode": data["mode"]}
         if data["type"] == SANCTIONED_REGION:
             out["regions"] = _dedupe(data["regions"])
+        if data["type"] == CARRIER_NETWORK:
+            return _normalise_carrier_rule(data, out)
         out["signals"] = list(data["signals"])
         out["min_signals"] = data["min_signals"]
         out["action"] = data["action"]
@@ -380,8 +461,29 @@ class RuleSchema(Schema):
             # None means "every distributor"; [] would mean "none" and is kept as such.
             dists = data.get("distributors")
             out["distributors"] = _dedupe(dists) if dists is not None else None
-        _keep_optional(data, out, ("message",))
+        _keep_optional(data, out, ("message", "rollout_percent"))
         return out
+
+
+def _check_carrier_rule(
+    data: Mapping[str, Any], given: set[str], errors: dict[str, list[str]]
+) -> None:
+    """A ``carrier_network`` rule (SPEC §12.3): action lock or warn, no place-judging fields."""
+    for name in _NOT_FOR_CARRIER:
+        if name in given:
+            errors[name] = ["not for carrier_network rules (they judge the SIMs' home networks)"]
+    if data.get("action") == "allow":
+        errors.setdefault("action", []).append("must be lock or warn for carrier_network rules")
+
+
+def _normalise_carrier_rule(data: Mapping[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+    """The normalised ``carrier_network`` rule, in a fixed key order."""
+    out["action"] = data["action"]
+    out["grace_days"] = data["grace_days"]
+    dists = data.get("distributors")
+    out["distributors"] = _dedupe(dists) if dists is not None else None
+    _keep_optional(data, out, ("message", "rollout_percent"))
+    return out
 
 
 #: Entries of ``device_proof.required_for`` (TACs and distributors).
@@ -410,6 +512,132 @@ class DeviceProofSchema(Schema):
     @post_load
     def _normalise(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         return {"required_for": _dedupe(data["required_for"])}
+
+
+#: Rule kinds a bundle exception may lift (SPEC §12.2): never sanctions.
+EXCEPTION_LIFTABLE: tuple[str, ...] = (DISTRIBUTOR_TERRITORY, CARRIER_NETWORK)
+_EXCEPTION_KEYS = frozenset({"imei", "tac", "from", "to", "lifts", "note"})
+
+
+def is_imei(value: Any) -> bool:
+    """True for a 15-digit IMEI string with a valid Luhn check digit."""
+    return is_digits(value, 15) and luhn.is_valid(value)
+
+
+def _exception_entry(item: Any, errors: dict[str, list[str]]) -> dict[str, Any] | None:
+    """One exception (SPEC §12.2) normalised, or None after recording its errors (keys are
+    paths relative to the entry, ``""`` the entry itself)."""
+    if not isinstance(item, Mapping):
+        errors[""] = ["must be an object with imei, tac or from/to, lifts and note"]
+        return None
+    for key in item:
+        if key not in _EXCEPTION_KEYS:
+            errors[str(key)] = ["Unknown field."]
+    forms = [name for name in ("imei", "tac") if name in item]
+    if "from" in item or "to" in item:
+        forms.append("from/to")
+    out: dict[str, Any] = {}
+    if len(forms) != 1:
+        errors.setdefault("", []).append("give exactly one of imei, tac or from and to")
+    elif forms[0] == "imei":
+        if is_imei(item["imei"]):
+            out["imei"] = item["imei"]
+        else:
+            errors["imei"] = ["must be a quoted 15-digit IMEI with a valid check digit"]
+    elif forms[0] == "tac":
+        if is_tac(item["tac"]):
+            out["tac"] = item["tac"]
+        else:
+            errors["tac"] = ["must be a string of 8 digits"]
+    else:
+        low, high = item.get("from"), item.get("to")
+        for name, value in (("from", low), ("to", high)):
+            if name not in item:
+                errors[name] = [f"required with '{'to' if name == 'from' else 'from'}'"]
+            elif not is_digits(value, 14):
+                errors[name] = ["must be a string of 14 digits"]
+        if "from" not in errors and "to" not in errors:
+            if low > high:
+                errors["from"] = ["must not be greater than 'to'"]
+            else:
+                out["from"], out["to"] = low, high
+    lifts = item.get("lifts", [DISTRIBUTOR_TERRITORY])
+    if not isinstance(lifts, list) or not lifts:
+        errors["lifts"] = [f"must be a non-empty list of rule kinds of {EXCEPTION_LIFTABLE}"]
+    else:
+        for j, kind in enumerate(lifts):
+            if kind == SANCTIONED_REGION:
+                errors[f"lifts.{j}"] = [
+                    "sanctioned_region may not be lifted by an exception: sanctions are lifted "
+                    "per device by a compliance officer"
+                ]
+            elif kind not in EXCEPTION_LIFTABLE:
+                errors[f"lifts.{j}"] = [
+                    f"unknown rule kind {quote(kind)}; expected one of {EXCEPTION_LIFTABLE}"
+                ]
+    note = item.get("note")
+    if not isinstance(note, str):
+        errors["note"] = ["required: why these devices are excepted (1-500 characters)"]
+    else:
+        try:
+            _check_note(note)
+        except ValidationError as exc:
+            errors["note"] = list(exc.messages)
+    if errors:
+        return None
+    out["lifts"] = _dedupe(lifts)
+    out["note"] = note
+    return out
+
+
+def _check_note(value: str) -> None:
+    if not 1 <= len(value) <= MAX_EXCEPTION_NOTE_CHARS:
+        raise ValidationError(f"must be 1-{MAX_EXCEPTION_NOTE_CHARS} characters")
+    if any(unicodedata.category(c) == "Cs" for c in value):
+        raise ValidationError("must not hold lone surrogates")
+
+
+class ExceptionList(fields.Field):
+    """The bundle's ``exceptions`` (SPEC §12.2): devices (by ``imei``, ``tac`` or ``from``/``to``
+    range, as allocations) that the rule kinds in ``lifts`` never lock, each with a ``note``.
+    Checked by hand in one loop, like allocations: a list may be long."""
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Any, **kwargs: Any
+    ) -> list[dict[str, Any]]:
+        if not isinstance(value, list):
+            raise ValidationError("Not a valid list.")
+        if len(value) > MAX_EXCEPTIONS:
+            raise ValidationError(f"at most {MAX_EXCEPTIONS:,} exceptions")
+        out: list[dict[str, Any]] = []
+        errors: dict[int, Any] = {}
+        for i, item in enumerate(value):
+            found: dict[str, list[str]] = {}
+            entry = _exception_entry(item, found)
+            if entry is None:
+                errors[i] = _nest(found)
+            else:
+                out.append(entry)
+        if errors:
+            raise ValidationError(errors)
+        return out
+
+
+def _nest(flat: dict[str, list[str]]) -> Any:
+    """Relative paths (``lifts.1``, ``""`` for the entry) as marshmallow's nested messages."""
+    if set(flat) == {""}:
+        return flat[""]
+    nested: dict[str, Any] = {}
+    for path, messages in flat.items():
+        if not path:
+            nested["_schema"] = messages
+            continue
+        head, _, rest = path.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = messages
+        else:
+            nested[head] = messages
+    return nested
 
 
 def _keep_optional(data: Mapping[str, Any], out: dict[str, Any], names: tuple[str, ...]) -> None:
@@ -453,6 +681,13 @@ class BundleSchema(Schema):
     messages = MessagesField()
     #: The offline self-lock (SPEC §11).
     offline = fields.Nested(OfflineSchema)
+    #: Devices some rule kinds never lock (SPEC §12.2).
+    exceptions = ExceptionList(
+        metadata={
+            "description": "devices the listed rule kinds never lock (SPEC §12.2): "
+            "[{imei | tac | from, to, lifts: [distributor_territory | carrier_network], note}]"
+        }
+    )
 
     @validates_schema
     def _check_offline(self, data: dict[str, Any], **kwargs: Any) -> None:
@@ -478,7 +713,7 @@ class BundleSchema(Schema):
             # Only when given: bundles without it keep their normalised form (and diffs).
             **({"device_proof": data["device_proof"]} if "device_proof" in data else {}),
         }
-        _keep_optional(data, out, ("messages", "offline"))
+        _keep_optional(data, out, ("messages", "offline", "exceptions"))
         return out
 
 

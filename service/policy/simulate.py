@@ -31,6 +31,7 @@ from service.store.records import (
     RecordError,
     decode_aliases,
     decode_override,
+    decode_sim_operators,
     decode_state,
 )
 
@@ -92,6 +93,8 @@ class SimulationReport:
 #: The fields of a device record a replay needs (``imeis``: its other IMEIs, which name its
 #: distributor when no allocation holds the primary, SPEC §9).
 REPLAY_FIELDS = ("facts", "state", "imeis")
+#: Read too when a policy has carrier rules: ``device`` holds the SIMs' home networks (§12.3).
+SIM_FIELDS = ("device",)
 
 
 class _Parser:
@@ -168,12 +171,16 @@ def simulate(
     sampled = report.samples
     before_counts = report.verdicts["active"]
     after_counts = report.verdicts["candidate"]
-    # A verdict depends on the IMEI only through its distributor, and on the time only through
-    # grace periods; without those, devices with the same distributor, places and state share
-    # their pair of verdicts, and most devices look like many others.
+    # A verdict depends on the IMEI only through its distributor (and, SPEC §12.1-§12.2, its
+    # rollout groups and exceptions: CompiledPolicy.device_key), and on the time only through
+    # grace periods; without those, devices with the same distributor, places, SIMs and state
+    # share their pair of verdicts, and most devices look like many others.
     memo: dict[tuple, tuple[str, str]] | None = {} if _time_independent(active, candidate) else None
-    for rows in devices.field_batches(REPLAY_FIELDS, batch=batch, scan_count=SCAN_COUNT):
-        for imei, (raw_facts, raw_state, raw_aliases) in rows:
+    # Carrier rules (SPEC §12.3) judge the SIMs' home networks, kept in the ``device`` field.
+    judges_sims = active.judges_sims or candidate.judges_sims
+    fields = REPLAY_FIELDS + SIM_FIELDS if judges_sims else REPLAY_FIELDS
+    for rows in devices.field_batches(fields, batch=batch, scan_count=SCAN_COUNT):
+        for imei, (raw_facts, raw_state, raw_aliases, *raw_sims) in rows:
             raw_override = overrides.get(imei)
             if not raw_facts:
                 report.skipped += 1  # no facts kept: nothing to replay
@@ -189,6 +196,10 @@ def simulate(
                 aliases = decode_aliases(raw_aliases) if raw_aliases else ()
             except RecordError:
                 aliases = ()  # a damaged list of other IMEIs: judge by the primary alone
+            try:
+                operators = decode_sim_operators(raw_sims[0]) if raw_sims else ()
+            except RecordError:
+                operators = ()  # a damaged device field: judged as a device without a SIM
             key = pair = None
             if memo is not None and raw_override is None:
                 key = (
@@ -196,12 +207,21 @@ def simulate(
                     candidate.distributor_of(imei, aliases),
                     places,
                     raw_state,
+                    # Staged rollouts and exceptions (SPEC §12.1, §12.2) read the IMEI itself.
+                    active.device_key(imei, aliases),
+                    candidate.device_key(imei, aliases),
+                    operators,
                 )
                 pair = memo.get(key)
             if pair is None:
                 try:
                     device = Facts(
-                        imei, parser.place_map(places), at, parser.state(raw_state), aliases
+                        imei,
+                        parser.place_map(places),
+                        at,
+                        parser.state(raw_state),
+                        aliases,
+                        operators,
                     )
                     override = decode_override(raw_override)
                 except (KeyError, TypeError, ValueError):  # RecordError is a ValueError

@@ -322,6 +322,19 @@ def decode_override(raw: str | bytes | None) -> Override | None:
         raise RecordError("override") from exc
 
 
+def decode_sim_operators(raw: str | bytes | None) -> tuple[str, ...]:
+    """The SIMs' home networks (MCC+MNC) of a stored ``device`` field: ``sim_operators`` for
+    several SIMs, else ``sim_operator``; none when absent (what carrier rules judge, §12.3)."""
+    device = _json("device", raw, {})
+    if not isinstance(device, dict):
+        raise RecordError("device")
+    many = device.get("sim_operators")
+    if isinstance(many, list):
+        return tuple(op for op in many if isinstance(op, str))
+    one = device.get("sim_operator")
+    return (one,) if isinstance(one, str) else ()
+
+
 # --- several IMEIs (SPEC §9): the record's ``imeis`` field, written by store/identities.py ----
 
 
