@@ -94,7 +94,17 @@ def _signals_text(signals: dict[str, str | list[str]]) -> str:
 
 
 def explain_reason(reason: dict[str, Any], document: dict[str, Any] | None = None) -> str:
-    """One sentence saying why this reason applies."""
+    """One sentence saying why this reason applies (and, for an observed hit, why it did not
+    count: held back by a staged rollout, lifted by a bundle exception; SPEC §12.1, §12.2)."""
+    text = _explain_hit(reason, document)
+    if reason.get("held_back"):
+        text += " Not enforced on this phone yet: it is outside the rule's staged rollout."
+    if "exception" in (reason.get("lifted") or []) and reason.get("code") != "override_unlock":
+        text += " Not enforced on this phone: the policy's exceptions list it."
+    return text
+
+
+def _explain_hit(reason: dict[str, Any], document: dict[str, Any] | None) -> str:
     code = reason.get("code")
     rule = reason.get("rule")
     region = reason.get("region")
@@ -104,6 +114,16 @@ def explain_reason(reason: dict[str, Any], document: dict[str, Any] | None = Non
             f"Rule “{rule}”: {region} ({place_name(region)}) is a sanctioned region, and "
             f"{_signals_text(signals)} put the phone there."
         )
+    if code == "foreign_sim" or (code == "grace_period" and reason.get("sim_operator")):
+        # SPEC §12.3: a carrier channel's phone with another operator's SIM.
+        name = _distributor_name(document, reason.get("distributor") or "")
+        text = (
+            f"Rule “{rule}”: sold through {name} for use with its own SIM cards, and it carries "
+            f"a SIM of network {reason.get('sim_operator')}."
+        )
+        if code == "grace_period" and reason.get("lock_at"):
+            text += f" Grace period: it locks on {when(reason['lock_at'])}."
+        return text
     if code in ("outside_territory", "grace_period"):
         distributor = reason.get("distributor")
         territories = reason.get("territories") or []

@@ -187,7 +187,23 @@ class ReasonSchema(Schema):
     territories = fields.List(fields.String())
     lock_at = fields.String(allow_none=True)
     bound = fields.Boolean()
-    lifted = fields.List(fields.String())
+    lifted = fields.List(
+        fields.String(),
+        metadata={
+            "description": "override_unlock: the rules it lifted; a rule's hit under observed: "
+            '["exception"] when a bundle exception lifted it (SPEC §12.2)'
+        },
+    )
+    # SPEC §12.1, §12.3 (kept together: the fleet-scale policy fields).
+    held_back = fields.Boolean(
+        metadata={
+            "description": "under observed: the device is outside the rule's rollout_percent, "
+            "so the hit of this enforced rule did not count (SPEC §12.1)"
+        }
+    )
+    sim_operator = fields.String(
+        metadata={"description": "foreign_sim: the foreign SIM's home network, MCC+MNC (§12.3)"}
+    )
 
 
 class DeviceOverrideSchema(Schema):

@@ -53,8 +53,23 @@ class PolicySchema(VersionMetaSchema):
     name = fields.String()
     next_checkin_s = fields.Integer()
     max_new_lock_ratio = fields.Float()
-    rules = fields.List(fields.Dict())
-    distributors = fields.List(fields.Dict())
+    rules = fields.List(
+        fields.Dict(),
+        metadata={
+            "description": "rules in order: {id, type: sanctioned_region | "
+            "distributor_territory | carrier_network, mode, action, grace_days, ...} (SPEC §6); "
+            "any rule may carry rollout_percent (1-100, absent: 100; SPEC §12.1); "
+            "carrier_network rules (SPEC §12.3) take action lock|warn, distributors, mode, "
+            "rollout_percent, grace_days and no signals"
+        },
+    )
+    distributors = fields.List(
+        fields.Dict(),
+        metadata={
+            "description": "{id, name, territories, allocations, networks?}; networks: the "
+            "home networks (MCC+MNC, 5-6 digits) of a carrier channel's SIMs (SPEC §12.3)"
+        },
+    )
     messages = fields.Dict(
         metadata={
             "description": "lock-screen messages by reason code or default (SPEC §10): "
@@ -66,6 +81,14 @@ class PolicySchema(VersionMetaSchema):
             "description": "offline self-lock (SPEC §11): {lock_after_days, warn_days}; "
             "absent when none"
         }
+    )
+    exceptions = fields.List(
+        fields.Dict(),
+        metadata={
+            "description": "devices some rule kinds never lock (SPEC §12.2): {imei | tac | "
+            "from, to; lifts: [distributor_territory | carrier_network] (default "
+            "[distributor_territory]); note}; absent when none"
+        },
     )
 
 
