@@ -3,7 +3,9 @@
 Equivalent policy: one sanctions rule over five countries (CU, IR, SY, KP, SD) on one signal;
 zen-engine evaluates the same thing as a first-hit decision table. Both get the same stream of
 inputs (half sanctioned, half not). Also: the seed bundle, and a sanctions rule with 100
-regions (cost must not grow with the number of regions).
+regions (cost must not grow with the number of regions); and a device of hk-global whose
+territory rule hits under the seed bundle, against the same bundle with a 10 % rollout on every
+rule and 10,000 exceptions (SPEC §12.1, §12.2: what staging costs a check-in that hits).
 
     python -m bench.bench_engine [--decisions 100000]
 
@@ -13,6 +15,7 @@ zen-engine is optional (`pip install -e '.[bench]'`); without it that line is sk
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -132,7 +135,24 @@ def main(argv: list[str] | None = None) -> None:
             max(n // 20, 1000),
         )
     candidates["regionlock, 100-region rule"] = (ours(hundred), n)
-    candidates["regionlock, seed bundle (2 rules)"] = (ours(seed), n)
+    candidates["regionlock, seed bundle (4 rules)"] = (ours(seed), n)
+    seed_bundle = load_bundle_dir(Path(__file__).resolve().parent.parent / "policies")
+    staged_bundle = staged(seed_bundle)
+    hk_device = "353879234252633"  # hk-global: its territory rule hits outside HK and MO
+    hk_places = [{"ip": Place(c), "sim": Place(c)} for c in OTHERS]
+
+    def hitting(policy):
+        decide = policy.decide
+        return lambda i: decide(Facts(hk_device, hk_places[i % 5], now, state, (), ("46000",)))
+
+    plain, staged_policy = compile_bundle(seed_bundle), compile_bundle(staged_bundle)
+    for i in range(5):  # both decide the same hits; staged, they go to held_back or stay
+        if OTHERS[i] != "HK":
+            staged_hits = hitting(staged_policy)(i)
+            assert hitting(plain)(i).verdict == "lock"
+            assert (staged_hits.reasons + staged_hits.observed)[0].code == "outside_territory"
+    candidates["seed, hk-global device, hits (baseline)"] = (hitting(plain), n)
+    candidates["same, 10% rollouts + 10,000 exceptions"] = (hitting(staged_policy), n)
     rows = list(rates(candidates).items())
     print(f"Engine decisions/s in-process (best of 5 interleaved rounds of {n})")
     for name, value in rows:
@@ -144,7 +164,41 @@ def main(argv: list[str] | None = None) -> None:
         )
     else:
         print("  zen-engine not installed: pip install -e '.[bench]' for the baseline")
-    print(f"  100 regions vs 5 regions: {rows[-2][1] / rows[0][1]:.2f} (flat = about 1.0)")
+    rate = dict(rows)
+    print(
+        f"  100 regions vs 5 regions: {rate['regionlock, 100-region rule'] / rows[0][1]:.2f} "
+        "(flat = about 1.0)"
+    )
+    ratio = (
+        rate["same, 10% rollouts + 10,000 exceptions"]
+        / rate["seed, hk-global device, hits (baseline)"]
+    )
+    print(f"  staged / plain seed, hitting device: {ratio:.2f}")
+
+
+def staged(bundle: dict) -> dict:
+    """BUNDLE with a 10 % rollout on every rule and 10,000 exceptions (IMEIs, TACs, ranges)."""
+    out = copy.deepcopy(bundle)
+    for rule in out["rules"]:
+        rule["rollout_percent"] = 10
+    entries = []
+    for i in range(10_000):
+        if i % 3 == 0:
+            entries.append({"tac": f"{40000000 + i:08d}", "note": "bench"})
+        elif i % 3 == 1:
+            low = 50_000_000_000_000 + i * 1000
+            entries.append({"from": f"{low:014d}", "to": f"{low + 500:014d}", "note": "bench"})
+        else:
+            body = f"{60_000_000_000_000 + i:014d}"
+            entries.append({"imei": body + _luhn_digit(body), "note": "bench"})
+    out["exceptions"] = entries
+    return out
+
+
+def _luhn_digit(body: str) -> str:
+    from stdnum import luhn
+
+    return luhn.calc_check_digit(body)
 
 
 if __name__ == "__main__":

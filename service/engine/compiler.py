@@ -371,14 +371,29 @@ def _file_staged(
     only when the rule is, the device is in its rollout and no exception lifts its kind;
     otherwise observed, flagged ``held_back`` (outside the rollout of an enforced rule) and/or
     ``lifted: ["exception"]``."""
-    enforced = rule.enforced
-    if enforced and not in_rollout(rule.id, facts.imei, rule.rollout_percent):
-        reason = replace(reason, held_back=True)
-        enforced = False
-    if exceptions is not None and rule.kind in exceptions.lifts_for(facts.imei, facts.aliases):
-        reason = replace(reason, lifted=LIFTED_BY_EXCEPTION)
-        enforced = False
-    (reasons if enforced else observed).append(reason)
+    held_back = rule.enforced and not in_rollout(rule.id, facts.imei, rule.rollout_percent)
+    lifted = exceptions is not None and rule.kind in exceptions.lifts_for(facts.imei, facts.aliases)
+    if not held_back and not lifted:
+        (reasons if rule.enforced else observed).append(reason)
+        return
+    # Built directly rather than with dataclasses.replace (three times slower, on every hit).
+    observed.append(
+        Reason(
+            reason.code,
+            reason.rule,
+            reason.kind,
+            reason.action,
+            reason.region,
+            reason.signals,
+            reason.distributor,
+            reason.territories,
+            reason.lock_at,
+            reason.bound,
+            LIFTED_BY_EXCEPTION if lifted else reason.lifted,
+            held_back,
+            reason.sim_operator,
+        )
+    )
 
 
 class _StateChanges:
