@@ -603,3 +603,42 @@ def test_console_explains_foreign_sim_held_back_and_lifted_hits():
     assert "exceptions list it" in explain_reason({**foreign, "lifted": ["exception"]}, document)
     unlock = {"code": "override_unlock", "rule": None, "lifted": ["gray-market"]}
     assert "exceptions" not in explain_reason(unlock, {})
+
+
+def test_an_agents_gray_unlock_code_lifts_a_foreign_sim_lock(checkin, as_role):
+    # SPEC §11: the gray scope lifts distributor_territory and foreign_sim locks.
+    sim = {"imsi": "460000123456789"}
+    inside = next(
+        imei(f"86472305{n:06d}")
+        for n in range(1000)
+        if bucket_by_hand("mi-mobile-sims", imei(f"86472305{n:06d}")) < 10
+    )
+    assert checkin(inside, sim=sim)["verdict"] == "lock"
+    response = as_role(
+        "agent",
+        "POST",
+        f"/v1/devices/{inside}/unlock-code",
+        {"challenge": "0012345678", "reason": "customer abroad", "valid_days": 3},
+    )
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["scope"] == "gray"
+    assert checkin(inside, sim=sim)["verdict"] == "allow"
+
+
+def test_policy_diff_counts_exception_changes():
+    from service.policy.diff import diff_summary, format_summary, summary_is_empty
+
+    before = validate_bundle(SEED)
+    assert "exceptions" not in diff_summary(before, before)
+    after = validate_bundle(
+        with_exceptions(
+            SEED["exceptions"][0],
+            {**SEED["exceptions"][1], "note": "QA-8"},
+            {"imei": HK, "note": "new test phone"},
+        )
+    )
+    summary = diff_summary(before, after)
+    assert summary["exceptions"] == {"added": 2, "removed": 1}
+    assert summary["settings"] == {}
+    assert not summary_is_empty(summary)
+    assert format_summary(summary) == ["~ exceptions +2 -1"]

@@ -29,9 +29,11 @@ def _changed_fields(old: Mapping[str, Any], new: Mapping[str, Any], skip=()) -> 
 
 
 def diff_summary(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """What changed from OLD to NEW: settings, and rules and distributors by id."""
+    """What changed from OLD to NEW: settings, and rules and distributors by id; and, only when
+    they differ, how many ``exceptions`` entries were added and removed (SPEC §12.2)."""
     settings = {
-        name: [old.get(name), new.get(name)] for name in _changed_fields(old, new, skip=_LISTS)
+        name: [old.get(name), new.get(name)]
+        for name in _changed_fields(old, new, skip=(*_LISTS, "exceptions"))
     }
     old_rules, new_rules = _by_id(old.get("rules")), _by_id(new.get("rules"))
     rules = {
@@ -61,12 +63,34 @@ def diff_summary(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, An
         "removed": [d for d in old_dists if d not in new_dists],
         "changed": changed,
     }
-    return {"settings": settings, "rules": rules, "distributors": distributors}
+    summary = {"settings": settings, "rules": rules, "distributors": distributors}
+    exceptions = _exceptions_changed(old.get("exceptions"), new.get("exceptions"))
+    if exceptions is not None:
+        summary["exceptions"] = exceptions
+    return summary
+
+
+def _exception_key(entry: Mapping[str, Any]) -> tuple:
+    return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in sorted(entry.items()))
+
+
+def _exceptions_changed(old: Any, new: Any) -> dict[str, int] | None:
+    """Entries added and removed (an entry whose lifts or note changed counts as both), None
+    when equal: a list may be long, so it is counted rather than shown as a setting."""
+    if (old or []) == (new or []):
+        return None
+    before = {_exception_key(e) for e in old or ()}
+    after = {_exception_key(e) for e in new or ()}
+    return {"added": len(after - before), "removed": len(before - after)}
 
 
 def summary_is_empty(summary: Mapping[str, Any]) -> bool:
     """True when DIFF_SUMMARY found no difference."""
-    return not summary["settings"] and all(not any(summary[part].values()) for part in _LISTS)
+    return (
+        not summary["settings"]
+        and all(not any(summary[part].values()) for part in _LISTS)
+        and not summary.get("exceptions")
+    )
 
 
 def _for_text(bundle: Mapping[str, Any]) -> dict[str, Any]:
@@ -114,4 +138,7 @@ def format_summary(summary: Mapping[str, Any]) -> list[str]:
                     f"allocations +{change['allocations_added']} -{change['allocations_removed']}"
                 )
             lines.append(f"~ {noun} {ident}: {', '.join(details)}")
+    if summary.get("exceptions"):
+        change = summary["exceptions"]
+        lines.append(f"~ exceptions +{change['added']} -{change['removed']}")
     return lines
