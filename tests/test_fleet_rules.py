@@ -642,3 +642,68 @@ def test_policy_diff_counts_exception_changes():
     assert summary["settings"] == {}
     assert not summary_is_empty(summary)
     assert format_summary(summary) == ["~ exceptions +2 -1"]
+
+
+def test_console_shows_carrier_rules_rollouts_exceptions_and_foreign_sims(app, tokens, checkin):
+    from tests.test_console import Console
+
+    session = Console(app.test_client())
+    assert session.sign_in(tokens["agent"]).status_code == 302
+    page = session.get("/console/policy").get_data(as_text=True)
+    assert "rollout 10%" in page  # mi-mobile-sims
+    assert "A SIM outside the distributor's networks" in page
+    assert "SIM networks 20801" in page
+    assert "2 exceptions" in page
+    assert "Bind None" not in page
+
+    checkin(ORANGE, sim={"imsi": "208150123456789"})
+    device = session.get(f"/console/devices/{ORANGE}").get_data(as_text=True)
+    assert "carries a SIM of network 20815" in device
+
+
+def test_case_files_check_the_new_fields_and_report_mismatches():
+    from service.engine.cases import CaseError, parse_cases, run_cases
+
+    with pytest.raises(CaseError) as caught:
+        parse_cases(
+            {
+                "cases": [
+                    {
+                        "name": "bad",
+                        "imei": ORANGE,
+                        "checkins": [
+                            {
+                                "sim_operators": [20815],
+                                "expect": {"verdict": "warn", "held_back": "mi-mobile-sims"},
+                            }
+                        ],
+                    }
+                ]
+            },
+            "x.yaml",
+        )
+    assert set(caught.value.errors) == {
+        "x.yaml:cases.0.checkins.0.sim_operators",
+        "x.yaml:cases.0.checkins.0.expect.held_back",
+    }
+    [case] = parse_cases(
+        {
+            "cases": [
+                {
+                    "name": "wrong expectations",
+                    "imei": imei("86472305" + "000000"),
+                    "checkins": [
+                        {
+                            "sim_operators": ["46000"],
+                            "expect": {"verdict": "allow", "held_back": [], "lifted": ["x"]},
+                        }
+                    ],
+                }
+            ]
+        },
+        "y.yaml",
+    )
+    [result] = run_cases(SEED_POLICY, [case])
+    assert not result.passed
+    held = [m for m in result.messages if "held_back" in m or "lifted" in m]
+    assert len(held) == 2, result.messages
