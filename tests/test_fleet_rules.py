@@ -707,3 +707,31 @@ def test_case_files_check_the_new_fields_and_report_mismatches():
     assert not result.passed
     held = [m for m in result.messages if "held_back" in m or "lifted" in m]
     assert len(held) == 2, result.messages
+
+
+def test_rollout_and_exceptions_apply_to_unknown_devices_too():
+    bundle = copy.deepcopy(SEED)
+    bundle["rules"][1].update(unknown_device="lock", rollout_percent=50)
+    bundle["exceptions"] = [{"imei": unknown_imei(0), "note": "lab phone"}]
+    policy = compile_bundle(bundle)
+    for i in range(40):
+        device = unknown_imei(i)
+        decision = policy.decide(Facts(device, {"ip": Place("FR")}, 0.0))
+        inside = bucket_by_hand("gray-market", device) < 50
+        assert (decision.verdict == "lock") == (inside and i != 0), i
+        if decision.verdict == "allow":
+            [seen] = decision.observed
+            assert seen.held_back == (not inside)
+            assert seen.lifted == (("exception",) if i == 0 else ())
+
+
+def test_networks_are_bounded():
+    from service.engine.schema import MAX_NETWORKS
+
+    bundle = copy.deepcopy(SEED)
+    networks = [f"460{n:03d}" for n in range(1000)] + ["20801"]
+    assert len(networks) == MAX_NETWORKS + 1
+    bundle["distributors"][-1]["networks"] = networks
+    assert errors_of(bundle) == {"distributors.4.networks": ["at most 1,000 networks"]}
+    bundle["distributors"][-1]["networks"] = networks[:MAX_NETWORKS]
+    validate_bundle(bundle)
