@@ -101,6 +101,7 @@ class _Parser:
     """Turns stored JSON into engine values, caching the ones that repeat across devices."""
 
     def __init__(self) -> None:
+        self.sims: dict[Any, tuple[str, ...]] = {}
         self.states: dict[Any, DeviceState] = {}
         self.places: dict[tuple, Mapping[str, PlaceValue]] = {}
         self.labels: dict[str, Place] = {}
@@ -112,6 +113,19 @@ class _Parser:
         parsed = decode_state(raw)
         if len(self.states) < _CACHE_MAX:
             self.states[raw] = parsed
+        return parsed
+
+    def sim_operators(self, raw: Any) -> tuple[str, ...]:
+        """The SIMs' home networks of a stored ``device`` field (SPEC §12.3); () when damaged."""
+        hit = self.sims.get(raw)
+        if hit is not None:
+            return hit
+        try:
+            parsed = decode_sim_operators(raw)
+        except RecordError:
+            parsed = ()  # a damaged device field: judged as a device without a SIM
+        if len(self.sims) < _CACHE_MAX:
+            self.sims[raw] = parsed
         return parsed
 
     def place_map(self, key: tuple) -> Mapping[str, PlaceValue]:
@@ -196,10 +210,7 @@ def simulate(
                 aliases = decode_aliases(raw_aliases) if raw_aliases else ()
             except RecordError:
                 aliases = ()  # a damaged list of other IMEIs: judge by the primary alone
-            try:
-                operators = decode_sim_operators(raw_sims[0]) if raw_sims else ()
-            except RecordError:
-                operators = ()  # a damaged device field: judged as a device without a SIM
+            operators = parser.sim_operators(raw_sims[0]) if raw_sims and raw_sims[0] else ()
             key = pair = None
             if memo is not None and raw_override is None:
                 key = (
