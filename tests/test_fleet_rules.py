@@ -500,6 +500,12 @@ def test_exception_published_lifts_a_lock_at_the_next_checkin(app, as_role, chec
     body = checkin(HK, sim=sim_de)
     assert body["verdict"] == "allow"
     assert body["observed"][0]["lifted"] == ["exception"]
+    active = as_role("editor", "GET", "/v1/policy").get_json()
+    assert active["exceptions"] == [
+        {"imei": HK, "lifts": ["distributor_territory"], "note": "returned for refurbishment"}
+    ]
+    assert active["distributors"][3]["networks"] == ["20801"]
+    assert active["rules"][3]["rollout_percent"] == 10
 
 
 def _served(app, version):

@@ -18,7 +18,12 @@ class _Body(Schema):
 
 class BundleBodySchema(_Body):
     bundle = fields.Dict(
-        required=True, metadata={"description": "a policy bundle (the schema of SPEC §6)"}
+        required=True,
+        metadata={
+            "description": "a policy bundle (the schema of SPEC §6, with §10 messages, §11 "
+            "offline, §12.1 rules' rollout_percent, §12.2 exceptions, §12.3 distributors' "
+            "networks and carrier_network rules: see the fields of Policy)"
+        },
     )
 
 
