@@ -36,85 +36,114 @@ def in_rollout(rule_id: str, imei: str, percent: int) -> bool:
 
 
 class ExceptionIndex:
-    """IMEI -> the rule kinds the bundle's ``exceptions`` lift for it (SPEC §12.2)."""
+    """IMEI -> the rule kinds the bundle's ``exceptions`` lift for it (SPEC §12.2).
 
-    __slots__ = ("_imeis", "_tacs", "_starts", "_ends", "_lifts")
+    Lifts are kept as bit masks over the kinds named (a handful), so a hundred thousand entries
+    index in a fraction of a second and a lookup ORs small integers."""
+
+    __slots__ = ("_kinds", "_sets", "_imeis", "_tacs", "_starts", "_ends", "_masks")
 
     def __init__(self, entries: Iterable[Mapping[str, Any]]):
-        imeis: dict[str, frozenset[str]] = {}
-        tacs: dict[str, frozenset[str]] = {}
-        ranges: list[tuple[int, int, frozenset[str]]] = []
+        bits: dict[str, int] = {}
+        mask_of: dict[tuple[str, ...], int] = {}
+        imeis: dict[str, int] = {}
+        tacs: dict[str, int] = {}
+        ranges: list[tuple[int, int, int]] = []
         for entry in entries:
-            lifts = frozenset(entry["lifts"])
-            if "imei" in entry:
-                imeis[entry["imei"]] = imeis.get(entry["imei"], NO_LIFTS) | lifts
-            elif "tac" in entry:
-                tacs[entry["tac"]] = tacs.get(entry["tac"], NO_LIFTS) | lifts
+            names = tuple(entry["lifts"])
+            mask = mask_of.get(names)
+            if mask is None:
+                mask = 0
+                for kind in names:
+                    mask |= bits.setdefault(kind, 1 << len(bits))
+                mask_of[names] = mask
+            imei = entry.get("imei")
+            if imei is not None:
+                imeis[imei] = imeis.get(imei, 0) | mask
+                continue
+            tac = entry.get("tac")
+            if tac is not None:
+                tacs[tac] = tacs.get(tac, 0) | mask
             else:
-                ranges.append((int(entry["from"]), int(entry["to"]), lifts))
+                ranges.append((int(entry["from"]), int(entry["to"]), mask))
+        self._kinds = tuple(bits)
+        # mask -> the frozenset of kinds it stands for (every combination: few kinds).
+        self._sets = tuple(
+            frozenset(kind for kind, bit in bits.items() if m & bit) for m in range(1 << len(bits))
+        )
         self._imeis = imeis
         self._tacs = tacs
-        self._starts, self._ends, self._lifts = _disjoint(ranges)
+        self._starts, self._ends, self._masks = _disjoint(ranges, len(bits))
 
     def __bool__(self) -> bool:
         return bool(self._imeis or self._tacs or self._starts)
 
-    def lifts_of(self, imei: str) -> frozenset[str]:
-        """Rule kinds lifted for one IMEI (15 digits; 14 are matched by TAC and range only)."""
-        found = self._imeis.get(imei, NO_LIFTS)
-        by_tac = self._tacs.get(imei[:8])
-        if by_tac is not None:
-            found = found | by_tac
+    def _mask_of(self, imei: str) -> int:
+        mask = self._imeis.get(imei, 0) | self._tacs.get(imei[:8], 0)
         if self._starts:
             body = imei[:14]
             if len(body) == 14 and body.isascii() and body.isdigit():
                 value = int(body)
                 i = bisect_right(self._starts, value) - 1
                 if i >= 0 and value <= self._ends[i]:
-                    found = found | self._lifts[i]
-        return found
+                    mask |= self._masks[i]
+        return mask
+
+    def lifts_of(self, imei: str) -> frozenset[str]:
+        """Rule kinds lifted for one IMEI (15 digits; 14 are matched by TAC and range only)."""
+        return self._sets[self._mask_of(imei)]
 
     def lifts_for(self, imei: str, aliases: tuple[str, ...] = ()) -> frozenset[str]:
         """Rule kinds lifted for a device: those of its primary IMEI and of each of its other
         IMEIs (an exception names a device by whichever of its IMEIs the editor has)."""
-        found = self.lifts_of(imei)
+        mask = self._mask_of(imei)
         for alias in aliases:
-            found = found | self.lifts_of(alias)
-        return found
+            mask |= self._mask_of(alias)
+        return self._sets[mask]
 
 
 def _disjoint(
-    ranges: list[tuple[int, int, frozenset[str]]],
-) -> tuple[list[int], list[int], list[frozenset[str]]]:
-    """Overlapping ranges as sorted disjoint segments, each with the union of the lifts of the
-    ranges covering it (a sweep over the range ends; adjacent equal segments merged)."""
+    ranges: list[tuple[int, int, int]], kinds: int
+) -> tuple[list[int], list[int], list[int]]:
+    """Overlapping ranges as sorted disjoint segments, each with the union (a bit mask) of the
+    lifts of the ranges covering it: a sweep over the range ends counting, per kind, the ranges
+    open; adjacent segments with equal masks are merged."""
     if not ranges:
         return [], [], []
-    events: list[tuple[int, int, frozenset[str]]] = []
-    for start, end, lifts in ranges:
-        events.append((start, 1, lifts))
-        events.append((end + 1, -1, lifts))
-    events.sort(key=lambda e: (e[0], e[1]))
-    counts: dict[str, int] = {}
+    events: list[tuple[int, int]] = []  # (point, signed mask): + opens at point, - closes
+    for start, end, mask in ranges:
+        events.append((start, mask))
+        events.append((end + 1, -mask))
+    events.sort(key=lambda e: e[0])
+    counts = [0] * kinds
     starts: list[int] = []
     ends: list[int] = []
-    lifts_out: list[frozenset[str]] = []
+    masks: list[int] = []
+    open_mask = 0
+    n = len(events)
     i = 0
-    while i < len(events):
+    while i < n:
         point = events[i][0]
-        while i < len(events) and events[i][0] == point:
-            _, step, lifts = events[i]
-            for kind in lifts:
-                counts[kind] = counts.get(kind, 0) + step
+        while i < n and events[i][0] == point:
+            signed = events[i][1]
+            step, mask = (1, signed) if signed > 0 else (-1, -signed)
+            bit = 0
+            while mask:
+                if mask & 1:
+                    counts[bit] += step
+                mask >>= 1
+                bit += 1
             i += 1
-        active = frozenset(kind for kind, n in counts.items() if n > 0)
-        if lifts_out and ends[-1] == -1:  # close the open segment at this point
-            ends[-1] = point - 1
+        active = 0
+        for bit, count in enumerate(counts):
+            if count:
+                active |= 1 << bit
+        if active == open_mask:
+            continue  # nothing changed at this point (same lifts go on, or still none)
+        if open_mask:
+            ends.append(point - 1)  # close the open segment
         if active:
-            if lifts_out and lifts_out[-1] == active and ends[-1] == point - 1:
-                ends[-1] = -1  # reopen: same lifts continue
-            else:
-                starts.append(point)
-                ends.append(-1)
-                lifts_out.append(active)
-    return starts, ends, lifts_out
+            starts.append(point)
+            masks.append(active)
+        open_mask = active
+    return starts, ends, masks
