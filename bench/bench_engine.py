@@ -174,15 +174,40 @@ def main(argv: list[str] | None = None) -> None:
         / rate["seed, hk-global device, hits (baseline)"]
     )
     print(f"  staged / plain seed, hitting device: {ratio:.2f}")
+    loading_times(seed_bundle)
 
 
-def staged(bundle: dict) -> dict:
-    """BUNDLE with a 10 % rollout on every rule and 10,000 exceptions (IMEIs, TACs, ranges)."""
+def loading_times(seed_bundle: dict) -> None:
+    """Compile and snapshot-load times of the seed bundle with the largest allowed exceptions
+    list, against the seed bundle itself (what a worker does within a second of a publish)."""
+    from service.engine.compiler import CompiledPolicy
+    from service.engine.schema import MAX_EXCEPTIONS
+
+    largest = staged(seed_bundle, MAX_EXCEPTIONS)
+    print(f"Compile and snapshot load, seed bundle with {MAX_EXCEPTIONS:,} exceptions")
+    for name, bundle in (("seed bundle (baseline)", seed_bundle), ("with exceptions", largest)):
+        started = time.perf_counter()
+        policy = compile_bundle(bundle)
+        compiled = time.perf_counter() - started
+        snapshot = policy.to_snapshot()
+        best = min(_timed(CompiledPolicy.from_snapshot, snapshot) for _ in range(3))
+        print(f"  {name:24s} compile {compiled:6.2f} s, snapshot load {best:6.2f} s")
+
+
+def _timed(fn, *args) -> float:
+    started = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - started
+
+
+def staged(bundle: dict, exceptions: int = 10_000) -> dict:
+    """BUNDLE with a 10 % rollout on every rule and EXCEPTIONS exceptions (IMEIs, TACs,
+    ranges)."""
     out = copy.deepcopy(bundle)
     for rule in out["rules"]:
         rule["rollout_percent"] = 10
     entries = []
-    for i in range(10_000):
+    for i in range(exceptions):
         if i % 3 == 0:
             entries.append({"tac": f"{40000000 + i:08d}", "note": "bench"})
         elif i % 3 == 1:

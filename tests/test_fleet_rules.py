@@ -741,3 +741,30 @@ def test_networks_are_bounded():
     assert errors_of(bundle) == {"distributors.4.networks": ["at most 1,000 networks"]}
     bundle["distributors"][-1]["networks"] = networks[:MAX_NETWORKS]
     validate_bundle(bundle)
+
+
+def test_a_published_snapshot_keeps_the_exceptions_and_rollouts():
+    from service.engine.compiler import CompiledPolicy
+
+    bundle = with_exceptions(
+        *SEED["exceptions"],
+        {"tac": "35387923", "lifts": ["carrier_network"], "note": "carrier tests"},
+        {"from": "35387923000000", "to": "35387923500000", "note": "first half"},
+    )
+    bundle["rules"][1]["rollout_percent"] = 30
+    policy = compile_bundle(bundle)
+    loaded = CompiledPolicy.from_snapshot(policy.to_snapshot())
+    assert "exceptions" not in orjson_loads(policy.to_snapshot())["bundle"]  # the index instead
+    devices = [imei(f"35387923{n:06d}") for n in range(0, 1_000_000, 9973)]
+    devices += [imei("86012345" + "090500"), ORANGE, imei("86769105" + "000003"), unknown_imei(3)]
+    for device in devices:
+        for places in ({"ip": Place("DE")}, {"ip": Place("HK")}, {"ip": Place("CU")}):
+            facts = Facts(device, places, 0.0, sim_operators=("20815",))
+            assert loaded.decide(facts) == policy.decide(facts)
+        assert loaded.device_key(device) == policy.device_key(device)
+
+
+def orjson_loads(raw):
+    import orjson
+
+    return orjson.loads(raw)

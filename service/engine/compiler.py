@@ -224,7 +224,12 @@ class CompiledPolicy:
         "judges_sims",
     )
 
-    def __init__(self, bundle: dict[str, Any], index: AllocationIndex):
+    def __init__(
+        self,
+        bundle: dict[str, Any],
+        index: AllocationIndex,
+        exceptions: ExceptionIndex | None = None,
+    ):
         self.bundle = bundle
         self.next_checkin_s: int = bundle["next_checkin_s"]
         self.max_new_lock_ratio: float = bundle["max_new_lock_ratio"]
@@ -233,8 +238,10 @@ class CompiledPolicy:
         self._distributors: dict[str, DistributorInfo] = {
             d["id"]: _distributor_info(d) for d in bundle["distributors"]
         }
-        # SPEC §12.2: None when the bundle has no exceptions (nothing to look up per check-in).
-        exceptions = ExceptionIndex(bundle.get("exceptions") or ())
+        # SPEC §12.2: None when the bundle has no exceptions (nothing to look up per check-in);
+        # a snapshot hands the index over ready-made.
+        if exceptions is None:
+            exceptions = ExceptionIndex(bundle.get("exceptions") or ())
         self._exceptions: ExceptionIndex | None = exceptions if exceptions else None
         # SPEC §12.1: the enforced rules with a staged rollout (see device_key).
         self._staged = tuple(r for r in self.rules if r.enforced and r.rollout_percent < 100)
@@ -254,12 +261,17 @@ class CompiledPolicy:
         """The compiled policy as bytes that :meth:`from_snapshot` loads in a fraction of the
         time a compile takes (no validation, no parsing or sorting of allocations): published
         with each version so every worker can switch to it within a second, whatever its size.
-        ``bundle`` comes back without the distributors' allocations (the index holds them)."""
+        ``bundle`` comes back without the distributors' allocations (the index holds them) and
+        without ``exceptions`` (their index, SPEC §12.2, is saved beside it when there are)."""
         slim = dict(self.bundle)
         slim["distributors"] = [
             {k: v for k, v in d.items() if k != "allocations"} for d in self.bundle["distributors"]
         ]
-        return orjson.dumps({"format": 1, "bundle": slim, "index": self._index.to_snapshot()})
+        snapshot = {"format": 1, "bundle": slim, "index": self._index.to_snapshot()}
+        if self._exceptions is not None:
+            del slim["exceptions"]
+            snapshot["exceptions"] = self._exceptions.to_snapshot()
+        return orjson.dumps(snapshot)
 
     @classmethod
     def from_snapshot(cls, raw: bytes | str) -> CompiledPolicy:
@@ -267,7 +279,12 @@ class CompiledPolicy:
         data = orjson.loads(raw)
         if data.get("format") != 1:
             raise ValueError(f"unknown compiled-policy snapshot format {data.get('format')!r}")
-        return cls(data["bundle"], AllocationIndex.from_snapshot(data["index"]))
+        exceptions = data.get("exceptions")
+        return cls(
+            data["bundle"],
+            AllocationIndex.from_snapshot(data["index"]),
+            ExceptionIndex.from_snapshot(exceptions) if exceptions is not None else None,
+        )
 
     def distributor_of(self, imei: str, aliases: tuple[str, ...] = ()) -> str | None:
         """Id of the distributor whose allocation holds ``imei``, or None (unknown device).

@@ -15,6 +15,8 @@ device" with a dict per IMEI, a dict per TAC and sorted disjoint ranges searched
 
 from __future__ import annotations
 
+from array import array
+from base64 import b64decode, b64encode
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from hashlib import sha256
@@ -67,16 +69,43 @@ class ExceptionIndex:
             else:
                 ranges.append((int(entry["from"]), int(entry["to"]), mask))
         self._kinds = tuple(bits)
-        # mask -> the frozenset of kinds it stands for (every combination: few kinds).
-        self._sets = tuple(
-            frozenset(kind for kind, bit in bits.items() if m & bit) for m in range(1 << len(bits))
-        )
+        self._sets = _mask_sets(self._kinds)
         self._imeis = imeis
         self._tacs = tacs
         self._starts, self._ends, self._masks = _disjoint(ranges, len(bits))
 
     def __bool__(self) -> bool:
         return bool(self._imeis or self._tacs or self._starts)
+
+    def to_snapshot(self) -> dict[str, Any]:
+        """A JSON-able form :meth:`from_snapshot` loads without sorting or sweeping again (the
+        published compiled policy carries it instead of the exceptions list)."""
+        return {
+            "kinds": list(self._kinds),
+            "imeis": self._imeis,
+            "tacs": self._tacs,
+            "starts": b64encode(array("Q", self._starts).tobytes()).decode(),
+            "ends": b64encode(array("Q", self._ends).tobytes()).decode(),
+            "masks": b64encode(array("I", self._masks).tobytes()).decode(),
+        }
+
+    @classmethod
+    def from_snapshot(cls, data: Mapping[str, Any]) -> ExceptionIndex:
+        """The index saved by :meth:`to_snapshot` (trusted: validated when it was saved)."""
+        starts, ends, masks = array("Q"), array("Q"), array("I")
+        starts.frombytes(b64decode(data["starts"]))
+        ends.frombytes(b64decode(data["ends"]))
+        masks.frombytes(b64decode(data["masks"]))
+        if not len(starts) == len(ends) == len(masks):
+            raise ValueError("exceptions snapshot: arrays of different lengths")
+        index = cls(())
+        kinds = tuple(data["kinds"])
+        index._kinds = kinds
+        index._sets = _mask_sets(kinds)
+        index._imeis = dict(data["imeis"])
+        index._tacs = dict(data["tacs"])
+        index._starts, index._ends, index._masks = starts.tolist(), ends.tolist(), masks.tolist()
+        return index
 
     def _mask_of(self, imei: str) -> int:
         mask = self._imeis.get(imei, 0) | self._tacs.get(imei[:8], 0)
@@ -100,6 +129,15 @@ class ExceptionIndex:
         for alias in aliases:
             mask |= self._mask_of(alias)
         return self._sets[mask]
+
+
+def _mask_sets(kinds: tuple[str, ...]) -> tuple[frozenset[str], ...]:
+    """mask -> the frozenset of kinds it stands for (bit i: ``kinds[i]``), every combination
+    (there are few kinds)."""
+    return tuple(
+        frozenset(kind for i, kind in enumerate(kinds) if m >> i & 1)
+        for m in range(1 << len(kinds))
+    )
 
 
 def _disjoint(
