@@ -12,6 +12,11 @@ Choices where the spec is silent:
   ``form`` would otherwise silently fall back to a default.
 - Fields of the other rule type are errors (``regions`` on a territory rule; ``bind``,
   ``unknown_device``, ``distributors`` on a sanctions rule) for the same reason.
+  ``carrier_network`` rules (SPEC §12.3) judge the SIMs' home networks, so ``regions``,
+  ``signals``, ``min_signals``, ``bind`` and ``unknown_device`` are errors on them, and so is
+  ``action: allow``.
+- New fields of SPEC §12 (``rollout_percent``, a distributor's ``networks``, ``exceptions``)
+  stay absent from the normalised bundle when not given, so older bundles keep their form.
 - Region and territory codes are accepted in any case and normalised to upper case; repeated
   codes are dropped (first kept). Repeated signals are an error.
 - TACs and range bounds must be *strings* of digits: YAML reads an unquoted ``01234567`` as an
@@ -175,16 +180,6 @@ def _known_mccs() -> frozenset[str]:
         low
         for length, low, high, _props, _children in numdb.get("imsi").prefixes
         if length == 3 and low == high
-    )
-
-
-def is_network(value: Any) -> bool:
-    """True for an MCC+MNC: a string of 5 or 6 ASCII digits whose MCC is assigned."""
-    return (
-        isinstance(value, str)
-        and value.isascii()
-        and _NETWORK.match(value) is not None
-        and value[:3] in _known_mccs()
     )
 
 
