@@ -1,11 +1,24 @@
-"""HTTP check-in throughput and latency under wrk, against a bare Flask baseline.
+"""HTTP check-in throughput and latency under wrk, against bare Flask baselines (issue 17).
 
-Both servers run under gunicorn with the same settings (gthread, workers x threads, preload).
-The load is wrk on loopback (32 connections by default), POSTing check-ins for 10,000
-different devices (valid IMEIs) from a few client IPs. Prints requests/s, p50 and p99 for
-each and the ratio regionlock / baseline. Needs `wrk` (Debian package `wrk`).
+Four servers, one after the other in the same run, each loaded by wrk on loopback (32
+connections by default) POSTing check-ins for 10,000 different devices (valid IMEIs):
+
+- bare Flask (a JSON endpoint: no auth, no Redis) under gunicorn gthread, workers x threads,
+  preload: the ordinary deployment, the issue's fixed baseline;
+- bare Flask under the project's default server (granian + the RSGI bridge, bench.serve_app);
+- ``POST /v1/checkin`` under ``regionlock serve`` (the default server, as deployed: JSON logs,
+  multiprocess metrics), on an embedded Redis;
+- ``POST /v1/checkin`` under gunicorn gthread (the same app on the old server, for comparison).
+
+Prints requests/s, p50/p99/p99.9 (wrk's own histogram), non-2xx and socket errors for each, the
+two ratios of the issue (check-in / bare Flask under gunicorn; check-in / bare Flask on the
+default server), then checks a sample of answers (verdicts expected from where the sample says
+it is, every signature verified against GET /v1/keys) and prints a per-stage breakdown of a
+check-in's time from an in-process run (bench/checkin_stages.py). Needs `wrk` (Debian
+package `wrk`).
 
     python -m bench.bench_http [--seconds 10] [--connections 32] [--workers 2] [--threads 4]
+        [--no-gunicorn-checkin] [--no-stages]
 """
 
 from __future__ import annotations
@@ -39,6 +52,10 @@ request = function()
   local body = '{"imei":"' .. imei .. '","sim":{"network":"45400","imsi":"454001234567890"},' ..
                '"gps":{"lat":22.3193,"lon":114.1694},"model":"M2101K6G","firmware":"14.0.3"}'
   return wrk.format(nil, "/v1/checkin", nil, body)
+end
+done = function(summary, latency, requests)
+  io.write(string.format("PERCENTILES %%d %%d %%d\\n", latency:percentile(50),
+    latency:percentile(99), latency:percentile(99.9)))
 end
 """
 
@@ -115,29 +132,113 @@ def run_wrk(port: int, script: Path, seconds: int, connections: int) -> dict:
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    row = {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
         "p50_ms": latency("50"),
         "p99_ms": latency("99"),
         "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": sum(int(n) for n in socket_errors.groups()) if socket_errors else 0,
     }
+    # The script's done(): wrk's histogram at 50, 99 and 99.9 % (µs).
+    percentiles = re.search(r"^PERCENTILES (\d+) (\d+) (\d+)$", out, re.M)
+    if percentiles:
+        row["p50_ms"], row["p99_ms"], row["p999_ms"] = (int(n) / 1000 for n in percentiles.groups())
+    return row
 
 
-def measure(app_spec, env, token, args, script_dir) -> dict:
-    """Serve APP_SPEC, warm it up, load it with wrk, stop it."""
+def granian(app_spec: str, port: int, workers: int, threads: int, env: dict) -> subprocess.Popen:
+    """Serve APP_SPEC as the project's default server does (granian + the RSGI bridge)."""
+    args = [sys.executable, "-m", "bench.serve_app", app_spec, "--server", "granian-rsgi"]
+    args += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads)]
+    return subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+
+
+def regionlock_serve(port: int, workers: int, threads: int, env: dict) -> subprocess.Popen:
+    """``regionlock serve`` itself (granian, JSON request logs to stderr: here /dev/null)."""
+    args = [sys.executable, "-m", "service", "serve", "--workers", str(workers)]
+    args += ["--threads", str(threads)]
+    return subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env={**env, "REGIONLOCK_BIND": f"127.0.0.1:{port}"},
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def measure(start, token: str, args, script_dir) -> dict:
+    """Start a server with START(port), warm it up, load it with wrk, stop it."""
     port = free_port()
     script = Path(script_dir) / f"checkin-{port}.lua"
     script.write_text(
         WRK_SCRIPT % {"imeis": ",".join(f'"{i}"' for i in imeis(10_000)), "token": token}
     )
-    server = gunicorn(app_spec, port, args.workers, args.threads, env)
+    server = start(port)
     try:
         wait_ready(f"http://127.0.0.1:{port}/healthz")
         run_wrk(port, script, 2, args.connections)  # warm-up: GPS tree, policy, connections
-        return run_wrk(port, script, args.seconds, args.connections)
+        row = run_wrk(port, script, args.seconds, args.connections)
+        if args.check_answers is not None:
+            row["checked"] = args.check_answers(port)
+        return row
     finally:
         server.terminate()
         server.wait(30)
+
+
+#: The sample of answers checked after the load: (network, device kind, expected verdict).
+#: Sanctions lock on the serving network alone (policies/10-sanctions.yaml: CU, min 1 signal);
+#: a new hk-global phone first seen in France is a gray import (20-gray-market.yaml, bound at
+#: activation); an unknown device is allowed anywhere but a sanctioned place.
+SAMPLE = (
+    ("36801", "hk", "lock"),
+    ("36801", "unknown", "lock"),
+    ("45400", "hk", "allow"),
+    ("20801", "hk", "lock"),
+    ("20801", "unknown", "allow"),
+)
+
+
+def check_answers(port: int, token: str, per_case: int = 40) -> dict:
+    """POST a sample of fresh devices' check-ins; count wrong verdicts, bad signatures and
+    non-2xx answers."""
+    import json
+
+    from service.crypto.signing import verify_with_jwk
+
+    def call(path: str, body: dict | None = None) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}{path}",
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, {}
+
+    status, jwks = call("/v1/keys")
+    keys = {key["kid"]: key for key in jwks.get("keys", [])}
+    counts = {"answers": 0, "non_2xx": 0, "wrong_verdict": 0, "bad_signature": 0}
+    fresh = iter(range(900_000, 1_000_000))
+    for network, kind, expected in SAMPLE:
+        for _ in range(per_case):
+            i = next(fresh)
+            tac = "35387923" if kind == "hk" else "49015420"
+            imei = f"{tac}{i:06d}"
+            imei += luhn.calc_check_digit(imei)
+            status, answer = call("/v1/checkin", {"imei": imei, "sim": {"network": network}})
+            counts["answers"] += 1
+            if status != 200:
+                counts["non_2xx"] += 1
+                continue
+            counts["wrong_verdict"] += answer.get("verdict") != expected
+            jwk = keys.get(answer.get("kid"))
+            counts["bad_signature"] += jwk is None or not verify_with_jwk(answer, jwk)
+    return counts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,7 +248,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument(
+        "--no-gunicorn-checkin",
+        dest="gunicorn_checkin",
+        action="store_false",
+        help="skip the check-in under gunicorn (only for comparison)",
+    )
+    parser.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown")
+    parser.add_argument("--stage-requests", type=int, default=3000)
     args = parser.parse_args(argv)
+    load_before = f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     if not shutil.which("wrk"):
         print("bench_http: skipped: wrk is not installed (Debian: apt-get install wrk)")
         return
@@ -167,22 +277,66 @@ def main(argv: list[str] | None = None) -> None:
                 # 10,000 IMEIs however long it runs.
                 "REGIONLOCK_CHECKIN_DEVICE_LIMIT": "1000000/minute",
             }
-            base = measure("bench.bare_app:create_bare_app()", env, token, args, folder)
-            ours = measure("service.app:create_app()", env, token, args, folder)
+            w, t = args.workers, args.threads
+            bare = "bench.bare_app:create_bare_app()"
+            ours = "service.app:create_app()"
+            args.check_answers = None
+            rows = {
+                "bare_gunicorn": measure(
+                    lambda p: gunicorn(bare, p, w, t, env), token, args, folder
+                ),
+                "bare_default": measure(
+                    lambda p: granian(bare.rstrip("()"), p, w, t, env), token, args, folder
+                ),
+            }
+            args.check_answers = lambda port: check_answers(port, token)
+            rows["checkin_default"] = measure(
+                lambda p: regionlock_serve(p, w, t, env), token, args, folder
+            )
+            if args.gunicorn_checkin:
+                args.check_answers = None
+                rows["checkin_gunicorn"] = measure(
+                    lambda p: gunicorn(ours, p, w, t, env), token, args, folder
+                )
             devices = len(list(client.scan_iter("rl:dev:{*}", count=10_000)))
     print(
-        f"HTTP check-in, wrk {args.connections} connections, {args.seconds}s, gunicorn "
-        f"{args.workers} workers x {args.threads} threads (gthread, preload)"
+        f"HTTP check-in, wrk {args.connections} connections, {args.seconds}s each, "
+        f"{w} workers x {t} threads; load average before the run {load_before}"
     )
-    for name, row in (("bare Flask (baseline)", base), ("regionlock /v1/checkin", ours)):
+    names = {
+        "bare_gunicorn": "bare Flask, gunicorn gthread (fixed baseline)",
+        "bare_default": "bare Flask, granian + RSGI bridge (default server)",
+        "checkin_default": "POST /v1/checkin, regionlock serve (default server)",
+        "checkin_gunicorn": "POST /v1/checkin, gunicorn gthread",
+    }
+    for key, row in rows.items():
         print(
-            f"  {name:24s} {row['rps']:9.0f} req/s   p50 {row['p50_ms']:6.2f} ms   "
-            f"p99 {row['p99_ms']:6.2f} ms   non-2xx {row['non_2xx']}"
+            f"  {names[key]:53s} {row['rps']:7.0f} req/s  p50 {row['p50_ms']:6.2f}  "
+            f"p99 {row['p99_ms']:6.2f}  p99.9 {row.get('p999_ms', float('nan')):6.2f} ms  "
+            f"non-2xx {row['non_2xx']}  socket errors {row['socket_errors']}"
         )
+    ours_rps = rows["checkin_default"]["rps"]
     print(
-        f"  ratio regionlock/baseline: {ours['rps'] / base['rps']:.2f} "
-        f"(target >= 0.60; p99 target < 25 ms); devices recorded: {devices}"
+        f"  ratio check-in / bare Flask under gunicorn gthread: "
+        f"{ours_rps / rows['bare_gunicorn']['rps']:.2f} (target >= 0.5, p99 < 25 ms)"
     )
+    print(
+        f"  ratio check-in / bare Flask on the default server:  "
+        f"{ours_rps / rows['bare_default']['rps']:.2f} (target >= 0.25)"
+    )
+    checked = rows["checkin_default"]["checked"]
+    print(
+        f"  sample of answers after the load: {checked['answers']} check-ins of fresh devices, "
+        f"{checked['non_2xx']} non-2xx, {checked['wrong_verdict']} wrong verdicts, "
+        f"{checked['bad_signature']} signatures that do not verify; devices recorded: {devices}"
+    )
+    load_after = os.getloadavg()[0]
+    print(f"  load average after the run: {load_after:.1f} on {os.cpu_count()} cores")
+    if not args.no_stages:
+        from bench.checkin_stages import measure as stages
+        from bench.checkin_stages import report
+
+        print(report(stages(args.stage_requests)))
 
 
 if __name__ == "__main__":

@@ -192,3 +192,23 @@ def test_checkin_limits_on_a_cluster(cluster, make_app):
     assert refused.status_code == 429 and "device" in refused.get_json()["error"]["message"]
     # The fleet has now counted three check-ins (the refused one too): a fourth device is over.
     assert checkin(UNKNOWN).status_code == 429
+
+
+def test_a_cached_token_is_confirmed_by_the_device_read_on_a_cluster(cluster, make_app):
+    # Issue 17.2: the revocation counter ({tokens} slot) is read in the device read's pipeline
+    # beside the device's keys (another slot), and the alias index beside them; a token revoked
+    # elsewhere is refused by the next check-in.
+    app = make_app(redis_url=cluster.url, token_cache_s=0.5)
+    client = app.extensions["regionlock"].redis
+    for node in client.get_primaries():
+        client.flushdb(target_nodes=node)
+    store = TokenStore(client)
+    device = bearer(store.create("c-cached", "device"))
+    http = app.test_client()
+    body = {"imei": HK, "imeis": [HK, UNKNOWN], "sim": {"network": "45400"}}
+    assert http.post("/v1/checkin", json=body, headers=device).status_code == 200
+    time.sleep(0.6)  # past the 0.5 s cache: the check-in's own read vouches for the token
+    assert http.post("/v1/checkin", json=body, headers=device).status_code == 200
+    assert client.smembers(keys.imei_alias(UNKNOWN)) == {HK}
+    store.revoke("c-cached")
+    assert http.post("/v1/checkin", json=body, headers=device).status_code == 401

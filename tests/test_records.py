@@ -14,8 +14,10 @@ from service.store.records import (
     LastCheckin,
     RecordError,
     decode_history,
+    decode_outcome,
     decode_override,
     encode_history,
+    encode_outcome,
     encode_override,
 )
 from service.store.tokens import Principal
@@ -150,8 +152,10 @@ def test_a_checkin_stores_exactly_what_its_record_encodes(app, redis):
     assert record.facts == LastCheckin(at=1700000300.0, places={"network": "FR"})
     assert record.first_seen == times[0]
     newest, merged = record.history
-    assert (newest.count, newest.since) == (1, repr(1700000300.0))
-    assert (merged.count, merged.since, merged.at) == (3, repr(times[0]), int(times[-1]))
+    # Compact lines (issue 17.4): whole seconds.
+    assert (newest.count, newest.since) == (1, "1700000300")
+    assert (merged.count, merged.since, merged.at) == (3, "1700000000", int(times[-1]))
+    assert stored["history"] == "1700000300|1|0|1|a;,,FR;\n1700000000|3|200|1|a;,,HK;"
     assert record.decisions()[1]["count"] == 3
     assert encode_history(record.history) == stored["history"]
 
@@ -175,6 +179,51 @@ def test_history_lines_round_trip():
     assert HistoryLine.parse("s|1700000000|1|{}").encode() == "s|1700000000|1|{}"
     assert decode_history(None) == () and encode_history(()) == ""
     assert encode_history(decode_history(LEGACY_HK["history"])) == LEGACY_HK["history"]
+
+
+def test_compact_history_lines_read_as_the_json_ones_did():
+    line = "1700000100|2|100|7|l;HK,HK+MO,,US;T:gray-market:HK,S:sanctions"
+    parsed = HistoryLine.parse(line)
+    assert parsed.encode() == line
+    assert parsed.at == 1700000200
+    assert parsed.decision() == {
+        "at": iso_utc(1700000200),
+        "since": iso_utc(1700000100),
+        "count": 2,
+        "verdict": "lock",
+        "policy_version": 7,
+        "places": {"ip": "HK", "gps": ["HK", "MO"], "sim": "US"},
+        "reasons": [
+            {"code": "outside_territory", "rule": "gray-market", "region": "HK"},
+            {"code": "sanctioned_region", "rule": "sanctions"},
+        ],
+    }
+    # A line of each form in one history (a record written before issue 17 keeps its lines).
+    mixed = line + "\n" + LEGACY_HK["history"]
+    assert encode_history(decode_history(mixed)) == mixed
+
+
+@pytest.mark.parametrize(
+    ("verdict", "reasons", "places"),
+    [
+        ("allow", [], {}),
+        ("allow", [], {"network": "FR"}),
+        ("warn", [{"code": "grace_period", "rule": "r.1", "region": "UA-43"}], {"ip": "UA-43"}),
+        ("lock", [{"code": "manual_lock"}], {"ip": "HK", "gps": ["HK", "MO"]}),
+        ("allow", [{"code": "override_unlock", "rule": "x"}], {"sim": "US"}),
+        ("lock", [{"code": "new_code_from_a_later_engine", "region": "CU"}], {"gps": "CU"}),
+        # Not the engine's characters, or a list of one place: kept as JSON, still exact.
+        ("lock", [{"code": "odd", "rule": "a;b"}], {"ip": "HK"}),
+        ("lock", [], {"gps": ["HK"]}),
+        ("lock", [], {"satellite": "HK"}),
+    ],
+)
+def test_outcomes_encode_and_decode_exactly(verdict, reasons, places):
+    text = encode_outcome(verdict, reasons, places)
+    assert "|" not in text.split("=", 1)[0] and "\n" not in text
+    assert decode_outcome(text) == (verdict, reasons, places)
+    line = HistoryLine.parse(f"1700000000|1|0|3|{text}")
+    assert line.decision()["reasons"] == reasons and line.decision()["places"] == places
 
 
 def test_empty_fields_are_not_stored():

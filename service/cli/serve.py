@@ -130,8 +130,12 @@ def _refuse_if_bound(bind: str) -> None:
 
 def _largest_body(app) -> int:
     """The largest body any route accepts (the policy calls'): the bridge refuses longer ones
-    before the app sees them; each route checks its own limit."""
-    settings = app.extensions["regionlock"].settings
+    before the app sees them; each route checks its own limit. Another Flask app (the
+    benchmarks' bare baseline) gets the default settings' bound."""
+    from service.config import Settings
+
+    parts = app.extensions.get("regionlock")
+    settings = parts.settings if parts is not None else Settings()
     return max(settings.policy_max_body_bytes, settings.max_body_bytes)
 
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-
-import orjson
+from typing import Protocol
 
 from service.devices.proofs import NO_PROOF, PROVEN, UNPROVEN, ProofOutcome, ProofRequest
 from service.engine.model import DeviceState, Facts, apply_override, iso_utc, place_labels
 from service.store import keys
-from service.store.records import DeviceRecord, LastCheckin
+from service.store.records import DeviceRecord, LastCheckin, encode_outcome
 
 # The only parts of a device record a check-in needs to decide ("proven": SPEC §13).
 CHECKIN_FIELDS = ("state", "activation", "proven")
@@ -60,6 +59,49 @@ class CheckinLimits:
                 raise CheckinRateLimited(name, max(1, math.ceil(ends - now)))
 
 
+class ReadAlong(Protocol):
+    """Something read in the check-in's device read (one round trip for all): ``queue(pipe)``
+    queues its commands and says how many replies they give, ``read(replies)`` gets them before
+    anything is decided (it may raise: the check-in then stops, nothing recorded). The web
+    layer's token confirmation (web/auth.py TokenCheck) is one."""
+
+    def queue(self, pipe) -> int: ...
+
+    def read(self, replies: list) -> None: ...
+
+
+class _AliasRead:
+    """What the alias index says about this check-in's IMEIs (SPEC §9), read along with the
+    device, so a check-in whose IMEIs did not change writes nothing more (docs/performance.md)."""
+
+    def __init__(self, identities, imei: str, aliases: tuple[str, ...], reported: bool):
+        self.identities = identities
+        self.imei = imei
+        self.aliases = aliases
+        self.reported = reported
+        self.replies: list = []
+
+    def queue(self, pipe) -> int:
+        if self.reported:
+            return self.identities.queue_record_reads(pipe, self.imei, self.aliases)
+        return self.identities.queue_claimants(pipe, self.imei)
+
+    def read(self, replies: list) -> None:
+        self.replies = replies
+
+    def write(self, first: bool) -> None:
+        """After the check-in is recorded: the device's other IMEIs into the alias index
+        (only when the body carried ``imeis``: old firmware leaves what is stored), and a new
+        device whose primary others already report as an alias marked shared on both sides.
+        Nothing is taken over (docs/decisions.md "Several IMEIs"). Writes only on a change."""
+        if self.reported:
+            self.identities.record_from(self.imei, self.aliases, self.replies)
+        elif first:
+            claimants = set(self.replies[0]) - {self.imei}
+            if claimants:
+                self.identities.mark_primary_claimed(self.imei, claimants)
+
+
 class CheckinService:
     """Decides check-ins; the pieces are injected so tests and the simulator share them."""
 
@@ -84,21 +126,27 @@ class CheckinService:
         self.proofs = proofs
 
     def decide(
-        self, body: dict, ip: str | None, now: float, proof: ProofRequest | None = None
+        self,
+        body: dict,
+        ip: str | None,
+        now: float,
+        proof: ProofRequest | None = None,
+        along: Sequence[ReadAlong] = (),
     ) -> dict:
         """Decide and record one validated check-in body; returns the response document.
         PROOF is the request's check-in proof: DeviceProofError when one is required and
         missing, bad or used before (nothing is then recorded); CheckinRateLimited when the
-        device or the fleet is over its rate (nothing recorded either)."""
+        device or the fleet is over its rate (nothing recorded either). ALONG are read in the
+        device read (:class:`ReadAlong`)."""
         active = self.policies.current()
         outcome = NO_PROOF
         if self.proofs is not None and proof is not None:
             required = active.policy.proof_required(body["imei"])
             outcome = self.proofs.assess(body["imei"], proof, now, required)
-        document = self._decide(body, ip, now, active, outcome)
+        document = self._decide(body, ip, now, active, outcome, along=along)
         if document is None:  # the proof was a replay: refused, or decided again unproven
             replayed = self.proofs.replayed(outcome, now)
-            document = self._decide(body, ip, now, active, replayed, counted=True)
+            document = self._decide(body, ip, now, active, replayed, counted=True, along=along)
         return document
 
     def _decide(
@@ -109,6 +157,7 @@ class CheckinService:
         active,
         proof: ProofOutcome,
         counted: bool = False,
+        along: Sequence[ReadAlong] = (),
     ) -> dict | None:
         """Decide and record; None (nothing recorded) when PROOF's MAC was used before.
         COUNTED: this check-in was already counted against the rate limits."""
@@ -127,7 +176,18 @@ class CheckinService:
             imsis=[s["imsi"] for s in more_sims if s.get("imsi")],
         )
         counters = () if counted else self.limits.counters(imei, now)
-        snapshot = self.devices.snapshot(imei, CHECKIN_FIELDS, counters)
+        # --- the device read: one round trip for the record, the override, the rate-limit
+        # counters and every ReadAlong (token confirmation, alias index) ---
+        readers = list(along)
+        alias_read = None
+        if self.identities is not None:
+            alias_read = _AliasRead(self.identities, imei, aliases, body.get("imeis") is not None)
+            readers.append(alias_read)
+        snapshot = self.devices.snapshot(
+            imei, CHECKIN_FIELDS, counters, along=[reader.queue for reader in readers]
+        )
+        for reader, replies in zip(readers, snapshot.along, strict=True):
+            reader.read(replies)
         if counters:
             self.limits.check(snapshot.counts, now)
         state = snapshot.state
@@ -190,21 +250,16 @@ class CheckinService:
             imei,
             record,
             now=now,
-            decision_entry={
-                "at": int(now),
-                "verdict": decision.verdict,
-                "reasons": brief_reasons,
-                "places": labels,
-                "policy_version": active.version,
-            },
-            outcome=_outcome_signature(decision.verdict, brief_reasons, labels),
+            policy_version=active.version,
+            outcome=encode_outcome(decision.verdict, brief_reasons, labels),
             facts={"places": labels, "policy_version": active.version},
             proof_status=proof.status,
             proof_mac=proof.mac if proof.status == PROVEN else None,
         )
         if not recorded:
             return None
-        self._record_identity(imei, aliases, body.get("imeis") is not None, snapshot.record is None)
+        if alias_read is not None:
+            alias_read.write(first=snapshot.record is None)
         return {
             "imei": imei,
             **verdict,
@@ -213,22 +268,6 @@ class CheckinService:
             "decided_at": decided_at,
             **_what_the_user_sees(active.policy, decision, body.get("locale")),
         }
-
-    def _record_identity(
-        self, imei: str, aliases: tuple[str, ...], reported: bool, first: bool
-    ) -> None:
-        """After the check-in is recorded: the device's other IMEIs into the alias index
-        (only when the body carried ``imeis``: old firmware leaves what is stored), and a new
-        device whose primary others already report as an alias marked shared on both sides.
-        Nothing is taken over (docs/decisions.md "Several IMEIs")."""
-        if self.identities is None:
-            return
-        if reported:
-            self.identities.record(imei, aliases)
-        elif first:
-            claimants = self.identities.claimants(imei) - {imei}
-            if claimants:
-                self.identities.mark_primary_claimed(imei, claimants)
 
 
 def other_imeis(primary: str, imeis: list[str] | None) -> tuple[str, ...]:
@@ -267,12 +306,6 @@ def _what_the_user_sees(policy, decision, locale: str | None) -> dict:
         "message": policy.messages.for_decision(decision, locale),
         "offline": policy.offline,
     }
-
-
-def _outcome_signature(verdict: str, reasons: list[dict], places: dict[str, str]) -> str:
-    """A short digest of what a check-in concluded and from where (history run-length key)."""
-    text = orjson.dumps([verdict, reasons, places], option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(text, digest_size=8).hexdigest()
 
 
 def _activation(

@@ -6,7 +6,7 @@ The stored forms are those of :mod:`service.store.records`; this module only mov
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,6 @@ from service.store.records import (
     decode_override,
     encode_override,
     encode_state,
-    history_signature,
 )
 from service.store.scan import hash_fields_reader, scan_batches, strings_reader
 
@@ -98,6 +97,8 @@ class DeviceSnapshot:
     override_raw: str | None = None
     # The counters the read incremented (``counters`` of :meth:`DeviceStore.snapshot`), in order.
     counts: tuple[int, ...] = ()
+    # The replies of each ``along`` reader of :meth:`DeviceStore.snapshot`, in order.
+    along: tuple[list, ...] = ()
 
     @property
     def override_etag(self) -> str | None:
@@ -116,17 +117,20 @@ class DeviceSnapshot:
 
 
 # KEYS: device hash, [used proof, when ARGV[9] is not ""], [facts stream].
-# ARGV: now, decision entry (JSON), its outcome signature, decisions kept, facts maxlen,
+# ARGV: now, history entry tail ("<policy version>|<outcome>"), the outcome
+#       (records.encode_outcome: the run-length key), decisions kept, facts maxlen,
 #       facts (JSON), the number D of fields to delete, the proof status ("proven",
 #       "unproven" or "" when none is counted), the used proof's TTL ("" for no proof), D field
 #       names, then field/value pairs.
 # A check-in with a proof first claims it (SET NX): a proof seen before is a replay, answered
 # -1 with nothing written (SPEC §13: each proof is accepted once, and race-free).
-# The decision history is one hash field, newest entry first, one "sig|since|count|json" line
-# each (no list key: a key of its own costs more memory than a small device's whole record).
-# It is run-length encoded: a check-in with the same outcome as the newest entry (same verdict,
-# reasons and places) updates that entry instead of adding one, so a phone that checks in from
-# home every day keeps one entry, not a month of identical ones.
+# The decision history is one hash field, newest entry first, one compact
+# "since|count|age|policy_version|outcome" line each (records.HistoryLine; no list key: a key
+# of its own costs more memory than a small device's whole record). It is run-length encoded: a
+# check-in with the same outcome as the newest entry (same verdict, reasons and places) updates
+# that entry instead of adding one, so a phone that checks in from home every day keeps one
+# entry, not a month of identical ones. A line in the older JSON form never matches: the next
+# check-in puts a compact line above it.
 _RECORD_CHECKIN = r"""
 local stream = KEYS[2]
 if ARGV[9] ~= '' then
@@ -149,16 +153,19 @@ elseif ARGV[8] == 'unproven' then
   redis.call('HINCRBY', KEYS[1], 'unproven_checkins', 1)
   redis.call('HSET', KEYS[1], 'last_unproven', ARGV[1])
 end
+-- === decision history (compact lines, records.HistoryLine) ===
 local history = redis.call('HGET', KEYS[1], 'history')
-local entry = ARGV[3] .. '|' .. ARGV[1] .. '|1|' .. ARGV[2]
+local now_s = math.floor(tonumber(ARGV[1]))
+local entry = string.format('%d', now_s) .. '|1|0|' .. ARGV[2]
 local count = 1
 if history then
   local newline = string.find(history, '\n', 1, true)
   local head = newline and string.sub(history, 1, newline - 1) or history
-  local sig, since, n = string.match(head, '^([^|]*)|([^|]*)|(%d+)|')
-  if sig == ARGV[3] then
+  local since, n, outcome = string.match(head, '^(%d+)|(%d+)|%d+|[^|]*|(.*)$')
+  if since and outcome == ARGV[3] then
     count = tonumber(n) + 1
-    entry = sig .. '|' .. since .. '|' .. count .. '|' .. ARGV[2]
+    local age = math.max(0, now_s - tonumber(since))
+    entry = since .. '|' .. count .. '|' .. string.format('%d', age) .. '|' .. ARGV[2]
     if newline then
       history = entry .. string.sub(history, newline)
     else
@@ -299,10 +306,13 @@ class DeviceStore:
         imei: str,
         fields: tuple[str, ...] | None = None,
         counters: Sequence[tuple[str, int]] = (),
+        along: Sequence[Callable[[Any], int]] = (),
     ) -> DeviceSnapshot:
         """Record (all fields, or only FIELDS) and override of a device, in one round trip.
         COUNTERS, (key, seconds to live) pairs, are incremented in the same round trip (the
-        check-in's rate limits); their new values are the snapshot's ``counts``."""
+        check-in's rate limits); their new values are the snapshot's ``counts``. Each of ALONG
+        queues its own reads on the same pipeline (``queue(pipe) -> number of replies``: the
+        token's revocation counter, the alias index) and finds its replies in ``along``."""
         pipe = self.redis.pipeline(transaction=False)
         if fields is None:
             pipe.hgetall(keys.device(imei))
@@ -312,7 +322,13 @@ class DeviceStore:
         for key, ttl_s in counters:
             pipe.incr(key)
             pipe.expire(key, ttl_s)
-        stored, override, *counted = pipe.execute()
+        widths = [queue(pipe) for queue in along]
+        stored, override, *rest = pipe.execute()
+        counted = rest[: 2 * len(counters)]
+        position, replies = 2 * len(counters), []
+        for width in widths:
+            replies.append(rest[position : position + width])
+            position += width
         if fields is not None:
             stored = {
                 name: value for name, value in zip(fields, stored, strict=True) if value is not None
@@ -322,6 +338,7 @@ class DeviceStore:
             override=decode_override(override),
             override_raw=_text(override),
             counts=tuple(int(n) for n in counted[::2]),
+            along=tuple(replies),
         )
 
     def record_checkin(
@@ -330,7 +347,7 @@ class DeviceStore:
         record: DeviceRecord,
         *,
         now: float,
-        decision_entry: dict,
+        policy_version: int | None,
         outcome: str,
         facts: dict,
         proof_status: str = "",
@@ -338,8 +355,9 @@ class DeviceStore:
     ) -> bool:
         """Write the outcome of one check-in, in one atomic script call: RECORD's fields replace
         the stored ones (empty ones are removed; an activation of None leaves the stored one,
-        and first_seen and history are the script's), DECISION_ENTRY joins the history (merged
-        with the newest entry when OUTCOME, its signature, is the same), FACTS the facts
+        and first_seen and history are the script's), OUTCOME (records.encode_outcome) at
+        POLICY_VERSION joins the history (merged with the newest entry when the same), FACTS
+        the facts
         stream. PROOF_STATUS ("proven", "unproven" or "") is counted in the record (SPEC §13);
         PROOF_MAC, the check-in's proof, is claimed first: False, and nothing written, when it
         was used before (a replay)."""
@@ -362,8 +380,8 @@ class DeviceStore:
             keys=[keys.device(imei), *proof_keys, *stream_keys],
             args=[
                 repr(now),
-                orjson.dumps(decision_entry),
-                history_signature(outcome),
+                f"{'' if policy_version is None else policy_version}|{outcome}",
+                outcome,
                 self.decisions_kept,
                 self.facts_maxlen,
                 facts_json,

@@ -92,6 +92,12 @@ class IdentityStore:
         primary is already someone else's alias)."""
         return set(self.redis.smembers(keys.imei_alias(imei)))
 
+    @staticmethod
+    def queue_claimants(pipe, imei: str) -> int:
+        """Queue on PIPE the read of :meth:`claimants` (one reply: the set)."""
+        pipe.smembers(keys.imei_alias(imei))
+        return 1
+
     def record(self, primary: str, aliases: tuple[str, ...]) -> tuple[str, ...]:
         """Record that PRIMARY's device reports ALIASES (its other IMEIs, in its order) after
         its check-in was recorded: the device's ``imeis`` field, the alias sets (added, and
@@ -100,12 +106,23 @@ class IdentityStore:
         primary stays its device's and an alias set only grows by this device. Returns the
         IMEIs found shared (sorted)."""
         pipe = self.redis.pipeline(transaction=False)
+        self.queue_record_reads(pipe, primary, aliases)
+        return self.record_from(primary, aliases, pipe.execute())
+
+    @staticmethod
+    def queue_record_reads(pipe, primary: str, aliases: tuple[str, ...]) -> int:
+        """Queue on PIPE what :meth:`record_from` needs to know (a check-in queues them on its
+        device read, so the steady state costs no round trip); the number of replies."""
         pipe.hget(keys.device(primary), "imeis")
         pipe.smembers(keys.imei_alias(primary))
         for alias in aliases:
             pipe.exists(keys.device(alias))
             pipe.smembers(keys.imei_alias(alias))
-        replies = pipe.execute()
+        return 2 + 2 * len(aliases)
+
+    def record_from(self, primary: str, aliases: tuple[str, ...], replies: list) -> tuple[str, ...]:
+        """:meth:`record` given the REPLIES of :meth:`queue_record_reads`: writes (one
+        pipeline) only when the reported IMEIs or their index changed, which is rare."""
         previous = decode_aliases(replies[0])
         indexed = all(primary in replies[3 + 2 * i] for i in range(len(aliases)))
         others_by_imei: dict[str, set[str]] = {}

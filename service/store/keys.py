@@ -89,6 +89,9 @@ AUDIT = f"{PREFIX}audit"
 # Tokens: both hashes are written together, so they share a tag.
 TOKENS_BY_HASH = f"{PREFIX}{{tokens}}:by-hash"
 TOKENS_BY_NAME = f"{PREFIX}{{tokens}}:by-name"
+# A counter every revocation increments (in its MULTI): a worker that cached a token at one
+# value believes it only while the check-in's read still sees that value (web/auth.py).
+TOKENS_GENERATION = f"{PREFIX}{{tokens}}:generation"
 
 # Policy versions: the active version number and the append-only history, one tag.
 POLICY_ACTIVE = f"{PREFIX}{{policy}}:active"

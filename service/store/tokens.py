@@ -85,6 +85,7 @@ class TokenStore:
             pipe.multi()
             pipe.hdel(keys.TOKENS_BY_HASH, token_digest)
             pipe.hdel(keys.TOKENS_BY_NAME, name)
+            pipe.incr(keys.TOKENS_GENERATION)
             if audit_fields is not None:
                 detail = {**orjson.loads(audit_fields["detail"]), "role": role}
                 entry = {**audit_fields, "detail": orjson.dumps(detail)}
@@ -121,12 +122,34 @@ class TokenStore:
         """The principal of a presented token, or None when unknown or revoked."""
         return self.verify_digest(digest(token))
 
+    def generation(self, pipe) -> None:
+        """Queue the read of the revocation counter on PIPE (its reply: :func:`as_generation`)."""
+        pipe.get(keys.TOKENS_GENERATION)
+
+    def verify_at(self, token_digest: str) -> tuple[Principal | None, int]:
+        """The principal of a token given by its digest (or None) and the revocation counter
+        read before it, in one round trip: a revocation landing between the two reads bumps the
+        counter after the value returned, so the pair is never "valid at the newer count"."""
+        pipe = self.redis.pipeline(transaction=False)
+        self.generation(pipe)
+        pipe.hget(keys.TOKENS_BY_HASH, token_digest)
+        generation, raw = pipe.execute()
+        return _principal(raw), as_generation(generation)
+
     def verify_digest(self, token_digest: str) -> Principal | None:
         """The principal of a token given by its digest, or None."""
         # Looked up by digest: the secret itself is never compared byte by byte, so the
         # lookup leaks nothing useful through timing (revoke removes the digest in MULTI).
-        raw = self.redis.hget(keys.TOKENS_BY_HASH, token_digest)
-        if raw is None:
-            return None
-        record = orjson.loads(raw)
-        return Principal(name=record["name"], role=record["role"])
+        return _principal(self.redis.hget(keys.TOKENS_BY_HASH, token_digest))
+
+
+def as_generation(raw) -> int:
+    """The revocation counter from its stored value (0 before the first revocation)."""
+    return int(raw) if raw else 0
+
+
+def _principal(raw) -> Principal | None:
+    if raw is None:
+        return None
+    record = orjson.loads(raw)
+    return Principal(name=record["name"], role=record["role"])

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from flask import current_app, g, request
 
 from service.engine.roles import PERMISSIONS
-from service.store.tokens import Principal, TokenStore, digest
+from service.store.tokens import Principal, TokenStore, as_generation, digest
 from service.web.errors import ApiError, is_outage
 
 #: How long a token verified by this worker is still believed while Redis is away, for the
@@ -19,10 +19,21 @@ LAST_KNOWN_S = 24 * 3600.0
 _MAX_ENTRIES = 10_000
 
 
+#: The check-in's path: its token is confirmed by the device read (:class:`TokenCheck`).
+CHECKIN_PATH = "/v1/checkin"
+#: How long a check-in believes a token this worker verified, provided every check-in's own
+#: device read sees the revocation counter unchanged (a bound in case a token is removed
+#: from Redis by hand, not through ``TokenStore.revoke``).
+CHECKIN_TRUST_S = 60.0
+
+
 class TokenCache:
     """Verified tokens kept briefly per worker, so a check-in costs no extra round trip.
 
-    A revoked token keeps working in a worker for at most ``ttl_s`` seconds. Apart from that,
+    A revoked token keeps working in a worker for at most ``ttl_s`` seconds. Check-ins believe
+    an entry longer (:data:`CHECKIN_TRUST_S`), but each one reads the revocation counter in its
+    device read (:class:`TokenCheck`), so a revoked token is refused by the next check-in on
+    every worker, with no round trip of its own. Apart from that,
     the worker remembers every token it verified (by digest) for ``LAST_KNOWN_S``: only calls
     answered from memory during a Redis outage (the public keys) believe that memory.
     """
@@ -30,7 +41,8 @@ class TokenCache:
     def __init__(self, store: TokenStore, ttl_s: float):
         self.store = store
         self.ttl_s = ttl_s
-        self._entries: dict[str, tuple[float, Principal | None]] = {}
+        # digest -> (verified at, principal, revocation counter read with it)
+        self._entries: dict[str, tuple[float, Principal, int]] = {}
         self._last_known: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
@@ -38,18 +50,37 @@ class TokenCache:
         """The principal of TOKEN, from the cache while fresh."""
         # Keyed by digest, like the store: the process never keeps presented secrets around.
         token_digest = digest(token)
-        now = time.monotonic()
         hit = self._entries.get(token_digest)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] + self.ttl_s > time.monotonic():
             return hit[1]
-        principal = self.store.verify_digest(token_digest)
+        return self._verify(token_digest)
+
+    def for_checkin(self, token: str) -> tuple[Principal | None, TokenCheck | None]:
+        """The principal of TOKEN for a check-in and, when it came from the cache, the check
+        the check-in's device read must pass (:class:`TokenCheck`); None: just verified."""
+        token_digest = digest(token)
+        hit = self._entries.get(token_digest)
+        if (
+            hit is not None
+            and self.ttl_s > 0
+            and hit[0] + max(self.ttl_s, CHECKIN_TRUST_S) > time.monotonic()
+        ):
+            return hit[1], TokenCheck(self, token_digest, hit[2])
+        return self._verify(token_digest), None
+
+    def _verify(self, token_digest: str) -> Principal | None:
+        """Ask Redis (one round trip) and remember the answer."""
+        now = time.monotonic()
+        principal, generation = self.store.verify_at(token_digest)
         with self._lock:
             if len(self._entries) > _MAX_ENTRIES:
                 self._entries.clear()
             if len(self._last_known) > _MAX_ENTRIES:
                 self._last_known.clear()
             if principal is not None and self.ttl_s > 0:
-                self._entries[token_digest] = (now + self.ttl_s, principal)
+                self._entries[token_digest] = (now, principal, generation)
+            else:
+                self._entries.pop(token_digest, None)
             if principal is not None:
                 self._last_known[token_digest] = (now + LAST_KNOWN_S, principal)
             else:
@@ -71,6 +102,31 @@ class TokenCache:
             self._last_known.clear()
 
 
+class TokenCheck:
+    """A cached token's confirmation, read along with the check-in's device read (one GET in
+    its pipeline, no round trip of its own): while the revocation counter is the one read when
+    the token was verified, no token was revoked since; when it moved, the token is verified
+    again (one more round trip, only after a revocation) and a revoked one is refused 401
+    before anything is decided or recorded. See ``devices/checkin.py`` ``ReadAlong``."""
+
+    def __init__(self, cache: TokenCache, token_digest: str, generation: int):
+        self._cache = cache
+        self._digest = token_digest
+        self._generation = generation
+
+    def queue(self, pipe) -> int:
+        """Queue the counter's read on the device read's PIPE; the number of replies."""
+        self._cache.store.generation(pipe)
+        return 1
+
+    def read(self, replies: list) -> None:
+        """401 when the counter moved and the token is no longer valid."""
+        if as_generation(replies[0]) == self._generation:
+            return
+        if self._cache._verify(self._digest) is None:
+            raise ApiError(401, "unknown or revoked token", headers={"WWW-Authenticate": "Bearer"})
+
+
 def bearer_token() -> str | None:
     """The token of the Authorization header, if it is a Bearer one."""
     header = request.headers.get("Authorization", "")
@@ -85,9 +141,16 @@ def current_principal() -> Principal | None:
     request: the rate limiter and the permission check share the answer."""
     if "_principal" not in g:
         token = bearer_token()
-        g._principal = (
-            current_app.extensions["regionlock"].tokens.principal(token) if token else None
-        )
+        g.token_check = None
+        if token is None:
+            g._principal = None
+        elif request.path == CHECKIN_PATH:
+            # Confirmed by the check-in's device read (TokenCheck), not by a read of its own.
+            g._principal, g.token_check = current_app.extensions["regionlock"].tokens.for_checkin(
+                token
+            )
+        else:
+            g._principal = current_app.extensions["regionlock"].tokens.principal(token)
     return g._principal
 
 

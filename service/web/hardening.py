@@ -26,13 +26,12 @@ from flask_limiter.util import get_remote_address
 
 from service.config import Settings
 from service.store import keys
-from service.web.auth import current_principal
+from service.web.auth import CHECKIN_PATH, current_principal
 from service.web.client import client_ip
 from service.web.errors import error_response
 
 # Served from memory, never need Redis, so they are not limited (and not counted).
 UNLIMITED_PATHS = frozenset({"/v1/keys", "/v1/openapi.json"})
-CHECKIN_PATH = "/v1/checkin"
 
 
 def _settings() -> Settings:

@@ -85,6 +85,10 @@ class Metrics:
             buckets=_DECISION_BUCKETS,
             registry=self.registry,
         )
+        # The labelled children met so far, by their labels: prometheus-client's labels() takes
+        # a lock and builds a key per call (issue 17.2: off the check-in's path). Bounded like
+        # the series themselves (route templates, methods, statuses, verdicts, reason codes).
+        self._children: dict = {}
         self.redis_errors = Counter(
             "regionlock_redis_errors",
             "Requests that failed because Redis could not be used",
@@ -95,13 +99,24 @@ class Metrics:
     def observe_request(self, endpoint: str, method: str, status: int) -> None:
         """Count one answered request. ENDPOINT is the route template (``unmatched`` for a path
         no route serves); an unknown METHOD is counted as ``other``."""
-        self.requests.labels(endpoint, method if method in _METHODS else OTHER_METHOD, status).inc()
+        key = (endpoint, method if method in _METHODS else OTHER_METHOD, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(*key)
+        child.inc()
 
     def record_verdict(self, document: dict) -> None:
         """Count one check-in verdict and each of its reason codes."""
-        self.verdicts.labels(document["verdict"]).inc()
+        child = self._children.get(document["verdict"])
+        if child is None:
+            child = self._children[document["verdict"]] = self.verdicts.labels(document["verdict"])
+        child.inc()
         for reason in document.get("reasons", ()):
-            self.verdict_reasons.labels(reason["code"]).inc()
+            key = ("reason", reason["code"])
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = self.verdict_reasons.labels(reason["code"])
+            child.inc()
 
     def redis_error(self, exc: BaseException) -> None:
         """Count one request that Redis failed (by the error's class name)."""
