@@ -12,7 +12,10 @@ from __future__ import annotations
 from array import array
 from base64 import b64decode, b64encode
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Mapping
+from itertools import compress
+from operator import ne
 from typing import Any
 
 #: A TAC covers the 14-digit bodies TAC000000 .. TAC999999.
@@ -29,18 +32,53 @@ def is_digits(value: Any, size: int) -> bool:
 
 
 class AllocationIndex:
-    """IMEI -> distributor id: a dict keyed by TAC, then sorted disjoint ranges searched with
-    ``bisect``, so a lookup costs the same with ten or a million allocations."""
+    """IMEI -> distributor id, at about the same cost with ten or a million allocations.
 
-    __slots__ = ("_tacs", "_starts", "_ends", "_owners")
+    Built from the whole-TAC allocations (``tacs``) and the sorted, disjoint ranges of 14-digit
+    bodies with their owners. A lookup is one dict probe on the IMEI's TAC (its first 8 digits):
+    a whole-TAC allocation gives the owner at once; a TAC in which ranges start or end gives the
+    *window* of ranges that can hold its IMEIs, searched with ``bisect`` within that window only.
+    A TAC without an entry is nobody's, unless a range spans it whole (a range reaching over
+    three or more TACs), found in the short list of those. Why not one ``bisect`` over all
+    ranges: in CPython each step of it costs about 30 ns, and a million ranges take twenty
+    steps (docs/performance.md, "Flat in allocations").
+    """
+
+    __slots__ = (
+        "_tacs",
+        "_starts",
+        "_ends",
+        "_ids",
+        "_owner_at",
+        "_by_tac",
+        "_spanning",
+        "_parts",
+        "_tails",
+    )
 
     def __init__(self, tacs: dict[str, str], starts: list[int], ends: list[int], owners: list[str]):
+        ids = sorted(set(owners))
+        position = {owner: i for i, owner in enumerate(ids)}
+        owner_at = array("I", map(position.__getitem__, owners))
+        self._setup(tacs, array("Q", starts), array("Q", ends), ids, owner_at)
+
+    def _setup(
+        self, tacs: dict[str, str], starts: array, ends: array, ids: list[str], owner_at: array
+    ) -> None:
+        if not len(starts) == len(ends) == len(owner_at):
+            raise ValueError("allocation index: arrays of different lengths")
         self._tacs = tacs
         # Contiguous machine words rather than lists of int objects: a million ranges stay
-        # within a few MB and a bisect touches a few cache lines, not twenty scattered objects.
-        self._starts = array("Q", starts)
-        self._ends = array("Q", ends)
-        self._owners = owners
+        # within a few MB.
+        self._starts = starts
+        self._ends = ends
+        self._ids = ids
+        self._owner_at = owner_at
+        self._by_tac, self._spanning, self._parts = _tac_windows(tacs, starts, ends)
+        # Each range's last IMEI and its owner in one machine word (one cache line to read).
+        self._tails = array(
+            "Q", [end << _OWNER_BITS | owner for end, owner in zip(ends, owner_at, strict=True)]
+        )
 
     def __len__(self) -> int:
         return len(self._tacs) + len(self._starts)
@@ -48,43 +86,128 @@ class AllocationIndex:
     def to_snapshot(self) -> dict[str, Any]:
         """A JSON-able form that :meth:`from_snapshot` loads without parsing or sorting again:
         the TAC map, the owner ids, and the range arrays as base64 of their machine words."""
-        ids = sorted(set(self._owners))
-        position = {owner: i for i, owner in enumerate(ids)}
         return {
             "tacs": self._tacs,
-            "ids": ids,
+            "ids": self._ids,
             "starts": b64encode(self._starts.tobytes()).decode(),
             "ends": b64encode(self._ends.tobytes()).decode(),
-            "owners": b64encode(array("I", (position[o] for o in self._owners)).tobytes()).decode(),
+            "owners": b64encode(self._owner_at.tobytes()).decode(),
         }
 
     @classmethod
     def from_snapshot(cls, data: Mapping[str, Any]) -> AllocationIndex:
         """The index saved by :meth:`to_snapshot` (trusted: it was validated when saved)."""
-        starts, ends, owner_pos = array("Q"), array("Q"), array("I")
+        starts, ends, owner_at = array("Q"), array("Q"), array("I")
         starts.frombytes(b64decode(data["starts"]))
         ends.frombytes(b64decode(data["ends"]))
-        owner_pos.frombytes(b64decode(data["owners"]))
-        if not len(starts) == len(ends) == len(owner_pos):
-            raise ValueError("allocation snapshot: arrays of different lengths")
-        ids = data["ids"]
-        return cls(dict(data["tacs"]), starts, ends, [ids[i] for i in owner_pos])
+        owner_at.frombytes(b64decode(data["owners"]))
+        ids = list(data["ids"])
+        if owner_at and max(owner_at) >= len(ids):
+            raise ValueError("allocation snapshot: an owner outside the id list")
+        index = cls.__new__(cls)
+        index._setup(dict(data["tacs"]), starts, ends, ids, owner_at)
+        return index
 
     def owner_of(self, imei: str) -> str | None:
         """Distributor id holding ``imei`` (14 or 15 digits), or None."""
-        owner = self._tacs.get(imei[:8])
-        if owner is not None:
-            return owner
-        if not self._starts:
-            return None
+        hit = self._by_tac.get(imei[:8])
+        if hit is None:
+            return self._spanning_owner(imei) if self._spanning else None
+        if hit.__class__ is str:
+            return hit
         body = imei[:14]
-        if not is_digits(body, 14):  # isdigit() alone lets "²" through to int()
+        # isdigit() alone lets "²" through to int().
+        if len(body) != 14 or not body.isdigit() or not body.isascii():
             return None
         value = int(body)
-        i = bisect_right(self._starts, value) - 1
-        if i >= 0 and value <= self._ends[i]:
-            return self._owners[i]
+        if hit < 0:
+            # A crowded TAC: the window of the hundredth of it that holds the IMEI.
+            part = ~hit + value // PART_SPAN % PARTS
+            first = self._parts[part]
+            i = bisect_right(self._starts, value, first, self._parts[part + 1] + 1) - 1
+        else:
+            first = hit >> _WINDOW_BITS
+            i = bisect_right(self._starts, value, first, hit & _WINDOW_MASK) - 1
+        if i >= first:
+            tail = self._tails[i]
+            if value <= tail >> _OWNER_BITS:
+                return self._ids[tail & _OWNER_MASK]
         return None
+
+    def _spanning_owner(self, imei: str) -> str | None:
+        """Owner of an IMEI whose TAC has no entry: a range spanning that whole TAC, or None."""
+        body = imei[:14]
+        if not is_digits(body, 14):
+            return None
+        value = int(body)
+        spanning = self._spanning
+        i = bisect_right(spanning, value, key=self._starts.__getitem__) - 1
+        if i >= 0 and value <= self._ends[spanning[i]]:
+            return self._ids[self._owner_at[spanning[i]]]
+        return None
+
+
+#: Bits of an owner's position in the id list (MAX_DISTRIBUTORS is 10,000).
+_OWNER_BITS = 16
+_OWNER_MASK = (1 << _OWNER_BITS) - 1
+#: A window of ranges [first, end) packed in one int: first << _WINDOW_BITS | end.
+_WINDOW_BITS = 32
+_WINDOW_MASK = (1 << _WINDOW_BITS) - 1
+
+
+#: A TAC whose window holds more ranges than this is split into PARTS parts of PART_SPAN IMEIs.
+CROWDED = 16
+PARTS = 100
+PART_SPAN = TAC_SPAN // PARTS
+
+
+def _tac_windows(
+    tacs: dict[str, str], starts: array, ends: array
+) -> tuple[dict[str, Any], array, array]:
+    """The TAC -> owner | window map of :class:`AllocationIndex`, and the positions of the
+    ranges spanning three or more TACs (whose middle TACs have no entry).
+
+    A TAC's window is the ranges starting in it, plus the range before them when that one
+    reaches into the TAC (ranges are disjoint, so no earlier one can). A TAC where a range ends
+    but none starts has that range alone. Whole-TAC allocations are added last: a range of the
+    same TAC can only be the same distributor's.
+    """
+    count = len(starts)
+    if count > _WINDOW_MASK:
+        raise ValueError("allocation index: too many ranges")
+    start_tacs = [start // TAC_SPAN for start in starts]
+    end_tacs = [end // TAC_SPAN for end in ends]
+    by_tac: dict[str, Any] = {}
+    parts = array("I")
+    first = 0
+    # Counter keeps first-seen order: the TACs in ascending order, as starts are sorted.
+    for tac, ranges in Counter(start_tacs).items():
+        end = first + ranges
+        window_first = first - 1 if first and end_tacs[first - 1] >= tac else first
+        if end - window_first > CROWDED:
+            by_tac[f"{tac:08d}"] = ~len(parts)
+            _split(parts, starts, tac * TAC_SPAN, window_first, end)
+        else:
+            by_tac[f"{tac:08d}"] = window_first << _WINDOW_BITS | end
+        first = end
+    spanning = array("I")
+    for i in compress(range(count), map(ne, start_tacs, end_tacs)):
+        key = f"{end_tacs[i]:08d}"
+        if key not in by_tac:
+            by_tac[key] = i << _WINDOW_BITS | (i + 1)
+        if end_tacs[i] - start_tacs[i] >= 2:
+            spanning.append(i)
+    by_tac.update(tacs)
+    return by_tac, spanning, parts
+
+
+def _split(parts: array, starts: array, tac_start: int, first: int, end: int) -> None:
+    """Append a crowded TAC's PARTS + 1 part bounds to ``parts``: for part k, the position of
+    the last range starting at or before the part's first IMEI (or ``first``); the window of
+    part k is then parts[k] .. parts[k + 1] inclusive (the last bound is ``end - 1``)."""
+    for k in range(PARTS):
+        parts.append(max(first, bisect_right(starts, tac_start + k * PART_SPAN, first, end) - 1))
+    parts.append(end - 1)
 
 
 def _span(item: Any) -> tuple[int, int, bool] | None:
