@@ -9,14 +9,14 @@ from flask import Response, current_app, g, request
 from flask.views import MethodView
 
 from service.api.checkin.schemas import CheckinSchema, VerdictSchema
-from service.api.parsing import ApiBlueprint
+from service.api.parsing import CompiledApiBlueprint
 from service.devices.checkin import CheckinRateLimited
 from service.devices.proofs import DeviceProofError, ProofRequest
 from service.web.auth import require
 from service.web.client import client_ip
 from service.web.errors import ApiError
 
-blp = ApiBlueprint("checkin", __name__, url_prefix="/v1", description="Device check-ins")
+blp = CompiledApiBlueprint("checkin", __name__, url_prefix="/v1", description="Device check-ins")
 
 #: The check-in proof header (SPEC §13), as the OpenAPI document describes it.
 PROOF_HEADER = {

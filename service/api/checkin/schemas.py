@@ -11,7 +11,6 @@ from marshmallow import (
     validates,
     validates_schema,
 )
-from stdnum import luhn
 
 from service.api.parsing import IMEI_OUT_PATTERN, Digits
 from service.engine.messages import MAX_TAG_CHARS, is_language_tag
@@ -23,9 +22,21 @@ class _Lenient(Schema):
         unknown = EXCLUDE
 
 
+#: A digit -> the digit sum of twice it (the Luhn algorithm's doubled positions).
+_DOUBLED = str.maketrans("0123456789", "0246813579")
+
+
 def luhn_ok(digits: str) -> bool:
-    """True when the last digit is the Luhn check digit of the others."""
-    return luhn.is_valid(digits)
+    """True when DIGITS are ASCII digits whose last is the Luhn check digit of the others.
+
+    What ``stdnum.luhn.is_valid`` answers (tests/test_compiled_schema.py compares them), in
+    about a tenth of its time: the doubled positions are mapped to their digit sums by one
+    ``translate`` and every digit summed as bytes, in C (a check-in checks up to four)."""
+    if not digits or not digits.isascii() or not digits.isdigit():
+        return False
+    kept = digits[-1::-2].encode()
+    doubled = digits[-2::-2].translate(_DOUBLED).encode()
+    return (sum(kept) + sum(doubled) - 48 * len(digits)) % 10 == 0
 
 
 class SimSchema(_Lenient):
