@@ -14,8 +14,8 @@ from base64 import b64decode, b64encode
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Mapping
-from itertools import compress
-from operator import ne
+from itertools import repeat
+from operator import floordiv
 from typing import Any
 
 #: A TAC covers the 14-digit bodies TAC000000 .. TAC999999.
@@ -53,7 +53,6 @@ class AllocationIndex:
         "_by_tac",
         "_spanning",
         "_parts",
-        "_tails",
     )
 
     def __init__(self, tacs: dict[str, str], starts: list[int], ends: list[int], owners: list[str]):
@@ -75,10 +74,6 @@ class AllocationIndex:
         self._ids = ids
         self._owner_at = owner_at
         self._by_tac, self._spanning, self._parts = _tac_windows(tacs, starts, ends)
-        # Each range's last IMEI and its owner in one machine word (one cache line to read).
-        self._tails = array(
-            "Q", [end << _OWNER_BITS | owner for end, owner in zip(ends, owner_at, strict=True)]
-        )
 
     def __len__(self) -> int:
         return len(self._tacs) + len(self._starts)
@@ -123,15 +118,13 @@ class AllocationIndex:
         if hit < 0:
             # A crowded TAC: the window of the hundredth of it that holds the IMEI.
             part = ~hit + value // PART_SPAN % PARTS
-            first = self._parts[part]
-            i = bisect_right(self._starts, value, first, self._parts[part + 1] + 1) - 1
+            i = bisect_right(self._starts, value, self._parts[part], self._parts[part + 1]) - 1
         else:
-            first = hit >> _WINDOW_BITS
-            i = bisect_right(self._starts, value, first, hit & _WINDOW_MASK) - 1
-        if i >= first:
-            tail = self._tails[i]
-            if value <= tail >> _OWNER_BITS:
-                return self._ids[tail & _OWNER_MASK]
+            i = bisect_right(self._starts, value, hit >> _WINDOW_BITS, hit & _WINDOW_MASK) - 1
+        # i may be the range just before the window: one reaching in from an earlier TAC, or
+        # one ending before this TAC (the end comparison refuses it).
+        if i >= 0 and value <= self._ends[i]:
+            return self._ids[self._owner_at[i]]
         return None
 
     def _spanning_owner(self, imei: str) -> str | None:
@@ -147,9 +140,6 @@ class AllocationIndex:
         return None
 
 
-#: Bits of an owner's position in the id list (MAX_DISTRIBUTORS is 10,000).
-_OWNER_BITS = 16
-_OWNER_MASK = (1 << _OWNER_BITS) - 1
 #: A window of ranges [first, end) packed in one int: first << _WINDOW_BITS | end.
 _WINDOW_BITS = 32
 _WINDOW_MASK = (1 << _WINDOW_BITS) - 1
@@ -164,50 +154,55 @@ PART_SPAN = TAC_SPAN // PARTS
 def _tac_windows(
     tacs: dict[str, str], starts: array, ends: array
 ) -> tuple[dict[str, Any], array, array]:
-    """The TAC -> owner | window map of :class:`AllocationIndex`, and the positions of the
-    ranges spanning three or more TACs (whose middle TACs have no entry).
+    """The TAC -> owner | window map of :class:`AllocationIndex`, the part bounds of crowded
+    TACs, and the positions of the ranges spanning three or more TACs (whose middle TACs have
+    no entry).
 
-    A TAC's window is the ranges starting in it, plus the range before them when that one
-    reaches into the TAC (ranges are disjoint, so no earlier one can). A TAC where a range ends
-    but none starts has that range alone. Whole-TAC allocations are added last: a range of the
-    same TAC can only be the same distributor's.
+    A TAC's window is the ranges starting in it; the search in a window also lands on the range
+    just before it when the IMEI precedes them, which is how a range reaching in from an
+    earlier TAC is found (ranges are disjoint, so no range before that one can reach in). A TAC
+    where a range ends but none starts has that range alone. Whole-TAC allocations are added
+    last: a range of the same TAC can only be the same distributor's.
     """
     count = len(starts)
     if count > _WINDOW_MASK:
         raise ValueError("allocation index: too many ranges")
-    start_tacs = [start // TAC_SPAN for start in starts]
-    end_tacs = [end // TAC_SPAN for end in ends]
+    # The one loop over every range runs in C (map, Counter); the rest is per TAC: a worker
+    # loading a million-range snapshot spends a fraction of a second here.
     by_tac: dict[str, Any] = {}
     parts = array("I")
+    spanning = array("I")
+    crossing: list[int] = []
     first = 0
     # Counter keeps first-seen order: the TACs in ascending order, as starts are sorted.
-    for tac, ranges in Counter(start_tacs).items():
+    for tac, ranges in Counter(map(floordiv, starts, repeat(TAC_SPAN))).items():
         end = first + ranges
-        window_first = first - 1 if first and end_tacs[first - 1] >= tac else first
-        if end - window_first > CROWDED:
+        if ranges > CROWDED:
             by_tac[f"{tac:08d}"] = ~len(parts)
-            _split(parts, starts, tac * TAC_SPAN, window_first, end)
+            _split(parts, starts, tac * TAC_SPAN, first, end)
         else:
-            by_tac[f"{tac:08d}"] = window_first << _WINDOW_BITS | end
+            by_tac[f"{tac:08d}"] = first << _WINDOW_BITS | end
+        # Of the ranges starting in this TAC only the last can reach into later TACs.
+        last_tac = ends[end - 1] // TAC_SPAN
+        if last_tac != tac:
+            crossing.append(end - 1)
+            if last_tac - tac >= 2:
+                spanning.append(end - 1)
         first = end
-    spanning = array("I")
-    for i in compress(range(count), map(ne, start_tacs, end_tacs)):
-        key = f"{end_tacs[i]:08d}"
+    for i in crossing:
+        key = f"{ends[i] // TAC_SPAN:08d}"
         if key not in by_tac:
             by_tac[key] = i << _WINDOW_BITS | (i + 1)
-        if end_tacs[i] - start_tacs[i] >= 2:
-            spanning.append(i)
     by_tac.update(tacs)
     return by_tac, spanning, parts
 
 
 def _split(parts: array, starts: array, tac_start: int, first: int, end: int) -> None:
-    """Append a crowded TAC's PARTS + 1 part bounds to ``parts``: for part k, the position of
-    the last range starting at or before the part's first IMEI (or ``first``); the window of
-    part k is then parts[k] .. parts[k + 1] inclusive (the last bound is ``end - 1``)."""
-    for k in range(PARTS):
-        parts.append(max(first, bisect_right(starts, tac_start + k * PART_SPAN, first, end) - 1))
-    parts.append(end - 1)
+    """Append a crowded TAC's PARTS + 1 part bounds to ``parts``: bound k is where the part's
+    first IMEI would be inserted among the window's starts, so the ranges that can hold an IMEI
+    of part k are bound k - 1 .. bound k + 1 - 1 (the last bound is ``end``)."""
+    bounds = range(tac_start, tac_start + TAC_SPAN + 1, PART_SPAN)
+    parts.extend(map(bisect_right, repeat(starts), bounds, repeat(first), repeat(end)))
 
 
 def _span(item: Any) -> tuple[int, int, bool] | None:
