@@ -13,6 +13,7 @@ import time
 BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench.bench_engine", ["--decisions", "100000"]),
     ("bench.bench_allocations", ["--sizes", "10,10000,1000000", "--decisions", "50000"]),
+    ("bench.bench_validation", ["--bodies", "5000"]),
     ("bench.bench_http", ["--seconds", "10"]),
     ("bench.bench_servers", []),
     ("bench.bench_simulate", ["--devices", "1000000"]),
