@@ -102,21 +102,49 @@ class CompiledBodyParser(JsonBodyParser):
             self._compiled[id(argmap)] = (argmap, compile_schema(argmap))
         return super().use_args(argmap, *args, **kwargs)
 
-    def _process_location_data(self, location_data, schema, req, location, unknown, validators):
-        compiled = self._compiled.get(id(schema))
+    def parse(
+        self,
+        argmap,
+        req=None,
+        *,
+        location=None,
+        unknown=core._UNKNOWN_DEFAULT_PARAM,
+        validate=None,
+        error_status_code=None,
+        error_headers=None,
+    ):
+        compiled = self._compiled.get(id(argmap))
         if (
             compiled is None
-            or compiled[0] is not schema
-            or location != "json"
-            or validators
+            or compiled[0] is not argmap
+            or (location or self.location) != "json"
+            or validate
             or unknown not in (core._UNKNOWN_DEFAULT_PARAM, None)
         ):
-            return super()._process_location_data(
-                location_data, schema, req, location, unknown, validators
+            return super().parse(
+                argmap,
+                req,
+                location=location,
+                unknown=unknown,
+                validate=validate,
+                error_status_code=error_status_code,
+                error_headers=error_headers,
             )
-        if location_data is core.missing:
-            location_data = {}
-        return compiled[1](location_data)
+        # What webargs' parse does for a JSON body, without its generic steps.
+        req = req if req is not None else self.get_default_request()
+        data = self.load_json(req, argmap)
+        try:
+            return compiled[1]({} if data is core.missing else data)
+        except ValidationError as error:
+            self._on_validation_error(
+                error,
+                req,
+                argmap,
+                "json",
+                error_status_code=error_status_code,
+                error_headers=error_headers,
+            )
+            raise  # _on_validation_error aborts; this is never reached
 
 
 class CompiledApiBlueprint(ApiBlueprint):
