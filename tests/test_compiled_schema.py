@@ -9,6 +9,7 @@ and through the compiled function.
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -212,6 +213,7 @@ def mutate(body, path, action, value):
         else:
             return body
     last = path[-1]
+    value = copy.deepcopy(value)  # the drawn values are shared: never mutate them
     if isinstance(node, dict):
         if action == "delete":
             node.pop(last, None)
