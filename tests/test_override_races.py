@@ -272,11 +272,13 @@ class SlowReplies:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.closed = False
+        self.generation = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     def hold(self, *trigger: bytes, count: int, delay_s: float) -> None:
         with self.lock:
             self.trigger, self.count, self.delay_s = trigger, count, delay_s
+            self.generation += 1
 
     def close(self) -> None:
         self.closed = True
@@ -294,11 +296,19 @@ class SlowReplies:
             threading.Thread(target=self._down, args=(upstream, client, held), daemon=True).start()
 
     def _up(self, client, upstream, held) -> None:
+        # A command may arrive in several reads (redis-py sends a large argument on its own):
+        # the triggers are looked for in all that arrived since hold() was called (or since the
+        # last hold began), not in one read.
+        window, generation = b"", None
         try:
             while data := client.recv(65536):
                 with self.lock:
-                    if self.trigger and self.count and all(t in data for t in self.trigger):
+                    if generation != self.generation:
+                        window, generation = b"", self.generation
+                    window = (window + data)[-(1 << 20) :]
+                    if self.trigger and self.count and all(t in window for t in self.trigger):
                         self.count -= 1
+                        window = b""
                         held.set()
                 upstream.sendall(data)
         except OSError:
