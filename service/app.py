@@ -173,6 +173,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     for blueprint in (checkin_blp, devices_blp, audit_blp, policy_blp):
         api.register_blueprint(blueprint)
     api.register_blueprint(keys_blp)
+    # Four eyes on sanctions (SPEC §12.4): its module also answers the 202 of policy_blp.
+    from service.api.policy.approvals import blp as approvals_blp
+
+    api.register_blueprint(approvals_blp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(console_bp)  # adds the console's secret key to the checks

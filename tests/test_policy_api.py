@@ -382,7 +382,8 @@ def test_no_recorded_devices_no_brake(as_role):
 
 
 def test_rollback_publishes_a_copy_of_an_earlier_version(as_role, redis):
-    publish(as_role, with_sanctioned("RU"), expected=1)
+    # Not a sanctions change: undoing one that adds a region would need approval (SPEC §12.4).
+    publish(as_role, {**SEED, "next_checkin_s": 3600}, expected=1)
     response = as_role("editor", "POST", "/v1/policy/rollback", {"version": 1, "note": "undo"})
     assert response.status_code == 201, response.get_json()
     created = response.get_json()
@@ -414,7 +415,14 @@ def test_rollback_is_not_braked(app, as_role, checkin):
     for i in range(5):
         checkin(unknown_imei(i), **RUSSIA)
     assert publish(as_role, with_sanctioned("RU"), expected=1, force=True).status_code == 201
-    assert publish(as_role, SEED, expected=2).status_code == 201  # lock->allow: no brake
+    # lock->allow: no brake, but dropping RU weakens sanctions: approved (SPEC §12.4).
+    requested = publish(as_role, SEED, expected=2)
+    assert requested.status_code == 202
+    approval = requested.get_json()["approval"]["id"]
+    decided = as_role(
+        "compliance", "POST", f"/v1/policy/approvals/{approval}", {"decision": "approve"}
+    )
+    assert decided.status_code == 201
     # Back to version 2 turns every recorded device from allow to lock: restored anyway.
     response = as_role("editor", "POST", "/v1/policy/rollback", {"version": 2, "note": "redo"})
     assert response.status_code == 201

@@ -18,6 +18,10 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "policy:read": frozenset({"agent", "compliance", "editor", "auditor", "admin"}),
     "policy:write": frozenset({"editor", "admin"}),
     "audit:read": frozenset({"compliance", "auditor", "admin"}),
+    # Four eyes on sanctions (SPEC §12.4): list requests; approve or reject one (never one's
+    # own: checked by service/policy/approvals.py). Withdrawing one's own needs policy:write.
+    "approvals:read": frozenset({"compliance", "editor", "auditor", "admin"}),
+    "approvals:decide": frozenset({"compliance", "admin"}),
 }
 
 

@@ -12,13 +12,22 @@ from typing import Any
 
 from service.engine.compiler import CompiledPolicy, compile_bundle
 from service.engine.model import iso_utc
+from service.engine.sanctions_changes import sanctions_weakenings
+from service.policy.approvals import (
+    ApprovalRequired,
+    closing_for_publish,
+    new_request,
+    store_request,
+)
 from service.policy.simulate import SimulationReport, simulate
+from service.store.approvals import ApprovalStore
 from service.store.audit import AuditStore
 from service.store.devices import DeviceStore
 from service.store.idempotency import Operation, check_fingerprint
 from service.store.policy import AlreadyPublished, PolicyStore, VersionConflict
 
 __all__ = [
+    "ApprovalRequired",
     "Publisher",
     "SafetyBrake",
     "UnknownVersion",
@@ -53,12 +62,17 @@ class UnknownVersion(LookupError):
 
 def version_metadata(entry: dict) -> dict[str, Any]:
     """A stored version's metadata in API form (times as ISO-8601 UTC), without the bundle."""
-    return {
+    meta = {
         "version": entry["version"],
         "published_at": iso_utc(entry["published_at"]),
         "published_by": entry["published_by"],
         "note": entry["note"],
     }
+    # A version published by approving a request (SPEC §12.4): who approved which request.
+    for name in ("approval", "approved_by"):
+        if entry.get(name):
+            meta[name] = entry[name]
+    return meta
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +117,8 @@ class Publisher:
         # Lets the API reuse the policy its worker already compiled (a million allocations
         # take seconds to compile); returns None when it holds another version.
         self.compiled_active = compiled_active
+        # Four eyes on sanctions (SPEC §12.4): requests live in the policy's slot.
+        self.approvals = ApprovalStore(store.redis)
 
     def active_policy(self) -> tuple[int | None, CompiledPolicy | None]:
         """The active version number and its compiled policy (None, None before any publish)."""
@@ -133,11 +149,76 @@ class Publisher:
         if record is None:
             return None
         check_fingerprint(record, operation)
+        if "approval" in record:  # the first call was sent for approval (SPEC §12.4)
+            raise ApprovalRequired(record["approval"], replayed=True)
         return Published.replay(record)
 
     def _replayed(self, exc: AlreadyPublished, operation: Operation) -> Published:
         check_fingerprint(exc.record, operation)
+        if "approval" in exc.record:
+            raise ApprovalRequired(exc.record["approval"], replayed=True)
         return Published.replay(exc.record)
+
+    # --- Four eyes on sanctions (SPEC §12.4) ------------------------------------------------
+
+    def _active_bundle(self, number: int | None) -> dict | None:
+        """The active version's bundle (its rules are what the detector compares)."""
+        if number is None:
+            return None
+        policy = self.compiled_active(number) if self.compiled_active else None
+        if policy is not None:
+            return policy.bundle
+        entry = self.store.version(number)
+        return entry["bundle"] if entry is not None else None
+
+    def _four_eyes(
+        self,
+        kind: str,
+        bundle: dict,
+        active_number: int | None,
+        *,
+        note: str,
+        actor: str,
+        role: str,
+        force: bool = False,
+        rolled_back_to: int | None = None,
+        operation: Operation | None = None,
+    ) -> None:
+        """Raise ApprovalRequired, after storing the request, when BUNDLE weakens a sanctions
+        rule of version ACTIVE_NUMBER; return when it does not."""
+        changes = sanctions_weakenings(self._active_bundle(active_number), bundle)
+        if not changes:
+            return
+        assert active_number is not None  # nothing active: nothing to weaken
+        record = new_request(
+            kind,
+            bundle,
+            changes=changes,
+            compared_version=active_number,
+            note=note,
+            actor=actor,
+            role=role,
+            force=force,
+            rolled_back_to=rolled_back_to,
+        )
+        try:
+            approval = store_request(self.approvals, self.audit, record, operation)
+        except AlreadyPublished as exc:  # the same call, answered meanwhile
+            assert operation is not None
+            self._replayed(exc, operation)
+            raise
+        raise ApprovalRequired(approval)
+
+    def _approving_writes(self, approving: tuple[dict, dict] | None, number: int):
+        """The writes closing the approved request in the publish's EXEC, and the version's
+        metadata naming it (None, None when not approving)."""
+        if approving is None:
+            return None, None
+        record, decider = approving
+        linked = closing_for_publish(self.approvals, self.audit, approving, number)
+        return linked, {"approval": record["id"], "approved_by": decider["actor"]}
+
+    # -----------------------------------------------------------------------------------------
 
     def publish(
         self,
@@ -149,6 +230,7 @@ class Publisher:
         role: str,
         force: bool = False,
         operation: Operation | None = None,
+        approving: tuple[dict, dict] | None = None,
     ) -> Published:
         """Validate, simulate and publish BUNDLE as the version after EXPECTED_VERSION.
 
@@ -157,6 +239,10 @@ class Publisher:
         OPERATION (a named one: the caller's Idempotency-Key) is applied at most once: sent
         again, the first answer is returned (``replayed``); IdempotencyConflict when its key
         was used for another request; OutcomeUnknown when the EXEC's answer was lost.
+
+        Four eyes (SPEC §12.4): a BUNDLE that weakens a sanctions rule is stored as a request
+        and ApprovalRequired raised. APPROVING = (request record, {actor, role, note} of the
+        decider) publishes an approved request instead, closing it in the same EXEC.
         """
         prior = self._prior(operation)
         if prior is not None:
@@ -166,29 +252,49 @@ class Publisher:
         if active_number != expected_version:
             raise VersionConflict(active_number)
         candidate = compile_bundle(bundle)
+        if approving is None:  # four eyes on sanctions (SPEC §12.4)
+            self._four_eyes(
+                "publish",
+                candidate.bundle,
+                active_number,
+                note=note,
+                actor=actor,
+                role=role,
+                force=force,
+                operation=operation,
+            )
         report = self.simulate(candidate)
         if report.brakes and not force:
             raise SafetyBrake(report)
         number = (expected_version or 0) + 1
+        linked, approved_meta = self._approving_writes(approving, number)
         audit_fields = self.audit.entry_fields(
             actor,
             role,
             "policy.publish",
             None,
-            {"version": number, "note": note, "forced": force, "changes": report.changes},
+            {
+                "version": number,
+                "note": note,
+                "forced": force,
+                "changes": report.changes,
+                **(approved_meta or {}),
+            },
         )
         simulation = report.to_dict()
         # The normalised bundle is stored, so versions diff cleanly whatever form was posted.
         try:
             entry = self.store.publish(
                 candidate.bundle,
-                published_by=actor,
+                published_by=approving[0]["requested_by"] if approving else actor,
                 note=note,
                 expected_version=expected_version,
                 audit_fields=audit_fields,
                 compiled=candidate.to_snapshot(),
                 operation=operation,
                 result={"forced": force, "simulation": simulation},
+                linked=linked,
+                meta=approved_meta,
             )
         except AlreadyPublished as exc:  # the same call, applied meanwhile
             assert operation is not None
@@ -203,12 +309,16 @@ class Publisher:
         actor: str,
         role: str,
         operation: Operation | None = None,
+        approving: tuple[dict, dict] | None = None,
     ) -> Published:
         """Publish a new version equal to VERSION's bundle (no safety brake, no simulation).
 
         Raises UnknownVersion, BundleError (the old bundle no longer validates) or, when other
         publishes keep racing it, VersionConflict. Writes one ``policy.rollback`` audit entry.
-        OPERATION is applied at most once, as for :meth:`publish`.
+        OPERATION is applied at most once, as for :meth:`publish`. Four eyes as for
+        :meth:`publish`: a rollback that weakens a sanctions rule of the active version raises
+        ApprovalRequired; APPROVING publishes an approved one on top of the version it was
+        compared with only (VersionConflict otherwise, no retry).
         """
         prior = self._prior(operation)
         if prior is not None:
@@ -221,26 +331,47 @@ class Publisher:
         restored = compile_bundle(entry["bundle"])
         bundle, compiled = restored.bundle, restored.to_snapshot()
         conflict: VersionConflict | None = None
-        for _ in range(_ROLLBACK_ATTEMPTS):
+        for _ in range(_ROLLBACK_ATTEMPTS if approving is None else 1):
             active = self.store.active_version()
+            if approving is None:  # four eyes on sanctions (SPEC §12.4), on each attempt
+                self._four_eyes(
+                    "rollback",
+                    bundle,
+                    active,
+                    note=note,
+                    actor=actor,
+                    role=role,
+                    rolled_back_to=version,
+                    operation=operation,
+                )
+            else:
+                active = approving[0]["compared_version"]
             number = (active or 0) + 1
+            linked, approved_meta = self._approving_writes(approving, number)
             audit_fields = self.audit.entry_fields(
                 actor,
                 role,
                 "policy.rollback",
                 None,
-                {"version": number, "rolled_back_to": version, "note": note},
+                {
+                    "version": number,
+                    "rolled_back_to": version,
+                    "note": note,
+                    **(approved_meta or {}),
+                },
             )
             try:
                 published = self.store.publish(
                     bundle,
-                    published_by=actor,
+                    published_by=approving[0]["requested_by"] if approving else actor,
                     note=note,
                     expected_version=active,
                     audit_fields=audit_fields,
                     compiled=compiled,
                     operation=operation,
                     result={"rolled_back_to": version},
+                    linked=linked,
+                    meta=approved_meta,
                 )
             except AlreadyPublished as exc:  # the same call, applied meanwhile
                 assert operation is not None

@@ -111,6 +111,20 @@ def policy_idempotency(digest: str) -> str:
     return f"{PREFIX}{{policy}}:idem:{digest}"
 
 
+# --- Four eyes on sanctions (SPEC §12.4): approval requests, in the policy's slot so that
+# approving one publishes the version and closes the request in one MULTI/EXEC.
+
+
+def policy_approval(approval_id: str) -> str:
+    """String (JSON, TTL): one approval request (bundle, requester, changes, state); 7 days
+    while pending, 7 more once closed."""
+    return f"{PREFIX}{{policy}}:approval:{approval_id}"
+
+
+# Sorted set: id of each pending approval request -> the epoch second it expires.
+POLICY_APPROVALS_PENDING = f"{PREFIX}{{policy}}:approvals-pending"
+
+
 # Prefix of flask-limiter's counters (per token name or client IP; never the token itself).
 RATE_LIMITS_PREFIX = f"{PREFIX}limits"
 

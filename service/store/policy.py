@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import redis as redis_lib
@@ -33,6 +36,18 @@ class AlreadyPublished(Exception):
     def __init__(self, record: dict):
         super().__init__("already published")
         self.record = record
+
+
+@dataclass(frozen=True, slots=True)
+class LinkedWrite:
+    """Writes that belong to a publish and go into its MULTI/EXEC (closing the approval request
+    it carries out, SPEC §12.4): WATCH these keys too; CHECK(pipe) runs after the WATCH and may
+    raise (nothing is written); QUEUE(pipe) queues the writes after MULTI and returns the audit
+    entries to add."""
+
+    watch: tuple[str, ...]
+    check: Callable[[Any], None]
+    queue: Callable[[Any], list[dict]]
 
 
 class PolicyStore:
@@ -74,6 +89,8 @@ class PolicyStore:
         compiled: bytes | None = None,
         operation: Operation | None = None,
         result: dict | None = None,
+        linked: LinkedWrite | None = None,
+        meta: dict | None = None,
     ) -> dict:
         """Append BUNDLE as the next version and make it active, if the active version is still
         EXPECTED_VERSION (None: nothing published yet). Raises VersionConflict otherwise.
@@ -85,7 +102,10 @@ class PolicyStore:
         OPERATION, when the caller named it (an Idempotency-Key), has its record (the version's
         metadata and RESULT) written by that EXEC too: when it is there already, nothing is
         written and AlreadyPublished carries it. A lost answer to the EXEC raises
-        OutcomeUnknown (the version may or may not be published)."""
+        OutcomeUnknown (the version may or may not be published).
+
+        LINKED (four eyes, SPEC §12.4): writes made by the same EXEC; META: further fields of the
+        version's metadata (``approved_by``, ``approval``)."""
         named = operation is not None and operation.named
         record_key = keys.policy_idempotency(operation.digest) if named else None
         with self.redis.pipeline(transaction=True) as pipe:
@@ -98,6 +118,9 @@ class PolicyStore:
                             raise AlreadyPublished(prior)
                     else:
                         pipe.watch(keys.POLICY_ACTIVE)
+                    if linked is not None:
+                        pipe.watch(*linked.watch)
+                        linked.check(pipe)
                     raw = pipe.get(keys.POLICY_ACTIVE)
                     active = int(raw) if raw is not None else None
                     if active != expected_version:
@@ -108,6 +131,7 @@ class PolicyStore:
                         "published_at": time.time(),
                         "published_by": published_by,
                         "note": note,
+                        **(meta or {}),
                         "bundle": bundle,
                     }
                     pipe.multi()
@@ -122,6 +146,8 @@ class PolicyStore:
                         pipe.set(record_key, record, ex=operation.ttl_s)
                     deferred: list[dict] = []
                     add_entry(self.redis, pipe, audit_fields, deferred)
+                    for linked_fields in linked.queue(pipe) if linked is not None else ():
+                        add_entry(self.redis, pipe, linked_fields, deferred)
                     try:
                         pipe.execute()
                     except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:

@@ -8,6 +8,7 @@ from flask.views import MethodView
 
 from service.api.parsing import ApiBlueprint
 from service.api.policy.schemas import (
+    ApprovalRequestedSchema,
     BundleBodySchema,
     PolicySchema,
     PublishedSchema,
@@ -21,6 +22,7 @@ from service.api.policy.schemas import (
 from service.engine.compiler import CompiledPolicy, compile_bundle
 from service.engine.validation import BundleError, validate_bundle
 from service.policy.publishing import (
+    ApprovalRequired,
     Publisher,
     SafetyBrake,
     UnknownVersion,
@@ -39,6 +41,20 @@ from service.web.idempotency import (
 
 blp = ApiBlueprint("policy", __name__, url_prefix="/v1/policy", description="Policy editors")
 register_write_errors(blp)
+
+#: The 202 of a publish or rollback that weakens sanctions (SPEC §12.4; answered by the error
+#: handler in service/api/policy/approvals.py).
+SENT_FOR_APPROVAL = (
+    "the bundle weakens a sanctioned_region rule of the active version: nothing is published; "
+    "the approval request (its id and changes) waits for a compliance officer or admin other "
+    "than the requester (/v1/policy/approvals)"
+)
+
+
+@blp.errorhandler(ApprovalRequired)
+def _sent_for_approval(exc: ApprovalRequired) -> Response:
+    # Raised by Publisher.publish / .rollback after storing the request and its audit entry.
+    return _json({"approval": exc.approval}, 202, replay_headers(exc.replayed))
 
 
 @blp.before_request
@@ -116,6 +132,7 @@ class ActivePolicy(MethodView):
 
     @blp.doc(security=[{"bearer": []}], parameters=[IDEMPOTENCY_PARAMETER])
     @blp.response(201, PublishedSchema)
+    @blp.alt_response(202, schema=ApprovalRequestedSchema, description=SENT_FOR_APPROVAL)
     @blp.alt_response(
         409,
         description="version_conflict (stale expected_version) or "
@@ -226,6 +243,7 @@ class Simulate(MethodView):
 class Rollback(MethodView):
     @blp.doc(security=[{"bearer": []}], parameters=[IDEMPOTENCY_PARAMETER])
     @blp.response(201, RolledBackSchema)
+    @blp.alt_response(202, schema=ApprovalRequestedSchema, description=SENT_FOR_APPROVAL)
     @blp.alt_response(404, description="no such version")
     @blp.alt_response(422, description="idempotency_key_reused")
     @blp.alt_response(503, description="Redis unreachable, or the outcome is unknown")

@@ -50,6 +50,10 @@ class VersionMetaSchema(Schema):
     published_at = fields.String(metadata={"description": "ISO-8601 UTC"})
     published_by = fields.String()
     note = fields.String()
+    approval = fields.String(
+        metadata={"description": "the approval request it carries out (SPEC §12.4); else absent"}
+    )
+    approved_by = fields.String(metadata={"description": "who approved it; else absent"})
 
 
 class PolicySchema(VersionMetaSchema):
@@ -129,3 +133,105 @@ class PublishedSchema(VersionMetaSchema):
 
 class RolledBackSchema(VersionMetaSchema):
     rolled_back_to = fields.Integer()
+
+
+# --- Four eyes on sanctions (SPEC §12.4) ------------------------------------------------------
+
+
+class SanctionsChangeSchema(Schema):
+    """One way a candidate weakens a sanctioned_region rule of the active version."""
+
+    rule = fields.String(metadata={"description": "the active version's sanctions rule id"})
+    kind = fields.String(
+        metadata={
+            "description": "rule_removed (gone, renamed, or its type changed), region_removed, "
+            "signal_removed, min_signals_raised, action_weakened (away from lock), "
+            "mode_observe, rollout_lowered (a missing rollout_percent is 100), "
+            "grace_days_raised"
+        }
+    )
+    value = fields.String(
+        allow_none=True,
+        metadata={"description": "the region or signal removed; null for other kinds"},
+    )
+    before = fields.Raw(
+        allow_none=True,
+        metadata={"description": "the field's old value (rule_removed: sanctioned_region)"},
+    )
+    after = fields.Raw(
+        allow_none=True,
+        metadata={"description": "its new value (rule_removed: the new type, null if gone)"},
+    )
+
+
+class ApprovalSchema(Schema):
+    """An approval request (its bundle only in GET /v1/policy/approvals/<id>)."""
+
+    id = fields.String(metadata={"description": "16 hex digits"})
+    state = fields.String(
+        metadata={
+            "description": "pending, approved, rejected, withdrawn, stale (the active version "
+            "moved before approval), expired (7 days without a decision)"
+        }
+    )
+    kind = fields.String(metadata={"description": "publish or rollback"})
+    requested_by = fields.String()
+    requested_role = fields.String()
+    note = fields.String(metadata={"description": "the requester's note (the version's note)"})
+    created_at = fields.String(metadata={"description": "ISO-8601 UTC"})
+    expires_at = fields.String(metadata={"description": "ISO-8601 UTC: 7 days after created_at"})
+    compared_version = fields.Integer(
+        metadata={"description": "the active version the changes were found against"}
+    )
+    changes = fields.List(fields.Nested(SanctionsChangeSchema))
+    force = fields.Boolean(metadata={"description": "publish past the safety brake once approved"})
+    rolled_back_to = fields.Integer(allow_none=True)
+    decided_by = fields.String(metadata={"description": "once closed"})
+    decided_role = fields.String()
+    decision_note = fields.String()
+    closed_at = fields.String(metadata={"description": "ISO-8601 UTC, once closed"})
+    published_version = fields.Integer(metadata={"description": "once approved"})
+    active_version = fields.Integer(metadata={"description": "when closed as stale"})
+
+
+class ApprovalRequestedSchema(Schema):
+    approval = fields.Nested(ApprovalSchema)
+
+
+class PendingApprovalSchema(ApprovalSchema):
+    active_version = fields.Integer(metadata={"description": "the active version now"})
+    stale = fields.Boolean(
+        metadata={"description": "the active version moved since the request: approving is 409"}
+    )
+    diff = fields.Dict(
+        metadata={
+            "description": "the request's bundle against the active version now: settings, "
+            "rules and distributors added, removed, changed (as `regionlock policy diff`)"
+        }
+    )
+    diff_lines = fields.List(fields.String(), metadata={"description": "the diff in words"})
+
+
+class ApprovalListSchema(Schema):
+    approvals = fields.List(
+        fields.Nested(PendingApprovalSchema), metadata={"description": "oldest first"}
+    )
+
+
+class ApprovalDetailSchema(ApprovalSchema):
+    bundle = fields.Dict(metadata={"description": "the bundle to publish"})
+
+
+class DecisionSchema(_Body):
+    decision = fields.String(required=True, validate=validate.OneOf(("approve", "reject")))
+    note = fields.String(load_default="", validate=validate.Length(max=MAX_NOTE_CHARS))
+
+
+class ApprovedSchema(PublishedSchema):
+    approval = fields.String(metadata={"description": "the request this version carries out"})
+    approved_by = fields.String()
+    rolled_back_to = fields.Integer(allow_none=True)
+
+
+class DecidedSchema(Schema):
+    approval = fields.Nested(ApprovalSchema)
