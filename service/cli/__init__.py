@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from service.cli.approvals import approvals_group, policy_rollback
 from service.cli.devices import devices
 from service.cli.facts import facts
 from service.cli.geoip import geoip_group
@@ -31,6 +32,10 @@ for command in (
     unlock_codes,
 ):
     main.add_command(command)
+
+# Four eyes on sanctions (SPEC §12.4): `policy rollback` and `policy approvals ...`.
+policy.add_command(policy_rollback)
+policy.add_command(approvals_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,7 +2,12 @@
 
 Exit status: 0 when all went well, 1 when the command's answer is "no" (invalid bundle, a
 failing case, a braked or conflicting publish, a bad shipment list, bundles that differ), 2 when
-the command could not run (no Redis, bad configuration).
+the command could not run (no Redis, bad configuration), 3 when a publish or rollback was not
+published but sent for approval because it weakens sanctions (SPEC §12.4; the API's 202).
+
+The CLI acts with the admin role (whoever runs it holds the service's Redis) under the name
+``--actor`` (default ``cli:<OS user>``): four eyes compare these names, so a request made with
+one name is approved with another (``regionlock policy approvals approve``).
 """
 
 from __future__ import annotations
@@ -78,9 +83,34 @@ def echo_report(report: dict[str, Any], err: bool = False) -> None:
     )
 
 
+#: Exit status of a publish or rollback sent for approval (SPEC §12.4).
+EXIT_SENT_FOR_APPROVAL = 3
+
+
+def _sent_for_approval(approval: dict) -> None:
+    """Say that nothing was published and why; exit 3."""
+    from service.engine.sanctions_changes import describe
+
+    click.echo(
+        f"NOT published: this weakens a sanctions rule of version "
+        f"{approval['compared_version']}, so it needs the approval of a compliance officer "
+        f"or admin other than you (SPEC §12.4). Sent for approval as {approval['id']}:",
+        err=True,
+    )
+    for change in approval["changes"]:
+        click.echo(f"  - {describe(change)}", err=True)
+    click.echo(
+        f"approve with: regionlock policy approvals approve {approval['id']} --actor NAME",
+        err=True,
+    )
+    click.echo(approval["id"])  # alone on standard output, for scripts
+    sys.exit(EXIT_SENT_FOR_APPROVAL)
+
+
 def _publish(client, bundle: dict, note: str, expected: int | None, actor: str, force: bool):
-    """Publish through the safety brake; exit 1 with the report when braked or stale."""
-    from service.policy.publishing import SafetyBrake, VersionConflict
+    """Publish through the safety brake; exit 1 with the report when braked or stale, 3 when
+    sent for approval."""
+    from service.policy.publishing import ApprovalRequired, SafetyBrake, VersionConflict
 
     try:
         published = _publisher(client).publish(
@@ -101,6 +131,8 @@ def _publish(client, bundle: dict, note: str, expected: int | None, actor: str, 
         echo_report(exc.report.to_dict(), err=True)
         click.echo("nothing published (use --force to publish anyway)", err=True)
         sys.exit(1)
+    except ApprovalRequired as exc:
+        _sent_for_approval(exc.approval)
     if published.report is not None:
         echo_report(published.report.to_dict())
     forced = (
