@@ -3,11 +3,35 @@ sanctions at the command line (SPEC §12.4)."""
 
 from __future__ import annotations
 
-import orjson
+import shutil
 
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from service.cli import main
 from service.store.policy import PolicyStore
-from tests.conftest import audit_entries
-from tests.test_policy_cli import bundle_dir, cli, edit, sanction_russia  # noqa: F401
+from tests.conftest import ROOT, audit_entries
+from tests.test_policy_cli import edit, sanction_russia
+
+
+@pytest.fixture
+def cli(redis, redis_url, monkeypatch):
+    """Runs `regionlock ...` against the (flushed) test Redis."""
+    monkeypatch.setenv("REGIONLOCK_REDIS_URL", redis_url)
+
+    def run(*args):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    return run
+
+
+@pytest.fixture
+def bundle_dir(tmp_path):
+    """A copy of the seed bundle to edit."""
+    target = tmp_path / "policies"
+    shutil.copytree(ROOT / "policies", target)
+    return target
 
 
 def drop_cuba(folder):
