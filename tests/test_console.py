@@ -647,7 +647,14 @@ def test_versions_diff_and_rollback(as_role, tokens, client):
     refused = editor.post("/console/policy/rollback", {"version": "1", "note": ""})
     assert refused.status_code == 422 and "Say why you roll back." in text(refused)
     done = editor.post("/console/policy/rollback", {"version": "1", "note": "BY was a mistake"})
-    assert done.status_code == 302
+    # Dropping BY weakens sanctions: sent for approval (SPEC §12.4), approved by compliance.
+    assert done.status_code == 302 and "/console/policy/approvals" in done.headers["Location"]
+    pending = client.get("/v1/policy/approvals", headers=bearer(tokens["editor"])).get_json()
+    (request,) = pending["approvals"]
+    approved = as_role("compliance").post(
+        f"/console/policy/approvals/{request['id']}", {"decision": "approve"}
+    )
+    assert approved.status_code == 302
     policy = client.get("/v1/policy", headers=bearer(tokens["editor"])).get_json()
     assert policy["version"] == 3 and "BY" not in policy["rules"][0]["regions"]
     assert editor.get("/console/policy/versions/99").status_code == 404
@@ -909,3 +916,45 @@ def test_device_page_lists_the_unlock_codes_issued_but_never_the_codes(
     assert "SUP-41" in second and "5 days" not in listed
     for code in codes:
         assert code not in page
+
+
+# --- four eyes on sanctions (SPEC §12.4) -------------------------------------------------
+
+
+def test_approvals_page_shows_the_diff_and_only_others_decide(as_role, tokens, client, redis):
+    editor = as_role("editor")
+    source, version = _edited(editor, ("[CU, ", "["))
+    sent = editor.post(
+        "/console/policy/publish", {"text": source, "expected_version": version, "note": "no CU"}
+    )
+    assert sent.status_code == 302
+    assert sent.headers["Location"].startswith("/console/policy/approvals#a-")
+    page = text(editor.get(sent.headers["Location"]))
+    assert "Not published: this weakens sanctions (sanctions: region CU removed)" in page
+    assert "sanctions: region CU removed" in page and "~ rule sanctions: regions" in page
+    assert re.search(r'<td class="code del">\s*regions: \[CU, IR', page)
+    # The requester may withdraw, not approve.
+    assert "Approve and publish" not in page and "Withdraw request" in page
+    approval_id = re.search(r'data-approval="([0-9a-f]{16})"', page).group(1)
+    own = editor.post(f"/console/policy/approvals/{approval_id}", {"decision": "approve"})
+    assert own.status_code == 403
+    compliance = as_role("compliance")
+    review = text(compliance.get("/console/policy/approvals"))
+    assert "Approve and publish" in review and "Reject" in review and "Withdraw" not in review
+    assert 'href="/console/policy/approvals"' in review  # in the nav
+    # No CSRF token: refused, nothing decided.
+    forged = compliance.post(
+        f"/console/policy/approvals/{approval_id}", {"decision": "reject"}, csrf=False
+    )
+    assert forged.status_code == 400
+    rejected = compliance.post(
+        f"/console/policy/approvals/{approval_id}", {"decision": "reject", "note": "keep CU"}
+    )
+    assert rejected.status_code == 302
+    after = text(compliance.get("/console/policy/approvals"))
+    assert f"Rejected request {approval_id}" in after and "No pending requests." in after
+    assert client.get("/v1/policy", headers=bearer(tokens["editor"])).get_json()["version"] == 1
+    actions = [f["action"] for _, f in redis.xrange(keys.AUDIT) if "approval" in f["action"]]
+    assert actions == ["policy.approval.request", "policy.approval.reject"]
+    # Agents see no approvals at all.
+    assert as_role("agent").get("/console/policy/approvals").status_code == 403

@@ -7,7 +7,8 @@ cookie flags), so the console needs no other line in the app factory.
 from __future__ import annotations
 
 # Importing the view modules attaches their routes to ``bp``.
-from service.console import audit, devices, errors, policy, session  # noqa: F401
+# approvals: four eyes on sanctions (SPEC §12.4).
+from service.console import approvals, audit, devices, errors, policy, session  # noqa: F401
 from service.console.blueprint import bp
 
 __all__ = ["bp"]

@@ -27,6 +27,7 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("console.devices", "Devices", "devices:read"),
     ("console.policy", "Policy", "policy:read"),
     ("console.audit", "Audit trail", "audit:read"),
+    ("console.approvals", "Approvals", "approvals:read"),  # SPEC §12.4
 )
 
 # The page a role lands on after signing in: its main job first.

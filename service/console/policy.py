@@ -32,6 +32,7 @@ from service.engine.validation import BundleError
 from service.policy import MAX_NOTE_CHARS
 from service.policy.diff import diff_summary, format_summary
 from service.policy.publishing import (
+    ApprovalRequired,
     Publisher,
     SafetyBrake,
     UnknownVersion,
@@ -328,6 +329,10 @@ def policy_publish() -> ResponseReturnValue:
             f"{exc.active}, re-apply your change on top of it if needed, and review again."
         )
         return _render_editor(text, exc.active or expected, message=message, status=409)
+    except ApprovalRequired as exc:  # four eyes on sanctions (SPEC §12.4)
+        from service.console.approvals import sent_for_approval
+
+        return sent_for_approval(exc.approval)
     except SafetyBrake as exc:
         return _render_review(
             text,
@@ -372,6 +377,10 @@ def policy_rollback() -> ResponseReturnValue:
     assert user is not None
     try:
         published = _publisher().rollback(number, note=note, actor=user.name, role=user.role)
+    except ApprovalRequired as exc:  # four eyes on sanctions (SPEC §12.4)
+        from service.console.approvals import sent_for_approval
+
+        return sent_for_approval(exc.approval)
     except UnknownVersion:
         abort(404, description=f"There is no policy version {number}.")
     except (BundleError, VersionConflict) as exc:
