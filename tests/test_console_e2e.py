@@ -207,7 +207,7 @@ def test_editor_shows_errors_as_you_type_and_publishes(live_server, page, tokens
     sign_in(page, base, tokens["editor"])
     # An editor starts in the editor, and sees no device or audit sections.
     expect(page).to_have_url(re.compile(r"/console/policy/edit$"))
-    expect(page.locator("nav.sections a")).to_have_text(["Policy"])
+    expect(page.locator("nav.sections a")).to_have_text(["Policy", "Approvals"])
     expect(page.locator("#editor-status")).to_have_text("✓ Valid bundle")
 
     text = page.input_value("#bundle-text")
@@ -324,3 +324,40 @@ def test_api_docs_page_works_offline_from_the_service_alone(live_server, page):
     assert foreign == []
     # A CSP violation (an inline script, a foreign asset) would show as a console error.
     assert not [e for e in errors if "Content Security Policy" in e]
+
+
+def test_a_sanctions_weakening_waits_for_a_compliance_officer(live_server, page, tokens):
+    base = live_server
+    sign_in(page, base, tokens["editor"])
+    expect(page.locator("#editor-status")).to_have_text("✓ Valid bundle")
+    text = page.input_value("#bundle-text")
+    page.fill("#bundle-text", text.replace("regions: [CU, ", "regions: [", 1))
+    expect(page.locator("#editor-status")).to_have_text("✓ Valid bundle")
+    page.click("button:has-text('Review and publish')")
+    page.fill("#publish-note", "Cuba is no longer sanctioned")
+    page.click("button:has-text('Publish version 2')")
+    # Not published: the editor lands on the approvals page, told why.
+    expect(page).to_have_url(re.compile(r"/console/policy/approvals#a-[0-9a-f]{16}$"))
+    expect(page.locator(".flashes")).to_contain_text("Not published: this weakens sanctions")
+    request = page.locator("section.approval")
+    expect(request).to_have_count(1)
+    expect(request.locator(".weakenings")).to_contain_text("sanctions: region CU removed")
+    expect(request.locator("table.diff td.del")).to_contain_text(["regions: [CU, IR"])
+    expect(request.locator("button:has-text('Approve')")).to_have_count(0)
+    expect(request.locator("button:has-text('Withdraw request')")).to_have_count(1)
+    assert api(base, "GET", "/v1/policy", tokens["editor"])["version"] == 1
+    page.click("button:has-text('Sign out')")
+
+    sign_in(page, base, tokens["compliance"])
+    page.click("nav.sections a:has-text('Approvals')")
+    request = page.locator("section.approval")
+    expect(request).to_contain_text("Requested")
+    expect(request).to_contain_text("test-editor")
+    expect(request.locator("table.diff td.add")).to_contain_text(["regions: [IR"])
+    page.fill("section.approval input[name=note]", "checked with counsel")
+    shot(page, "approvals")
+    request.locator("button:has-text('Approve and publish')").click()
+    expect(page.locator(".flashes")).to_contain_text("Approved: version 2 is published")
+    active = api(base, "GET", "/v1/policy", tokens["editor"])
+    assert active["version"] == 2 and "CU" not in active["rules"][0]["regions"]
+    assert active["approved_by"] == "test-compliance" and active["published_by"] == "test-editor"
