@@ -397,3 +397,39 @@ def test_openapi_documents_the_calls(client):
     item = spec["paths"]["/v1/policy/approvals/{approval_id}"]
     assert {"get", "post", "delete"} <= set(item)
     assert "SanctionsChange" in spec["components"]["schemas"]
+
+
+# --- Redis Cluster ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from tests.redis_cluster import LocalCluster
+
+    with LocalCluster(tmp_path_factory.mktemp("approvals-cluster")) as local:
+        yield local
+
+
+def test_request_and_approve_on_a_cluster(cluster, make_app):
+    # The request, its index and the policy keys share the {policy} slot: one EXEC each.
+    app = make_app(redis_url=cluster.url)
+    client = app.extensions["regionlock"].redis
+    for node in client.get_primaries():
+        client.flushdb(target_nodes=node)
+    editor = TokenStore(client).create("c-editor", "editor")
+    compliance = TokenStore(client).create("c-compliance", "compliance")
+    http = app.test_client()
+    body = {"bundle": without_cuba(), "note": "n", "expected_version": 1}
+    sent = http.post("/v1/policy", json=body, headers={**bearer(editor), "Idempotency-Key": "k"})
+    assert sent.status_code == 202, sent.get_json()
+    approval_id = sent.get_json()["approval"]["id"]
+    listing = http.get("/v1/policy/approvals", headers=bearer(compliance)).get_json()
+    assert [a["id"] for a in listing["approvals"]] == [approval_id]
+    done = http.post(
+        f"/v1/policy/approvals/{approval_id}",
+        json={"decision": "approve"},
+        headers=bearer(compliance),
+    )
+    assert done.status_code == 201 and done.get_json()["version"] == 2
+    actions = [f["action"] for _, f in client.xrange(keys.AUDIT) if f["actor"] != "seed"]
+    assert actions[-3:] == ["policy.approval.request", "policy.publish", "policy.approval.approve"]
