@@ -31,6 +31,7 @@ def as_role(client, tokens):
             path, method=method, json=body, headers={**bearer(token), **(headers or {})}
         )
 
+    call.tokens = tokens
     return call
 
 
@@ -433,3 +434,38 @@ def test_request_and_approve_on_a_cluster(cluster, make_app):
     assert done.status_code == 201 and done.get_json()["version"] == 2
     actions = [f["action"] for _, f in client.xrange(keys.AUDIT) if f["actor"] != "seed"]
     assert actions[-3:] == ["policy.approval.request", "policy.publish", "policy.approval.approve"]
+
+
+def test_two_approvers_at_once_publish_once(app, as_role, redis):
+    import threading
+
+    approval = request_weakening(as_role)
+    second = TokenStore(redis).create(name="other-compliance", role="compliance")
+    statuses = []
+    barrier = threading.Barrier(2)
+
+    def approve(token):
+        client = app.test_client()
+        barrier.wait()
+        response = client.post(
+            f"/v1/policy/approvals/{approval['id']}",
+            json={"decision": "approve"},
+            headers=bearer(token),
+        )
+        statuses.append((response.status_code, response.get_json()))
+
+    threads = [
+        threading.Thread(target=approve, args=(token,))
+        for token in (second, as_role.tokens["compliance"])
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(s for s, _ in statuses) == [201, 409], statuses
+    loser = next(body for s, body in statuses if s == 409)
+    assert loser["error"]["code"] == "approval_closed"
+    assert loser["error"]["approval"]["state"] == "approved"
+    versions = as_role("editor", "GET", "/v1/policy/versions").get_json()["versions"]
+    assert [v["version"] for v in versions] == [2, 1]
+    assert actions(redis).count("policy.approval.approve") == 1
