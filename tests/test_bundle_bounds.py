@@ -93,7 +93,16 @@ def test_a_grace_of_millions_of_days_is_refused_and_checkins_keep_answering(clie
 def test_the_longest_grace_is_published_and_checkins_answer_with_lock_at(client, tokens):
     bundle = copy.deepcopy(SEED)
     bundle["rules"][0]["grace_days"] = MAX_GRACE_DAYS
-    published = _publish(client, tokens, bundle)
+    # A longer grace on a sanctions rule weakens it: a compliance officer approves (§12.4).
+    requested = _publish(client, tokens, bundle)
+    assert requested.status_code == 202, requested.get_json()
+    approval = requested.get_json()["approval"]
+    assert [c["kind"] for c in approval["changes"]] == ["grace_days_raised"]
+    published = client.post(
+        f"/v1/policy/approvals/{approval['id']}",
+        json={"decision": "approve"},
+        headers=bearer(tokens["compliance"]),
+    )
     assert published.status_code == 201, published.get_json()
     policies = client.application.extensions["regionlock"].policies
     deadline = time.monotonic() + 2.0
