@@ -108,7 +108,11 @@ class ApprovalItem(MethodView):
     @blp.doc(security=[{"bearer": []}])
     @blp.response(201, ApprovedSchema, description="approved: the new version")
     @blp.alt_response(200, schema=DecidedSchema, description="rejected: the closed request")
-    @blp.alt_response(403, description="own_request: nobody decides their own request")
+    @blp.alt_response(
+        403,
+        description="forbidden (the role may not decide: compliance and admin only), or "
+        "own_request (nobody decides their own request)",
+    )
     @blp.alt_response(404, description="approval_not_found")
     @blp.alt_response(
         409,
@@ -174,7 +178,11 @@ class ApprovalItem(MethodView):
 
     @blp.doc(security=[{"bearer": []}])
     @blp.response(200, DecidedSchema, description="withdrawn: the closed request")
-    @blp.alt_response(403, description="not_requester: only the requester withdraws")
+    @blp.alt_response(
+        403,
+        description="forbidden (editor and admin only), or not_requester (only the requester "
+        "withdraws)",
+    )
     @blp.alt_response(404, description="approval_not_found")
     @blp.alt_response(409, description="approval_closed")
     @require("policy:write")
