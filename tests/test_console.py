@@ -958,3 +958,37 @@ def test_approvals_page_shows_the_diff_and_only_others_decide(as_role, tokens, c
     assert actions == ["policy.approval.request", "policy.approval.reject"]
     # Agents see no approvals at all.
     assert as_role("agent").get("/console/policy/approvals").status_code == 403
+
+
+def test_requester_withdraws_from_the_console_and_stale_requests_say_so(as_role, tokens, client):
+    editor = as_role("editor")
+    source, version = _edited(editor, ("[CU, ", "["))
+    editor.post(
+        "/console/policy/publish", {"text": source, "expected_version": version, "note": "no CU"}
+    )
+    source, version = _edited(editor, ("[CU, IR, ", "[CU, "))
+    editor.post(
+        "/console/policy/publish", {"text": source, "expected_version": version, "note": "no IR"}
+    )
+    pending = client.get("/v1/policy/approvals", headers=bearer(tokens["editor"])).get_json()
+    first, second = (a["id"] for a in pending["approvals"])
+    # A strengthening publish moves the active version on: both requests are now stale.
+    source, version = _edited(editor, ("[CU, ", "[BY, CU, "))
+    published = editor.post(
+        "/console/policy/publish", {"text": source, "expected_version": version, "note": "BY"}
+    )
+    assert published.headers["Location"] == "/console/policy"
+    page = text(as_role("admin").get("/console/policy/approvals"))
+    assert page.count("approving it fails, and it must be requested again") == 2
+    withdrawn = editor.post(f"/console/policy/approvals/{first}", {"decision": "withdraw"})
+    assert withdrawn.status_code == 302
+    assert f"Withdrew request {first}" in text(editor.get("/console/policy/approvals"))
+    compliance = as_role("compliance")
+    assert (
+        compliance.post(f"/console/policy/approvals/{first}", {"decision": "withdraw"}).status_code
+        == 403
+    )
+    stale = compliance.post(f"/console/policy/approvals/{second}", {"decision": "approve"})
+    assert stale.status_code == 302
+    after = text(compliance.get("/console/policy/approvals"))
+    assert "closed as stale and must be made again" in after and "No pending requests." in after
