@@ -397,6 +397,9 @@ def test_openapi_documents_the_calls(client):
     assert "202" in spec["paths"]["/v1/policy/rollback"]["post"]["responses"]
     item = spec["paths"]["/v1/policy/approvals/{approval_id}"]
     assert {"get", "post", "delete"} <= set(item)
+    for method in ("post", "delete"):
+        headers = {p["name"] for p in item[method].get("parameters", []) if p["in"] == "header"}
+        assert "Idempotency-Key" in headers, method
     assert "SanctionsChange" in spec["components"]["schemas"]
 
 
@@ -469,3 +472,45 @@ def test_two_approvers_at_once_publish_once(app, as_role, redis):
     versions = as_role("editor", "GET", "/v1/policy/versions").get_json()["versions"]
     assert [v["version"] for v in versions] == [2, 1]
     assert actions(redis).count("policy.approval.approve") == 1
+
+
+# --- Idempotency-Key on decisions ---------------------------------------------------------------
+
+
+def test_a_decision_sent_again_with_its_key_is_answered_as_the_first(as_role, redis):
+    approval = request_weakening(as_role)
+    path = f"/v1/policy/approvals/{approval['id']}"
+    key = {"Idempotency-Key": "approve-1"}
+    first = as_role("compliance", "POST", path, {"decision": "approve"}, key)
+    again = as_role("compliance", "POST", path, {"decision": "approve"}, key)
+    assert first.status_code == again.status_code == 201
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json()["version"] == first.get_json()["version"] == 2
+    other = as_role("compliance", "POST", path, {"decision": "reject"}, key)
+    assert (
+        other.status_code == 422 and other.get_json()["error"]["code"] == "idempotency_key_reused"
+    )
+    assert actions(redis).count("policy.approval.approve") == 1
+    assert active_version(as_role) == 2
+
+
+def test_reject_and_withdraw_sent_again_with_their_key(as_role, redis):
+    first = request_weakening(as_role)
+    second = request_weakening(as_role)
+    for role, method, approval, body, state in (
+        ("compliance", "POST", first, {"decision": "reject"}, "rejected"),
+        ("editor", "DELETE", second, None, "withdrawn"),
+    ):
+        path = f"/v1/policy/approvals/{approval['id']}"
+        key = {"Idempotency-Key": f"close-{approval['id']}"}
+        answers = [as_role(role, method, path, body, key) for _ in range(2)]
+        assert [a.status_code for a in answers] == [200, 200]
+        assert [a.get_json()["approval"]["state"] for a in answers] == [state, state]
+        assert "Idempotent-Replayed" not in answers[0].headers
+        assert answers[1].headers["Idempotent-Replayed"] == "true"
+    assert actions(redis) == [
+        "policy.approval.request",
+        "policy.approval.request",
+        "policy.approval.reject",
+        "policy.approval.withdraw",
+    ]

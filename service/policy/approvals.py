@@ -27,8 +27,8 @@ from service.store.approvals import (
     public_record,
 )
 from service.store.audit import AuditStore
-from service.store.idempotency import Operation
-from service.store.policy import VersionConflict
+from service.store.idempotency import Operation, check_fingerprint
+from service.store.policy import AlreadyPublished, VersionConflict
 
 __all__ = [
     "ApprovalClosed",
@@ -181,10 +181,33 @@ class Approvals:
             raise ApprovalMissing(approval_id)
         return record
 
-    def approve(self, approval_id: str, *, note: str, actor: str, role: str):
+    def _prior(self, operation: Operation | None) -> dict | None:
+        """The record of OPERATION (a decision's Idempotency-Key) if it was applied before."""
+        if operation is None or not operation.named:
+            return None
+        record = self.publisher.store.operation_record(operation.digest)
+        if record is not None:
+            check_fingerprint(record, operation)
+        return record
+
+    def approve(
+        self,
+        approval_id: str,
+        *,
+        note: str,
+        actor: str,
+        role: str,
+        operation: Operation | None = None,
+    ):
         """Publish the request's bundle if the active version is still the one it was compared
         with: (Published, the request). Raises ApprovalMissing, ApprovalClosed, OwnRequest,
-        ApprovalStale (the request is closed), SafetyBrake (it stays pending), BundleError."""
+        ApprovalStale (the request is closed), SafetyBrake (it stays pending), BundleError.
+        OPERATION (an Idempotency-Key): sent again, the first answer (``replayed``)."""
+        prior = self._prior(operation)
+        if prior is not None and "entry" in prior:
+            from service.policy.publishing import Published
+
+            return Published.replay(prior), self.store.get(approval_id) or {}
         record = self.get(approval_id)
         _not_own(record, actor)
         if record["state"] != "pending":
@@ -197,6 +220,7 @@ class Approvals:
                     note=record["note"],
                     actor=actor,
                     role=role,
+                    operation=operation,
                     approving=(record, deciding),
                 )
             else:
@@ -207,6 +231,7 @@ class Approvals:
                     actor=actor,
                     role=role,
                     force=record["force"],
+                    operation=operation,
                     approving=(record, deciding),
                 )
         except VersionConflict as exc:
@@ -221,15 +246,43 @@ class Approvals:
             raise ApprovalStale(closed, exc.active) from None
         return published, record
 
-    def reject(self, approval_id: str, *, note: str, actor: str, role: str) -> dict:
-        """Close the request unpublished; its API form. Raises ApprovalMissing,
+    def reject(
+        self,
+        approval_id: str,
+        *,
+        note: str,
+        actor: str,
+        role: str,
+        operation: Operation | None = None,
+    ) -> tuple[dict, bool]:
+        """Close the request unpublished: (its API form, replayed). Raises ApprovalMissing,
         ApprovalClosed, OwnRequest."""
-        return api_form(self._close(approval_id, "rejected", actor, role, note))
+        return self._decided(approval_id, "rejected", actor, role, note, operation)
 
-    def withdraw(self, approval_id: str, *, actor: str, role: str, note: str = "") -> dict:
-        """The requester takes the request back; its API form. Raises ApprovalMissing,
-        ApprovalClosed, NotRequester."""
-        return api_form(self._close(approval_id, "withdrawn", actor, role, note))
+    def withdraw(
+        self,
+        approval_id: str,
+        *,
+        actor: str,
+        role: str,
+        note: str = "",
+        operation: Operation | None = None,
+    ) -> tuple[dict, bool]:
+        """The requester takes the request back: (its API form, replayed). Raises
+        ApprovalMissing, ApprovalClosed, NotRequester."""
+        return self._decided(approval_id, "withdrawn", actor, role, note, operation)
+
+    def _decided(self, approval_id, state, actor, role, note, operation) -> tuple[dict, bool]:
+        prior = self._prior(operation)
+        if prior is not None and "approval_record" in prior:
+            return api_form(prior["approval_record"]), True
+        try:
+            closed = self._close(approval_id, state, actor, role, note, operation=operation)
+        except AlreadyPublished as exc:  # the same call, applied meanwhile
+            assert operation is not None
+            check_fingerprint(exc.record, operation)
+            return api_form(exc.record["approval_record"]), True
+        return api_form(closed), False
 
     def _close(
         self,
@@ -239,6 +292,7 @@ class Approvals:
         role: str,
         note: str,
         extra: dict | None = None,
+        operation: Operation | None = None,
     ) -> dict:
         def check(record: dict) -> None:
             if state == "withdrawn":
@@ -263,7 +317,9 @@ class Approvals:
             )
 
         closing = {"state": state, "decided_by": actor, "decided_role": role, "decision_note": note}
-        return self.store.close(approval_id, {**closing, **(extra or {})}, audit_fields, check)
+        return self.store.close(
+            approval_id, {**closing, **(extra or {})}, audit_fields, check, operation
+        )
 
 
 _ACTIONS = {"rejected": "reject", "withdrawn": "withdraw", "stale": "stale"}

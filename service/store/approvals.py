@@ -145,18 +145,39 @@ class ApprovalStore:
         pipe.zrem(keys.POLICY_APPROVALS_PENDING, record["id"])
         return closed
 
-    def close(self, approval_id: str, closing: dict, audit_fields, check=None) -> dict:
+    def close(
+        self,
+        approval_id: str,
+        closing: dict,
+        audit_fields,
+        check=None,
+        operation: Operation | None = None,
+    ) -> dict:
         """Close a pending request: merge CLOSING (``state``, ``decided_by``, ...) into it and
         write AUDIT_FIELDS (a dict, or a function of the record giving one) in one EXEC.
-        CHECK(record) may raise to refuse. Raises ApprovalMissing or ApprovalClosed."""
+        CHECK(record) may raise to refuse. Raises ApprovalMissing or ApprovalClosed.
+
+        OPERATION (a decision's Idempotency-Key) has its record, ``{"approval_record": the
+        closed request without its bundle}``, written by the same EXEC; when it is there
+        already nothing is written and AlreadyPublished carries it."""
         key = keys.policy_approval(approval_id)
+        named = operation is not None and operation.named
+        record_key = keys.policy_idempotency(operation.digest) if named else None
         with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    pipe.watch(key)
+                    pipe.watch(key, *([record_key] if record_key else []))
+                    if record_key is not None:
+                        prior = decode_record(pipe.get(record_key))
+                        if prior is not None:
+                            raise AlreadyPublished(prior)
                     record = self._checked(pipe, approval_id, check)
                     pipe.multi()
                     closed = self._queue_close(pipe, record, closing)
+                    if record_key is not None:
+                        assert operation is not None
+                        result = {"approval_record": public_record(closed)}
+                        pipe.set(record_key, encode_record(operation, result), ex=operation.ttl_s)
                     fields = audit_fields(record) if callable(audit_fields) else audit_fields
                     deferred: list[dict] = []
                     add_entry(self.redis, pipe, fields, deferred)

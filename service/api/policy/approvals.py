@@ -33,7 +33,12 @@ from service.policy.approvals import (
 from service.policy.publishing import SafetyBrake, VersionConflict, brake_message, version_metadata
 from service.web.auth import require
 from service.web.errors import ApiError
-from service.web.idempotency import register_write_errors
+from service.web.idempotency import (
+    IDEMPOTENCY_PARAMETER,
+    register_write_errors,
+    replay_headers,
+    request_operation,
+)
 
 blp = ApiBlueprint(
     "approvals",
@@ -105,7 +110,7 @@ class ApprovalItem(MethodView):
             raise _missing(approval_id) from None
         return _json({**api_form(record), "bundle": record["bundle"]})
 
-    @blp.doc(security=[{"bearer": []}])
+    @blp.doc(security=[{"bearer": []}], parameters=[IDEMPOTENCY_PARAMETER])
     @blp.response(201, ApprovedSchema, description="approved: the new version")
     @blp.alt_response(200, schema=DecidedSchema, description="rejected: the closed request")
     @blp.alt_response(
@@ -127,16 +132,25 @@ class ApprovalItem(MethodView):
     def post(self, body, approval_id):
         """Approve (publish it) or reject a pending request; audited."""
         _checked_id(approval_id)
+        operation = request_operation(body)
         approvals = _approvals()
         principal = g.principal
         try:
             if body["decision"] == "reject":
-                closed = approvals.reject(
-                    approval_id, note=body["note"], actor=principal.name, role=principal.role
+                closed, replayed = approvals.reject(
+                    approval_id,
+                    note=body["note"],
+                    actor=principal.name,
+                    role=principal.role,
+                    operation=operation,
                 )
-                return _json({"approval": closed})
+                return _json({"approval": closed}, 200, replay_headers(replayed))
             published, record = approvals.approve(
-                approval_id, note=body["note"], actor=principal.name, role=principal.role
+                approval_id,
+                note=body["note"],
+                actor=principal.name,
+                role=principal.role,
+                operation=operation,
             )
         except ApprovalMissing:
             raise _missing(approval_id) from None
@@ -171,12 +185,13 @@ class ApprovalItem(MethodView):
                 **version_metadata(entry),
                 "forced": published.forced,
                 "simulation": published.simulation,
-                "rolled_back_to": record["rolled_back_to"],
+                "rolled_back_to": record.get("rolled_back_to"),
             },
             201,
+            replay_headers(published.replayed),
         )
 
-    @blp.doc(security=[{"bearer": []}])
+    @blp.doc(security=[{"bearer": []}], parameters=[IDEMPOTENCY_PARAMETER])
     @blp.response(200, DecidedSchema, description="withdrawn: the closed request")
     @blp.alt_response(
         403,
@@ -189,9 +204,12 @@ class ApprovalItem(MethodView):
     def delete(self, approval_id):
         """Withdraw one's own pending request; audited."""
         _checked_id(approval_id)
+        operation = request_operation({})
         principal = g.principal
         try:
-            closed = _approvals().withdraw(approval_id, actor=principal.name, role=principal.role)
+            closed, replayed = _approvals().withdraw(
+                approval_id, actor=principal.name, role=principal.role, operation=operation
+            )
         except ApprovalMissing:
             raise _missing(approval_id) from None
         except ApprovalClosed as exc:
@@ -203,4 +221,4 @@ class ApprovalItem(MethodView):
                 "or admin may reject it",
                 code="not_requester",
             ) from None
-        return _json({"approval": closed})
+        return _json({"approval": closed}, 200, replay_headers(replayed))
