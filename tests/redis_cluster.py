@@ -19,7 +19,11 @@ class LocalCluster:
 
     def __init__(self, folder: Path, masters: int = 3):
         self.folder = Path(folder)
-        self.ports = [_cluster_port() for _ in range(masters)]
+        self.ports: list[int] = []
+        while len(self.ports) < masters:  # free_port may hand the same free port out twice
+            port = _cluster_port()
+            if port not in self.ports:
+                self.ports.append(port)
         self.processes: list[subprocess.Popen] = []
 
     @property
