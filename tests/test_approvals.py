@@ -514,3 +514,17 @@ def test_reject_and_withdraw_sent_again_with_their_key(as_role, redis):
         "policy.approval.reject",
         "policy.approval.withdraw",
     ]
+
+
+def test_reject_and_withdraw_write_their_entry_in_the_transaction(as_role, redis_url):
+    first = request_weakening(as_role)
+    second = request_weakening(as_role)
+    with Monitor(redis_url) as monitor:
+        path = f"/v1/policy/approvals/{first['id']}"
+        assert as_role("compliance", "POST", path, {"decision": "reject"}).status_code == 200
+        path = f"/v1/policy/approvals/{second['id']}"
+        assert as_role("editor", "DELETE", path).status_code == 200
+    for action, approval in (("reject", first), ("withdraw", second)):
+        block = monitor.transaction_with(f"policy.approval.{action}")
+        assert any(c.startswith(f"SET {keys.policy_approval(approval['id'])} ") for c in block)
+        assert any(c.startswith(f"ZREM {keys.POLICY_APPROVALS_PENDING} ") for c in block)
