@@ -174,11 +174,13 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from service.api.devices.routes import blp as devices_blp
     from service.api.keys.routes import blp as keys_blp
     from service.api.policy.routes import blp as policy_blp
+    from service.api.stats.routes import blp as stats_blp
     from service.console import bp as console_bp
 
     for blueprint in (checkin_blp, devices_blp, audit_blp, policy_blp):
         api.register_blueprint(blueprint)
     api.register_blueprint(keys_blp)
+    api.register_blueprint(stats_blp)  # fleet overview and reports (SPEC §14)
     app.register_blueprint(ops.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(console_bp)  # adds the console's secret key to the checks

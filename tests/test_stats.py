@@ -304,3 +304,139 @@ def test_entry_from_basis_agrees_with_the_checkin(app, checkin, overrides, redis
     stored = redis.hget(keys.locked_index(slot_tag(HK2)), HK2).split("\t", 1)[1]
     basis = DeviceStore(redis).index_basis(HK2)
     assert entry_from_basis(basis, None, time.time()) == stored
+
+
+# --- the API ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("role", "status"),
+    [
+        ("compliance", 200),
+        ("editor", 200),
+        ("auditor", 200),
+        ("admin", 200),
+        ("agent", 403),
+        ("device", 403),
+    ],
+)
+def test_stats_roles(client, tokens, role, status):
+    assert client.get("/v1/stats", headers=bearer(tokens[role])).status_code == status
+    assert client.get("/v1/stats").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("role", "status"),
+    [("compliance", 200), ("auditor", 200), ("admin", 200), ("editor", 403), ("agent", 403)],
+)
+@pytest.mark.parametrize("path", ["/v1/reports/locked-devices", "/v1/reports/audit"])
+def test_report_roles(client, tokens, role, status, path):
+    response = client.get(path, headers=bearer(tokens[role]))
+    assert response.status_code == status
+    if status == 200:
+        assert response.mimetype == "text/csv"
+        response.get_data()
+
+
+def test_stats_api_answers_the_contract(app, client, tokens, checkin):
+    checkin(UNKNOWN, **CUBA)
+    headers = bearer(tokens["auditor"])
+    response = client.get(f"/v1/stats?from={today().isoformat()}", headers=headers)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["from"] == body["to"] == today().isoformat()
+    assert body["days"][0]["checkins"] == 1
+    assert body["days"][0]["verdicts"]["lock"]["by_region"] == {"CU": 1}
+    assert body["locked_now"]["total"] == 1
+    assert body["locked_now"]["by_reason"] == {"sanctioned_region": 1}
+    default = client.get("/v1/stats", headers=headers).get_json()
+    assert len(default["days"]) == 30 and default["to"] == today().isoformat()
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("from=2024-01-01&to=2026-01-01", "from"),
+        ("from=2026-02-02&to=2026-02-01", "from"),
+        ("from=2026-13-01", "from"),
+        ("to=yesterday", "to"),
+        ("form=2026-01-01", "form"),
+    ],
+)
+def test_stats_bad_ranges_are_422_naming_the_field(client, tokens, query, field):
+    response = client.get(f"/v1/stats?{query}", headers=bearer(tokens["admin"]))
+    assert response.status_code == 422
+    assert field in response.get_json()["error"]["fields"]
+
+
+def test_locked_devices_export_is_filtered_streamed_csv_and_audited_first(
+    app, client, tokens, checkin, overrides, redis
+):
+    import csv
+    import io
+
+    from tests.conftest import audit_entries
+
+    checkin(UNKNOWN, **CUBA)
+    checkin(HK2, **US_NETWORK)
+    checkin(HK, **HK_NETWORK)
+    overrides.lock(HK, AGENT, "=stolen")
+    response = client.get("/v1/reports/locked-devices", headers=bearer(tokens["auditor"]))
+    assert response.is_streamed
+    # The audit entry is written before the first byte is sent.
+    exported = [e for e in audit_entries(redis) if e["action"] == "report.locked_devices"]
+    assert len(exported) == 1 and exported[0]["actor"] == "test-auditor"
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert {
+        r["imei"]: (r["reason"], r["region"], r["distributor"], r["override"]) for r in rows
+    } == {
+        UNKNOWN: ("sanctioned_region", "CU", "", ""),
+        HK2: ("outside_territory", "US", "hk-global", ""),
+        HK: ("manual_lock", "", "hk-global", "lock"),
+    }
+    assert all(r["locked_since"].endswith("Z") for r in rows)
+    only = client.get(
+        "/v1/reports/locked-devices?distributor=hk-global&reason=outside_territory",
+        headers=bearer(tokens["compliance"]),
+    ).get_data(as_text=True)
+    assert [line.split(",")[0] for line in only.splitlines()] == ["imei", HK2]
+    by_region = client.get(
+        "/v1/reports/locked-devices?region=CU", headers=bearer(tokens["admin"])
+    ).get_data(as_text=True)
+    assert [line.split(",")[0] for line in by_region.splitlines()] == ["imei", UNKNOWN]
+    last = [e for e in audit_entries(redis) if e["action"] == "report.locked_devices"][-1]
+    assert '"region":"CU"' in last["detail"]
+    bad = client.get("/v1/reports/locked-devices?regoin=CU", headers=bearer(tokens["admin"]))
+    assert bad.status_code == 422 and "regoin" in bad.get_json()["error"]["fields"]
+
+
+def test_audit_export_has_the_same_filters_as_the_audit_call(
+    app, client, tokens, checkin, overrides, redis
+):
+    import csv
+    import io
+
+    overrides.lock(HK, AGENT, "stolen")
+    overrides.lock(US, COMPLIANCE, "=1+1")
+    response = client.get(f"/v1/reports/audit?imei={HK}", headers=bearer(tokens["compliance"]))
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert [(r["action"], r["imei"], r["actor"]) for r in rows] == [
+        ("device.lock", HK, "agent-ann")
+    ]
+    everything = client.get("/v1/reports/audit", headers=bearer(tokens["admin"]))
+    rows = list(csv.DictReader(io.StringIO(everything.get_data(as_text=True))))
+    # Newest first: the exports' own entries (this one, the one before), then the locks.
+    assert [r["action"] for r in rows[:4]] == [
+        "report.audit",
+        "report.audit",
+        "device.lock",
+        "device.lock",
+    ]
+    assert rows[2]["detail"].startswith("{") and '"reason":"=1+1"' in rows[2]["detail"]
+    limited = client.get(
+        "/v1/reports/audit?limit=1&action=device.lock", headers=bearer(tokens["admin"])
+    ).get_data(as_text=True)
+    assert len(limited.splitlines()) == 2
+    bad = client.get("/v1/reports/audit?limit=0", headers=bearer(tokens["admin"]))
+    assert bad.status_code == 422 and "limit" in bad.get_json()["error"]["fields"]

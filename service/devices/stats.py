@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
 
+import orjson
 import redis as redis_lib
 
 from service.engine.model import (
@@ -315,10 +316,17 @@ class StatsService:
         entry_actor: str | None = None,
         action: str | None = None,
         limit: int | None = None,
+        before: str | None = None,
     ) -> Iterator[str]:
         """The audit trail (newest first, GET /v1/audit's filters) as CSV pieces; the export's
         own audit entry is written now (it is then the newest entry of the trail)."""
-        filters = {"imei": imei, "actor": entry_actor, "action": action, "limit": limit}
+        filters = {
+            "imei": imei,
+            "actor": entry_actor,
+            "action": action,
+            "limit": limit,
+            "before": before,
+        }
         self.audit.append(
             actor,
             role,
@@ -326,10 +334,10 @@ class StatsService:
             None,
             {"filters": {k: v for k, v in filters.items() if v is not None}},
         )
-        return _csv_lines(self._audit_rows(imei, entry_actor, action, limit), AUDIT_COLUMNS)
+        rows = self._audit_rows(imei, entry_actor, action, limit, before)
+        return _csv_lines(rows, AUDIT_COLUMNS)
 
-    def _audit_rows(self, imei, entry_actor, action, limit) -> Iterator[tuple]:
-        before = None
+    def _audit_rows(self, imei, entry_actor, action, limit, before) -> Iterator[tuple]:
         left = limit
         while left is None or left > 0:
             page = 1000 if left is None else min(1000, left)
@@ -337,7 +345,7 @@ class StatsService:
                 imei=imei, actor=entry_actor, action=action, limit=page, before=before
             )
             for e in entries:
-                detail = e["detail"]
+                detail = orjson.dumps(e["detail"], option=orjson.OPT_SORT_KEYS).decode()
                 yield (e["id"], e["at"], e["actor"], e["role"], e["action"], e["imei"], detail)
             if left is not None:
                 left -= len(entries)
@@ -406,7 +414,6 @@ def _with_regions_of(basis: IndexBasis, shown) -> IndexBasis:
     ``reasons`` (the same rule's reason)."""
     if not shown or all("region" in r or "distributor" in r for r in basis.policy_reasons):
         return basis
-    import orjson
 
     try:
         by_rule = {r.get("rule"): r for r in orjson.loads(shown) if isinstance(r, dict)}

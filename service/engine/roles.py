@@ -18,6 +18,9 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "policy:read": frozenset({"agent", "compliance", "editor", "auditor", "admin"}),
     "policy:write": frozenset({"editor", "admin"}),
     "audit:read": frozenset({"compliance", "auditor", "admin"}),
+    # Fleet overview (SPEC §14): the stats and the console overview; the CSV exports.
+    "stats:read": frozenset({"compliance", "editor", "auditor", "admin"}),
+    "reports:export": frozenset({"compliance", "auditor", "admin"}),
 }
 
 
