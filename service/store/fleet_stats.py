@@ -95,15 +95,16 @@ end
 LUA_CHECKIN = r"""
 -- >>> fleet overview: the check-in's counters and index entry >>>
 local function rl_checkin_stats(packed, old_verdict)
-  local a = rl_split(packed, '\30')
+  local imei, ttl, verdict, fields, entry, now = string.match(
+    packed, '^([^\30]*)\30([^\30]*)\30([^\30]*)\30([^\30]*)\30([^\30]*)\30([^\30]*)$')
   local n = #KEYS
   if redis.call('HINCRBY', KEYS[n - 2], 'n', 1) == 1 then
-    redis.call('EXPIRE', KEYS[n - 2], a[2])
+    redis.call('EXPIRE', KEYS[n - 2], ttl)
   end
-  if old_verdict ~= a[3] then
-    rl_count(KEYS[n - 2], a[3] .. ':', a[4], 1)
+  if old_verdict ~= verdict then
+    rl_count(KEYS[n - 2], verdict .. ':', fields, 1)
   end
-  rl_locked(KEYS[n - 1], KEYS[n], a[1], a[5], a[6])
+  rl_locked(KEYS[n - 1], KEYS[n], imei, entry, now)
 end
 -- <<< fleet overview <<<
 """
