@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -120,6 +119,7 @@ def checkin_rounds(
         evidence.places = home[i]
         services["on"].decide({"imei": imei}, None, time.time())
     results: dict[str, list[float]] = {"on": [], "off": []}
+    cpu: dict[str, list[float]] = {"on": [], "off": []}
     server_us: dict[str, list[float]] = {"on": [], "off": []}
     order = ["on", "off"]
     for round_no in range(rounds):
@@ -133,11 +133,13 @@ def checkin_rounds(
                     (devices[i], place_sets[rng.randrange(len(place_sets))] if away else home[i])
                 )
             client.config_resetstat()
-            started = time.perf_counter()
-            for imei, places in plan:
-                evidence.places = places
-                service.decide({"imei": imei}, None, time.time())
-            results[name].append(per_round / (time.perf_counter() - started))
+
+            def one_round(service=service, plan=plan):
+                for imei, places in plan:
+                    evidence.places = places
+                    service.decide({"imei": imei}, None, time.time())
+
+            _measure(client, one_round, per_round, results[name], cpu[name])
             stats = client.info("commandstats").get("cmdstat_evalsha", {})
             server_us[name].append(stats.get("usec_per_call", 0.0))
     on_us, off_us = statistics.median(server_us["on"]), statistics.median(server_us["off"])
@@ -145,7 +147,7 @@ def checkin_rounds(
         f"check-ins (decision + write, in process), {pool:,} devices, {travel:.0%} away from "
         f"home, {rounds} rounds of {per_round:,} each:"
     )
-    _summary(results)
+    _summary(results, cpu)
     print(
         f"  Redis time of the check-in script: OFF {off_us:.1f} us, ON {on_us:.1f} us "
         f"({on_us - off_us:+.1f} us per check-in)"
@@ -194,6 +196,7 @@ def app_rounds(
     for i, imei in enumerate(devices):
         post(clients["on"], imei, home[i])
     results: dict[str, list[float]] = {"on": [], "off": []}
+    cpu: dict[str, list[float]] = {"on": [], "off": []}
     order = ["on", "off"]
     for round_no in range(rounds):
         for name in order if round_no % 2 == 0 else reversed(order):
@@ -204,27 +207,53 @@ def app_rounds(
                 plan.append(
                     (devices[i], NETWORKS[rng.randrange(len(NETWORKS))] if away else home[i])
                 )
-            started = time.perf_counter()
-            for imei, network in plan:
-                post(clients[name], imei, network)
-            results[name].append(per_round / (time.perf_counter() - started))
+
+            def one_round(http=clients[name], plan=plan):
+                for imei, network in plan:
+                    post(http, imei, network)
+
+            _measure(client, one_round, per_round, results[name], cpu[name])
     print(f"check-ins through the app (Flask test client), {rounds} rounds of {per_round:,}:")
-    _summary(results)
+    _summary(results, cpu)
     client.close()
 
 
-def _summary(results: dict[str, list[float]]) -> None:
-    """Medians of each, and the cost as the median of the paired rounds' ratios (a round ON
-    and the round OFF next to it ran under the same load on this shared machine)."""
+def _server_cpu_s(client) -> float:
+    """The Redis server's CPU seconds so far (user + system)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _measure(client, one_round, count: int, rates: list[float], cpu_us: list[float]) -> None:
+    """Run ONE_ROUND (COUNT check-ins): append its check-ins per second (wall clock) to RATES
+    and its CPU microseconds per check-in (this process + the Redis server) to CPU_US."""
+    server = _server_cpu_s(client)
+    cpu = time.process_time()
+    started = time.perf_counter()
+    one_round()
+    wall = time.perf_counter() - started
+    used = (time.process_time() - cpu) + (_server_cpu_s(client) - server)
+    rates.append(count / wall)
+    cpu_us.append(1e6 * used / count)
+
+
+def _summary(results: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
+    """Medians of each, and the cost two ways: the median of the paired rounds' wall-clock
+    ratios (a round ON and the round OFF next to it ran under the same load), and the CPU a
+    check-in takes (this process + Redis; what bounds throughput when the cores are busy, and
+    far less disturbed by the other jobs of a shared machine than the wall clock)."""
     on, off = statistics.median(results["on"]), statistics.median(results["off"])
     ratios = [a / b for a, b in zip(results["on"], results["off"], strict=True)]
     cost = 100 * (1 - statistics.median(ratios))
     spread = statistics.quantiles(ratios, n=4) if len(ratios) >= 4 else [min(ratios), max(ratios)]
-    print(f"  counters OFF (baseline): {off:,.0f} check-ins/s (median round)")
-    print(f"  counters ON:             {on:,.0f} check-ins/s (median round)")
+    cpu_on, cpu_off = statistics.median(cpu["on"]), statistics.median(cpu["off"])
+    print(f"  counters OFF (baseline): {off:,.0f} check-ins/s, CPU {cpu_off:,.0f} us/check-in")
+    print(f"  counters ON:             {on:,.0f} check-ins/s, CPU {cpu_on:,.0f} us/check-in")
     print(
-        f"  cost of the counters: {cost:+.1f} % (median of {len(ratios)} paired rounds; "
-        f"interquartile ON/OFF {spread[0]:.3f}..{spread[-1]:.3f})"
+        f"  cost of the counters: wall clock {cost:+.1f} % (median of {len(ratios)} paired "
+        f"rounds; interquartile ON/OFF {spread[0]:.3f}..{spread[-1]:.3f}); "
+        f"CPU per check-in {100 * (cpu_on - cpu_off) / cpu_off:+.1f} % (throughput at full "
+        f"load: {100 * (1 - cpu_off / cpu_on):+.1f} %)"
     )
 
 
@@ -255,11 +284,12 @@ def load_locked(url: str, count: int, batch: int = 20_000) -> float:
     return time.perf_counter() - started
 
 
-def rss_kib() -> int:
-    """This process's resident set now (KiB), from /proc."""
+def rss_kib(field: str = "VmRSS") -> int:
+    """This process's resident set now (VmRSS) or its peak (VmHWM), KiB, from /proc (the
+    peak of getrusage would count the parent's from before the exec)."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
 
@@ -269,7 +299,7 @@ def export_child(url: str) -> None:
     client = redis_lib.Redis.from_url(url, decode_responses=True)
     service = StatsService(StatsStore(client), AuditStore(client))
     baseline = rss_kib()
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_before = rss_kib("VmHWM")
     started = time.perf_counter()
     rows = -1  # the header
     size = 0
@@ -279,7 +309,7 @@ def export_child(url: str) -> None:
             size += len(piece)
             sink.write(piece)
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = rss_kib("VmHWM")
     print(
         f"  exported {rows:,} rows ({size / 1e6:.0f} MB of CSV) in {seconds:.1f} s, "
         f"{rows / seconds:,.0f} rows/s"

@@ -440,3 +440,39 @@ def test_audit_export_has_the_same_filters_as_the_audit_call(
     assert len(limited.splitlines()) == 2
     bad = client.get("/v1/reports/audit?limit=0", headers=bearer(tokens["admin"]))
     assert bad.status_code == 422 and "limit" in bad.get_json()["error"]["fields"]
+
+
+def test_unlock_codes_and_bulk_unlocks_are_counted_by_role(app, client, tokens, checkin, stats):
+    checkin(HK2, **US_NETWORK)
+    checkin(HK, **US_NETWORK)
+    issued = client.post(
+        f"/v1/devices/{HK2}/unlock-code",
+        json={"challenge": "0123456789", "reason": "on the phone", "valid_days": 3},
+        headers=bearer(tokens["agent"]),
+    )
+    assert issued.status_code == 201, issued.get_json()
+    bulk = client.post(
+        "/v1/devices/unlock",
+        json={"imeis": [HK], "reason": "recall"},
+        headers=bearer(tokens["compliance"]),
+    )
+    assert bulk.status_code == 200 and bulk.get_json()["applied"] == 1
+    day = stats.report(today(), today())["days"][0]
+    assert day["unlock_codes"] == 1
+    assert day["overrides"]["unlock"] == {"agent": 1, "compliance": 1}
+    # Both left the index at once; the code's unlock is time-boxed (3 days): in the expiries.
+    assert index_matches_records(client.application.extensions["regionlock"].redis) == {}
+
+
+def test_the_checkin_builds_the_shard_names_keys_py_makes():
+    from service.store.fleet_stats import CheckinCounts, checkin_args
+
+    now = time.time()
+    names, _ = checkin_args(US, CheckinCounts("allow", "t", ""), now)
+    tag = slot_tag(US)
+    assert names == [
+        keys.stats_shard(tag, day_of(now)),
+        keys.locked_index(tag),
+        keys.locked_counts(tag),
+    ]
+    assert day_of(now) == datetime.now(UTC).strftime("%Y%m%d") or abs(time.time() % 86400) < 5

@@ -88,8 +88,13 @@ def locked_entry(decision: Decision) -> str:
     )
 
 
+_PLAIN_ALLOW = CheckinCounts(verdict="allow", fields="t", entry="")
+
+
 def checkin_counts(decision: Decision) -> CheckinCounts:
     """What a check-in that decided DECISION (override applied) adds to the overview."""
+    if not decision.reasons and decision.verdict == "allow":
+        return _PLAIN_ALLOW  # most check-ins
     return CheckinCounts(
         verdict=decision.verdict,
         fields=",".join(counter_fields(decision.reasons)),

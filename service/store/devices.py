@@ -201,7 +201,7 @@ if stream then
   redis.call('XADD', stream, 'MAXLEN', '~', ARGV[5], '*', 'facts', ARGV[6])
 end
 if ARGV[10] ~= '' then
-  rl_checkin_stats(ARGV[10], rl_old_verdict)
+  rl_checkin_stats(ARGV[10], rl_old_verdict, ARGV[1])
 end
 return count
 """

@@ -91,12 +91,12 @@ end
 
 # The check-in's part. KEYS (the last three): day shard, locked index shard, locked counts
 # shard. PACKED (SEP-separated): imei, day TTL, new verdict, its counter fields, locked entry
-# ("" when not locked), now. OLD_VERDICT: the record's verdict before this check-in.
+# ("" when not locked). OLD_VERDICT: the record's verdict before this check-in; NOW its time.
 LUA_CHECKIN = r"""
 -- >>> fleet overview: the check-in's counters and index entry >>>
-local function rl_checkin_stats(packed, old_verdict)
-  local imei, ttl, verdict, fields, entry, now = string.match(
-    packed, '^([^\30]*)\30([^\30]*)\30([^\30]*)\30([^\30]*)\30([^\30]*)\30([^\30]*)$')
+local function rl_checkin_stats(packed, old_verdict, now)
+  local imei, ttl, verdict, fields, entry = string.match(
+    packed, '^([^\30]*)\30([^\30]*)\30([^\30]*)\30([^\30]*)\30([^\30]*)$')
   local n = #KEYS
   if redis.call('HINCRBY', KEYS[n - 2], 'n', 1) == 1 then
     redis.call('EXPIRE', KEYS[n - 2], ttl)
@@ -174,7 +174,13 @@ def basis_of(policy_reasons: str | bytes | None, distributor: str | bytes | None
 
 def day_of(now: float) -> str:
     """The UTC day (YYYYMMDD) of epoch second NOW."""
-    return time.strftime("%Y%m%d", time.gmtime(now))
+    return _day_name(int(now // 86400))
+
+
+@lru_cache(maxsize=64)
+def _day_name(day_number: int) -> str:
+    # Epoch days are UTC days (no leap seconds in epoch time); cached: one per day.
+    return time.strftime("%Y%m%d", time.gmtime(day_number * 86400))
 
 
 def day_ttl_s(day: str, now: float) -> int:
@@ -211,13 +217,25 @@ class OverrideCounts:
 
 
 def checkin_args(imei: str, counts: CheckinCounts, now: float) -> tuple[list[str], str]:
-    """The keys (appended to the check-in script's) and the packed argument of COUNTS."""
-    day = day_of(now)
+    """The keys (appended to the check-in script's) and the packed argument of COUNTS (the
+    script takes the time from its own first argument)."""
+    day_number = int(now // 86400)
+    day = _day_name(day_number)
+    ttl = (day_number + 1 + KEPT_DAYS) * 86400 - int(now)
     tag = slot_tag(imei)
-    packed = SEP.join(
-        (imei, str(day_ttl_s(day, now)), counts.verdict, counts.fields, counts.entry, repr(now))
-    )
-    return [keys.stats_shard(tag, day), keys.locked_index(tag), keys.locked_counts(tag)], packed
+    packed = f"{imei}{SEP}{ttl}{SEP}{counts.verdict}{SEP}{counts.fields}{SEP}{counts.entry}"
+    return [
+        f"{PREFIX_STATS}{{{tag}}}:{day}",
+        f"{PREFIX_LOCKED}{{{tag}}}",
+        f"{PREFIX_COUNTS}{{{tag}}}",
+    ], packed
+
+
+# The check-in's shard names, as keys.stats_shard / locked_index / locked_counts make them
+# (built inline on the hot path; tests/test_stats.py checks they agree).
+PREFIX_STATS = keys.stats_shard("", "")[: -len("{}:")]
+PREFIX_LOCKED = keys.locked_index("")[: -len("{}")]
+PREFIX_COUNTS = keys.locked_counts("")[: -len("{}")]
 
 
 def override_args(imei: str, counts: OverrideCounts, now: float) -> tuple[list[str], str]:
