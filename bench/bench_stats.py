@@ -284,6 +284,43 @@ def load_locked(url: str, count: int, batch: int = 20_000) -> float:
     return time.perf_counter() - started
 
 
+def report_timing(url: str, devices: int = 200_000) -> None:
+    """GET /v1/stats's read: 400 days, each a roll-up key but today (16,384 shards), with the
+    counters of DEVICES devices spread over the shards; and a day never rolled up."""
+    from datetime import UTC, datetime, timedelta
+
+    client = redis_lib.Redis.from_url(url)
+    store = StatsStore(client)
+    service = StatsService(store, AuditStore(client))
+    today = datetime.now(UTC).date()
+    fields = {"n": 1000, "lock:t": 10, "lock:r:sanctioned_region": 7, "lock:g:CU": 7}
+    fields |= {f"allow:c:{c}": 5 for c in ("US", "FR", "DE", "HK", "BR", "CU", "UA", "RU")}
+    pipe = client.pipeline(transaction=False)
+    for back in range(1, 400):
+        day = (today - timedelta(days=back)).strftime("%Y%m%d")
+        pipe.hset(keys.stats_day(day), mapping={"_": 1, **fields})
+    for i in range(devices):
+        tag = slot_tag(imei_of(i))
+        pipe.hincrby(keys.stats_shard(tag, today.strftime("%Y%m%d")), "n", 1)
+        pipe.hincrby(keys.locked_counts(tag), "t", 1)
+        if (i + 1) % 20_000 == 0:
+            pipe.execute()
+    pipe.execute()
+    started = time.perf_counter()
+    report = service.report(today - timedelta(days=399), today)
+    full = time.perf_counter() - started
+    assert report["days"][-1]["checkins"] == devices and report["locked_now"]["total"] == devices
+    started = time.perf_counter()
+    service.report(today, today)
+    one = time.perf_counter() - started
+    print(
+        f"GET /v1/stats read: 400 days (399 rolled up + today's 16,384 shards + the 16,384 "
+        f"locked-count shards) {1000 * full:.0f} ms; today alone {1000 * one:.0f} ms "
+        f"(so a day never rolled up costs about {1000 * (one / 2):.0f} ms more)"
+    )
+    client.close()
+
+
 def rss_kib(field: str = "VmRSS") -> int:
     """This process's resident set now (VmRSS) or its peak (VmHWM), KiB, from /proc (the
     peak of getrusage would count the parent's from before the exec)."""
@@ -334,10 +371,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--app-checkins", type=int, default=3_000, help="check-ins per round through the app"
     )
+    parser.add_argument("--report-only", action="store_true", help="only time GET /v1/stats")
     parser.add_argument("--export-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.export_child:
         export_child(args.export_child)
+        return
+    if args.report_only:
+        with tempfile.TemporaryDirectory(prefix="regionlock-bench-") as folder:
+            with EmbeddedRedis(Path(folder), appendonly=False) as server:
+                report_timing(server.url)
         return
     print(f"== bench_stats: {args.rounds}x{args.checkins} check-ins, {args.locked:,} locked")
     with tempfile.TemporaryDirectory(prefix="regionlock-bench-") as folder:
@@ -352,6 +395,8 @@ def main(argv: list[str] | None = None) -> None:
                     args.rounds,
                     args.travel,
                 )
+            redis_lib.Redis.from_url(server.url).flushall()
+            report_timing(server.url)
             if args.locked:
                 redis_lib.Redis.from_url(server.url).flushall()
                 seconds = load_locked(server.url, args.locked)
