@@ -88,7 +88,8 @@ class Settings:
     # Fleet overview (SPEC §14): the day counters and the locked index kept by the check-in's
     # and the overrides' scripts; "off" stops keeping them (REGIONLOCK_STATS=on|off).
     stats: str = "on"
-    # Seconds between the stats sweeper's rounds (lapsed time-boxed unlocks leave the index).
+    # Seconds between the stats sweeper's rounds (lapsed time-boxed unlocks leave the index);
+    # REGIONLOCK_STATS_SWEEP_S.
     stats_sweep_s: float = 5.0
 
     @property
@@ -119,6 +120,7 @@ _ENV = {
     # prometheus-client's own variable: whoever already sets it for other tools keeps working.
     "PROMETHEUS_MULTIPROC_DIR": "metrics_dir",
     "REGIONLOCK_STATS": "stats",
+    "REGIONLOCK_STATS_SWEEP_S": "stats_sweep_s",
 }
 
 

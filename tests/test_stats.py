@@ -253,10 +253,24 @@ def test_a_lapsing_unlock_leaves_the_index_by_the_sweeper_not_the_next_checkin(
     time.sleep(1.2)
     # Lapsed: the device is locked again by SPEC §14's definition, before any check-in.
     sweeper = StatsSweeper(store)
-    assert sweeper.lapse() == 1
+    # The sweeper's rounds visit only the shards marked due.
+    assert redis.zscore(keys.OVERRIDE_EXPIRY_DUE, slot_tag(HK2)) is not None
+    assert sweeper.lapse(full=False) == 1
     assert index_matches_records(redis)[HK2] == "outside_territory"
     assert redis.zscore(keys.override_expiries(slot_tag(HK2)), HK2) is None
+    assert redis.zscore(keys.OVERRIDE_EXPIRY_DUE, slot_tag(HK2)) is None
     assert sweeper.lapse() == 0
+
+
+def test_a_lost_due_mark_is_caught_by_the_full_pass(app, checkin, overrides, redis):
+    checkin(HK2, **US_NETWORK)
+    overrides.unlock(HK2, AGENT, "one second", expires_in_s=1)
+    redis.delete(keys.OVERRIDE_EXPIRY_DUE)  # as if the mark after the script was lost
+    time.sleep(1.2)
+    sweeper = StatsSweeper(StatsStore(redis))
+    assert sweeper.lapse(full=False) == 0
+    sweeper.once()  # the first round is a full pass
+    assert index_matches_records(redis)[HK2] == "outside_territory"
 
 
 def test_a_publish_changes_the_index_at_each_devices_next_checkin(
@@ -476,3 +490,19 @@ def test_the_checkin_builds_the_shard_names_keys_py_makes():
         keys.locked_counts(tag),
     ]
     assert day_of(now) == datetime.now(UTC).strftime("%Y%m%d") or abs(time.time() % 86400) < 5
+
+
+def test_cli_backfill_and_sweep(app, checkin, redis, redis_url, monkeypatch):
+    from click.testing import CliRunner
+
+    from service.cli import main
+
+    monkeypatch.setenv("REGIONLOCK_REDIS_URL", redis_url)
+    checkin(UNKNOWN, **CUBA)
+    redis.delete(keys.locked_index(slot_tag(UNKNOWN)), keys.locked_counts(slot_tag(UNKNOWN)))
+    result = CliRunner().invoke(main, ["stats", "backfill"])
+    assert result.exit_code == 0, result.output
+    assert "devices visited 1, locked now 1" in result.output
+    assert StatsStore(redis).locked_row(UNKNOWN).reasons == "sanctioned_region"
+    result = CliRunner().invoke(main, ["stats", "sweep"])
+    assert result.exit_code == 0 and "lapsed unlocks re-indexed 0" in result.output

@@ -464,16 +464,27 @@ class StatsSweeper:
     #: written a little after it).
     ROLL_UP_DELAY_S = 600
 
+    #: Seconds between full passes over every expiries shard (a lost due mark is caught by
+    #: the next one: a lapse is re-indexed within a minute in any case).
+    FULL_PASS_S = 45.0
+
     def __init__(self, store: StatsStore, every_s: float = 5.0, roll_up_every_s: float = 60.0):
         self.store = store
         self.every_s = every_s
         self.roll_up_every_s = roll_up_every_s
         self._last_roll_up = 0.0
+        self._last_full_pass = 0.0
 
-    def lapse(self, now: float | None = None) -> int:
-        """Re-index every device whose time-boxed override expired; how many were written."""
+    def lapse(self, now: float | None = None, full: bool = True) -> int:
+        """Re-index every device whose time-boxed override expired; how many were written.
+        FULL: look in every shard, else only in the shards marked due."""
         now = time.time() if now is None else now
-        return sum(reindex_device(self.store, imei, now) for imei in self.store.lapsed(now))
+        tags = None if full else self.store.due_tags(now)
+        if tags == []:
+            return 0
+        done = sum(reindex_device(self.store, imei, now) for imei in self.store.lapsed(now, tags))
+        self.store.reschedule(self.store.due_tags(now) if full else tags)
+        return done
 
     def roll_up(self, now: float | None = None) -> list[str]:
         """Roll up every closed day after the last one rolled up (the first time: yesterday);
@@ -499,7 +510,10 @@ class StatsSweeper:
     def once(self, now: float | None = None) -> None:
         """One round: lapses always, the roll-up when it is due."""
         now = time.time() if now is None else now
-        self.lapse(now)
+        full = now - self._last_full_pass >= self.FULL_PASS_S
+        self.lapse(now, full=full)
+        if full:
+            self._last_full_pass = now
         if now - self._last_roll_up >= self.roll_up_every_s:
             self.roll_up(now)
             self._last_roll_up = now

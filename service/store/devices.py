@@ -515,6 +515,9 @@ class DeviceStore:
         if self.cluster and audit_fields is not None:
             # The audit stream is another slot: it follows the change (docs/decisions.md).
             self.redis.xadd(keys.AUDIT, audit_fields)
+        if counts is not None and counts.expires is not None:
+            # Another slot: marks the device's expiries shard due for the stats sweeper.
+            fleet_stats.mark_due(self.redis, imei, counts.expires)
         return OverrideChange("done", current=value)
 
     def operation_record(self, imei: str, digest: str) -> dict | None:

@@ -262,6 +262,11 @@ def override_args(imei: str, counts: OverrideCounts, now: float) -> tuple[list[s
     ], packed
 
 
+def mark_due(redis, imei: str, expires: float) -> None:
+    """Mark IMEI's expiries shard due at EXPIRES (or earlier, if it already is)."""
+    redis.zadd(keys.OVERRIDE_EXPIRY_DUE, {slot_tag(imei): expires}, lt=True)
+
+
 @dataclass(frozen=True, slots=True)
 class LockedRow:
     """One entry of the locked index: the CSV row's parts (SPEC §14)."""
@@ -383,10 +388,15 @@ class StatsStore:
         value = self.redis.hget(keys.locked_index(slot_tag(imei)), imei)
         return _parse_row(imei, _decode(value)) if value is not None else None
 
-    def lapsed(self, now: float, limit: int = 1000) -> list[str]:
-        """IMEIs whose time-boxed override expired by NOW (every shard, one pipelined pass)."""
+    def due_tags(self, now: float) -> list[str]:
+        """The shard tags marked due by NOW (see :func:`mark_due`)."""
+        return [_decode(t) for t in self.redis.zrangebyscore(keys.OVERRIDE_EXPIRY_DUE, "-inf", now)]
+
+    def lapsed(self, now: float, tags=None, limit: int = 1000) -> list[str]:
+        """IMEIs whose time-boxed override expired by NOW, in the shards TAGS (None: every
+        shard, one pipelined pass)."""
         found: list[str] = []
-        tags = all_tags()
+        tags = list(all_tags() if tags is None else tags)
         for start in range(0, len(tags), 4096):
             pipe = self.redis.pipeline(transaction=False)
             for tag in tags[start : start + 4096]:
@@ -394,6 +404,25 @@ class StatsStore:
             for members in pipe.execute():
                 found.extend(_decode(m) for m in members)
         return found
+
+    def reschedule(self, tags) -> None:
+        """Mark each of TAGS due at its shard's next expiry, or unmark it when none is left.
+        (A mark set meanwhile for an earlier expiry may be lost here: the sweeper's full pass
+        catches that device.)"""
+        tags = list(tags)
+        if not tags:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for tag in tags:
+            pipe.zrange(keys.override_expiries(tag), 0, 0, withscores=True)
+        nexts = pipe.execute()
+        pipe = self.redis.pipeline(transaction=False)
+        for tag, first in zip(tags, nexts, strict=True):
+            if first:
+                pipe.zadd(keys.OVERRIDE_EXPIRY_DUE, {tag: first[0][1]})
+            else:
+                pipe.zrem(keys.OVERRIDE_EXPIRY_DUE, tag)
+        pipe.execute()
 
     def index_basis(self, imei: str) -> IndexBasis:
         """What a device's index entry is computed from, as stored now (one round trip)."""

@@ -171,3 +171,9 @@ def override_expiries(tag: str) -> str:
     """Sorted set: one shard of the time-boxed overrides, IMEI scored by its expiry (epoch
     seconds): the sweeper re-indexes a device within seconds of its unlock lapsing."""
     return f"{PREFIX}override-exp:{{{tag}}}"
+
+
+# Sorted set: shard tag -> the earliest expiry in that tag's override_expiries (at most one
+# member per slot, never the fleet): the sweeper visits only the shards due, with a full pass
+# now and then in case a mark was lost (written just after the override's script).
+OVERRIDE_EXPIRY_DUE = f"{PREFIX}override-exp-due"
