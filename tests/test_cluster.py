@@ -263,8 +263,8 @@ def test_fleet_counters_and_locked_index_on_a_cluster(cluster_app):
     assert stats["locked_now"]["total"] == 29
     # The roll-up reads every node's shards and drops them.
     sweeper = StatsSweeper(app.extensions["regionlock"].stats.store)
-    rolled = sweeper.roll_up(time.time() + 86400 + 3600)
-    assert today.replace("-", "") in rolled
+    tomorrow_midday = (time.time() // 86400 + 1) * 86400 + 43200
+    assert sweeper.roll_up(tomorrow_midday) == [today.replace("-", "")]
     again = http.get(f"/v1/stats?from={today}", headers=bearer(tokens["auditor"])).get_json()
     assert again["days"] == stats["days"]
     assert all(

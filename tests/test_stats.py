@@ -127,7 +127,7 @@ def test_counters_are_sharded_beside_the_device_and_expire(app, checkin, redis):
 def test_roll_up_sums_a_closed_day_into_one_key(app, checkin, redis, stats):
     store = StatsStore(redis)
     # Two devices in different slots, counted "yesterday".
-    yesterday = time.time() - 86400
+    yesterday = time.time() // 86400 * 86400 - 43200  # midday yesterday
     devices = app.extensions["regionlock"].devices
     from service.devices.stats import checkin_counts
     from service.engine.model import Decision, DeviceState
@@ -147,12 +147,17 @@ def test_roll_up_sums_a_closed_day_into_one_key(app, checkin, redis, stats):
     before = store.day_counts([day])[day]
     assert before == {"n": 2, "allow:t": 2}
     sweeper = StatsSweeper(store)
-    assert day in sweeper.roll_up(time.time() + 3600)
+    midday = (time.time() // 86400) * 86400 + 43200  # today, whatever the time of the run
+    assert sweeper.roll_up(midday) == [day]
     assert redis.exists(keys.stats_shard(slot_tag(US), day)) == 0
     assert store.day_counts([day])[day] == {"n": 2, "allow:t": 2}
     assert redis.ttl(keys.stats_day(day)) > 398 * 86400
-    # Rolled through: the next round has nothing more to do for that day.
-    assert day not in sweeper.roll_up(time.time() + 3600)
+    # Rolled through: the next round has nothing more to do for that day, and an earlier
+    # day with no roll-up reads as empty without visiting its shards.
+    assert sweeper.roll_up(midday) == []
+    earlier = day_of(yesterday - 86400)
+    redis.hset(keys.stats_shard(slot_tag(US), earlier), "n", 5)  # not a day ever counted
+    assert store.day_counts([earlier])[earlier] == {}
 
 
 # --- the locked index follows SPEC §14's definition ------------------------------------------

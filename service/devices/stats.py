@@ -487,8 +487,9 @@ class StatsSweeper:
         return done
 
     def roll_up(self, now: float | None = None) -> list[str]:
-        """Roll up every closed day after the last one rolled up (the first time: yesterday);
-        the days rolled (YYYYMMDD)."""
+        """Roll up every closed day after the last one rolled up (the first time: yesterday,
+        and the days before it are then read as empty: counters began at most a day before
+        the first sweep); the days rolled (YYYYMMDD)."""
         now = time.time() if now is None else now
         last_closed = day_of(now - 86400 - self.ROLL_UP_DELAY_S)
         done = self.store.rolled_through()

@@ -336,15 +336,21 @@ class StatsStore:
         return total
 
     def day_counts(self, days: list[str]) -> dict[str, dict[str, int]]:
-        """Day (YYYYMMDD) -> its counters: the roll-up when there is one, else the sum of its
-        shards."""
+        """Day (YYYYMMDD) -> its counters: the roll-up when there is one; nothing for a day
+        up to the last one rolled up that has none (nothing counted then, or over 400 days
+        ago); else the sum of its shards."""
         pipe = self.redis.pipeline(transaction=False)
+        pipe.get(keys.STATS_ROLLED_THROUGH)
         for day in days:
             pipe.hgetall(keys.stats_day(day))
+        through, *rolled_days = pipe.execute()
+        through = _decode(through) if through is not None else ""
         out: dict[str, dict[str, int]] = {}
-        for day, rolled in zip(days, pipe.execute(), strict=True):
+        for day, rolled in zip(days, rolled_days, strict=True):
             if rolled:  # a rolled-up day always holds "_"
                 out[day] = {_decode(k): int(v) for k, v in rolled.items() if _decode(k) != "_"}
+            elif day <= through:
+                out[day] = {}
             else:
                 out[day] = self._sum_shards(keys.stats_shard(tag, day) for tag in all_tags())
         return out
