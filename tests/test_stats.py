@@ -511,3 +511,22 @@ def test_cli_backfill_and_sweep(app, checkin, redis, redis_url, monkeypatch):
     assert StatsStore(redis).locked_row(UNKNOWN).reasons == "sanctioned_region"
     result = CliRunner().invoke(main, ["stats", "sweep"])
     assert result.exit_code == 0 and "lapsed unlocks re-indexed 0" in result.output
+
+
+def test_stats_off_keeps_nothing_and_everything_else_works(make_app, tokens, redis):
+    app = make_app(stats="off")
+    client = app.test_client()
+    response = client.post(
+        "/v1/checkin", json={"imei": UNKNOWN, **CUBA}, headers=bearer(tokens["device"])
+    )
+    assert response.status_code == 200 and response.get_json()["verdict"] == "lock"
+    unlock = client.post(
+        f"/v1/devices/{UNKNOWN}/unlock",
+        json={"reason": "investigated", "expires_in_s": 60},
+        headers=bearer(tokens["compliance"]),
+    )
+    assert unlock.status_code == 201, unlock.get_json()
+    assert redis.keys("rl:stats*") == [] and redis.keys("rl:locked*") == []
+    assert redis.keys("rl:override-exp*") == []
+    entries = client.get(f"/v1/audit?imei={UNKNOWN}", headers=bearer(tokens["auditor"]))
+    assert [e["action"] for e in entries.get_json()["entries"]] == ["device.unlock"]
