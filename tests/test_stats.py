@@ -420,7 +420,7 @@ def test_locked_devices_export_is_filtered_streamed_csv_and_audited_first(
     ).get_data(as_text=True)
     assert [line.split(",")[0] for line in only.splitlines()] == ["imei", HK2]
     by_region = client.get(
-        "/v1/reports/locked-devices?region=CU", headers=bearer(tokens["admin"])
+        "/v1/reports/locked-devices?region=cu", headers=bearer(tokens["admin"])
     ).get_data(as_text=True)
     assert [line.split(",")[0] for line in by_region.splitlines()] == ["imei", UNKNOWN]
     last = [e for e in audit_entries(redis) if e["action"] == "report.locked_devices"][-1]

@@ -319,7 +319,9 @@ class StatsService:
         distributor: str | None = None,
     ) -> Iterator[str]:
         """The locked devices as CSV pieces (SPEC §14); the export's audit entry is written
-        now, before the first piece is asked for."""
+        now, before the first piece is asked for. REGION is a region or country code (any
+        case)."""
+        region = region.strip().upper() if region else region
         filters = {
             k: v for k, v in (("reason", reason), ("region", region), ("distributor", distributor))
         }
