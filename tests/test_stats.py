@@ -19,7 +19,7 @@ from service.store import keys
 from service.store.audit import AuditStore
 from service.store.devices import DeviceStore
 from service.store.fleet_stats import StatsStore, day_of
-from service.store.records import DeviceRecord, decode_override
+from service.store.records import DeviceRecord, decode_override, encode_outcome
 from service.store.shards import slot_tag
 from service.store.tokens import Principal
 from tests.conftest import bearer
@@ -138,8 +138,8 @@ def test_roll_up_sums_a_closed_day_into_one_key(app, checkin, redis, stats):
             imei,
             DeviceRecord(verdict="allow"),
             now=yesterday,
-            decision_entry={},
-            outcome="x",
+            policy_version=1,
+            outcome=encode_outcome("allow", [], {}),
             facts={},
             counts=checkin_counts(allow),
         )
