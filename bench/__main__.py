@@ -18,6 +18,8 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench.bench_servers", []),
     ("bench.bench_simulate", ["--devices", "1000000"]),
     ("bench.bench_memory", ["--devices", "5000"]),
+    # Fleet overview (SPEC §14): the counters' cost to a check-in; the 1M locked export.
+    ("bench.bench_stats", ["--locked", "1000000"]),
     # Evidence accuracy (docs/accuracy.md): GPS lookup speed, GPS near the borders, and the IP
     # databases (several minutes, references fetched with npm).
     ("bench.bench_evidence", ["--per-band", "150"]),

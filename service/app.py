@@ -19,6 +19,7 @@ from service.crypto.secrets import load_shared_secret
 from service.crypto.signing import KEK_NAME, KeyRing
 from service.devices.checkin import CheckinLimits, CheckinService
 from service.devices.proofs import DeviceProofs
+from service.devices.stats import StatsService
 from service.engine.loading import load_bundle_dir
 from service.evidence import Evidence, GeoIP, GpsGeocoder
 from service.evidence.mcc import mcc_mnc_of_imsi
@@ -26,6 +27,7 @@ from service.policy.runtime import PolicyCache
 from service.store.audit import AuditStore
 from service.store.client import connect_redis
 from service.store.devices import DeviceStore
+from service.store.fleet_stats import StatsStore
 from service.store.identities import IdentityStore
 from service.store.policy import PolicyStore
 from service.store.secret_ids import SecretIdStore
@@ -65,6 +67,8 @@ class Regionlock:
     deployment: DeploymentChecks
     # The unlock master key's raw bytes (SPEC §11): unlock codes derive each device's key.
     unlock_master_key: bytes
+    # The fleet overview (SPEC §14): stats report and CSV exports, for the API and the console.
+    stats: StatsService
     breaker: OutageBreaker = field(default_factory=OutageBreaker)
 
 
@@ -100,6 +104,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         decisions_kept=settings.decisions_kept,
         facts_maxlen=settings.facts_stream_maxlen,
         retention_days=settings.facts_retention_days,
+        overview=settings.stats == "on",
     )
     identities = IdentityStore(client)
     policy_store = PolicyStore(client)
@@ -151,6 +156,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         sessions=ConsoleSessionStore(client, idle_s=int(SESSION_IDLE.total_seconds())),
         deployment=deployment,
         unlock_master_key=master_key.value,
+        stats=StatsService(StatsStore(client), audit),
         # Made here, not at import: multiprocess mode follows the settings, whatever was
         # imported first; each app has its own registry.
         metrics=Metrics(settings.metrics_dir),
@@ -168,6 +174,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from service.api.devices.routes import blp as devices_blp
     from service.api.keys.routes import blp as keys_blp
     from service.api.policy.routes import blp as policy_blp
+    from service.api.stats.routes import blp as stats_blp
     from service.console import bp as console_bp
 
     for blueprint in (checkin_blp, devices_blp, audit_blp, policy_blp):
@@ -177,6 +184,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     from service.api.policy.approvals import blp as approvals_blp
 
     api.register_blueprint(approvals_blp)
+    api.register_blueprint(stats_blp)  # fleet overview and reports (SPEC §14)
     app.register_blueprint(ops.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(console_bp)  # adds the console's secret key to the checks

@@ -85,6 +85,12 @@ class Settings:
     # prometheus-client's multiprocess folder (one file per worker, /metrics sums them); None:
     # metrics are this process's own. `regionlock serve` sets it (var/prometheus by default).
     metrics_dir: Path | None = None
+    # Fleet overview (SPEC §14): the day counters and the locked index kept by the check-in's
+    # and the overrides' scripts; "off" stops keeping them (REGIONLOCK_STATS=on|off).
+    stats: str = "on"
+    # Seconds between the stats sweeper's rounds (lapsed time-boxed unlocks leave the index);
+    # REGIONLOCK_STATS_SWEEP_S.
+    stats_sweep_s: float = 5.0
 
     @property
     def key_ring_dir(self) -> Path:
@@ -113,6 +119,8 @@ _ENV = {
     "REGIONLOCK_POLICY_MAX_BODY_BYTES": "policy_max_body_bytes",
     # prometheus-client's own variable: whoever already sets it for other tools keeps working.
     "PROMETHEUS_MULTIPROC_DIR": "metrics_dir",
+    "REGIONLOCK_STATS": "stats",
+    "REGIONLOCK_STATS_SWEEP_S": "stats_sweep_s",
 }
 
 
@@ -270,6 +278,8 @@ _COERCE: dict[str, Any] = {
     "device_proof": lambda name, v: _one_of("REGIONLOCK_DEVICE_PROOF", v, DEVICE_PROOF_MODES),
     "keys_refresh_s": _positive_number,
     "key_activation_delay_s": _positive_number,
+    "stats": lambda name, v: _one_of("REGIONLOCK_STATS", v, ("on", "off")),
+    "stats_sweep_s": _positive_number,
 }
 
 

@@ -212,3 +212,61 @@ def test_a_cached_token_is_confirmed_by_the_device_read_on_a_cluster(cluster, ma
     assert client.smembers(keys.imei_alias(UNKNOWN)) == {HK}
     store.revoke("c-cached")
     assert http.post("/v1/checkin", json=body, headers=device).status_code == 401
+
+
+def test_fleet_counters_and_locked_index_on_a_cluster(cluster_app):
+    """SPEC §14 on a 3-master cluster: each device's counters and index entry are written by
+    its own script in its own slot (shards tagged by slot), summed over every node on read;
+    unlocks, locks, lapses, exports and the roll-up work across nodes."""
+    import csv
+    import io
+    from datetime import UTC, datetime
+
+    from service.devices.stats import StatsSweeper
+    from service.store.shards import slot_tag
+    from tests.imeis import imei
+
+    app, client, tokens = cluster_app
+    http = app.test_client()
+    # Devices of no distributor, in Cuba: spread over the three nodes.
+    devices = [imei(f"4901542{i:07d}") for i in range(30)]
+    assert len({client.get_node_from_key(keys.device(d)).name for d in devices}) == 3
+    for device in devices:
+        response = http.post(
+            "/v1/checkin",
+            json={"imei": device, "sim": {"network": "36801"}},
+            headers=bearer(tokens["device"]),
+        )
+        assert response.status_code == 200 and response.get_json()["verdict"] == "lock"
+        shard = keys.locked_index(slot_tag(device))
+        assert client.keyslot(shard) == client.keyslot(keys.device(device))
+    unlocked, timeboxed = devices[0], devices[1]
+    for device, expires in ((unlocked, None), (timeboxed, 1)):
+        body = {"reason": "investigated", **({"expires_in_s": expires} if expires else {})}
+        response = http.post(
+            f"/v1/devices/{device}/unlock", json=body, headers=bearer(tokens["compliance"])
+        )
+        assert response.status_code == 201, response.get_json()
+    today = datetime.now(UTC).date().isoformat()
+    stats = http.get(f"/v1/stats?from={today}", headers=bearer(tokens["auditor"])).get_json()
+    day = stats["days"][0]
+    assert day["checkins"] == 30
+    assert day["verdicts"]["lock"]["by_region"] == {"CU": 30}
+    assert day["overrides"]["unlock"] == {"compliance": 2}
+    assert stats["locked_now"]["total"] == 28
+    time.sleep(1.2)
+    assert StatsSweeper(app.extensions["regionlock"].stats.store).lapse() == 1
+    export = http.get("/v1/reports/locked-devices", headers=bearer(tokens["auditor"]))
+    rows = list(csv.DictReader(io.StringIO(export.get_data(as_text=True))))
+    assert sorted(r["imei"] for r in rows) == sorted(set(devices) - {unlocked})
+    stats = http.get(f"/v1/stats?from={today}", headers=bearer(tokens["auditor"])).get_json()
+    assert stats["locked_now"]["total"] == 29
+    # The roll-up reads every node's shards and drops them.
+    sweeper = StatsSweeper(app.extensions["regionlock"].stats.store)
+    tomorrow_midday = (time.time() // 86400 + 1) * 86400 + 43200
+    assert sweeper.roll_up(tomorrow_midday) == [today.replace("-", "")]
+    again = http.get(f"/v1/stats?from={today}", headers=bearer(tokens["auditor"])).get_json()
+    assert again["days"] == stats["days"]
+    assert all(
+        client.exists(keys.stats_shard(slot_tag(d), today.replace("-", ""))) == 0 for d in devices
+    )

@@ -32,6 +32,10 @@ ENDPOINTS = {
         "devices:reset-activation",
         204,
     ),
+    # Fleet overview (SPEC §14).
+    "stats": ("GET", "/v1/stats", None, "stats:read", 200),
+    "locked-export": ("GET", "/v1/reports/locked-devices", None, "reports:export", 200),
+    "audit-export": ("GET", "/v1/reports/audit", None, "reports:export", 200),
 }
 
 EXPECTED = {
@@ -44,6 +48,9 @@ EXPECTED = {
     "audit": (False, False, True, False, True, True),
     "unlock-code": (False, True, True, False, False, True),
     "reset-activation": (False, True, True, False, False, True),
+    "stats": (False, False, True, True, True, True),
+    "locked-export": (False, False, True, False, True, True),
+    "audit-export": (False, False, True, False, True, True),
 }
 
 TABLE = [

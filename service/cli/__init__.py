@@ -11,6 +11,7 @@ from service.cli.geoip import geoip_group
 from service.cli.keys import keys_group
 from service.cli.policy import distributors, policy
 from service.cli.serve import serve
+from service.cli.stats import stats
 from service.cli.tokens import token
 from service.cli.unlock_codes import unlock_codes
 
@@ -30,6 +31,7 @@ for command in (
     facts,
     geoip_group,
     unlock_codes,
+    stats,
 ):
     main.add_command(command)
 

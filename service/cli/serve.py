@@ -93,6 +93,7 @@ def serve(workers: int | None, threads: int) -> None:
             app.extensions["regionlock"].evidence.gps.warm()
             # In the master: one sweeper for the whole server, not one per worker.
             start_sweeper(app.extensions["regionlock"].devices, settings.facts_retention_days)
+            _start_stats_sweeper(app, settings)
             run_granian(app, settings.bind, workers, threads)
     except (ConfigError, EmbeddedRedisError) as exc:
         fail(str(exc))
@@ -148,6 +149,16 @@ def _redacted(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _start_stats_sweeper(app, settings) -> None:
+    """The fleet overview's sweeper (SPEC §14), in the master: lapsed time-boxed unlocks leave
+    the locked index within seconds; closed days are rolled up into one key each."""
+    if settings.stats != "on":
+        return
+    from service.devices.stats import StatsSweeper
+
+    StatsSweeper(app.extensions["regionlock"].stats.store, every_s=settings.stats_sweep_s).start()
 
 
 def run_granian(app, bind: str, workers: int, threads: int, native_wsgi: bool = False) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from service.devices.proofs import NO_PROOF, PROVEN, UNPROVEN, ProofOutcome, ProofRequest
+from service.devices.stats import basis_reasons, checkin_counts
 from service.engine.model import DeviceState, Facts, apply_override, iso_utc, place_labels
 from service.store import keys
 from service.store.records import DeviceRecord, LastCheckin, encode_outcome
@@ -232,10 +233,8 @@ class CheckinService:
             observed=verdict["observed"],
             lock_at=verdict["lock_at"],
             # What the policy alone says, so support can tell which locks an unlock would lift.
-            policy_reasons=[
-                {"code": r.code, "rule": r.rule, "kind": r.kind, "action": r.action}
-                for r in policy_decision.reasons
-            ],
+            # With region and distributor: the locked index's basis (devices/stats.py).
+            policy_reasons=basis_reasons(policy_decision),
             state=new_state,
             distributor=decision.distributor,
             policy_version=active.version,
@@ -255,6 +254,8 @@ class CheckinService:
             facts={"places": labels, "policy_version": active.version},
             proof_status=proof.status,
             proof_mac=proof.mac if proof.status == PROVEN else None,
+            # Fleet overview (SPEC §14): counters and locked index, in the same script.
+            counts=checkin_counts(decision) if self.devices.overview else None,
         )
         if not recorded:
             return None

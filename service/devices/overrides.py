@@ -12,6 +12,7 @@ import redis as redis_lib
 from stdnum import luhn
 
 from service.devices.identity import AmbiguousImei, resolve_device
+from service.devices.stats import override_counts
 from service.engine.model import Override, lifted_kinds
 from service.engine.roles import liftable_kinds
 from service.store.audit import AuditStore
@@ -94,6 +95,14 @@ class RemoveOutcome:
     status: str
     removed: Override | None = None
     replayed: bool = False
+
+
+#: How often an override change is computed again when check-ins keep landing under it.
+_STALE_ATTEMPTS = 5
+
+
+class OverviewConflict(RuntimeError):
+    """The device's record kept changing under an override change (check-ins racing it)."""
 
 
 class _Changed(Exception):
@@ -467,15 +476,34 @@ class OverrideService:
 
     def _apply(self, imei, override, ttl, expected, operation, result, fields):
         try:
-            return self.devices.change_override(
-                imei,
-                new=override,
-                ttl_s=ttl,
-                expected=expected,
-                operation=operation,
-                result=result,
-                audit_fields=fields,
-            )
+            for _ in range(_STALE_ATTEMPTS):
+                now = time.time()
+                counts = None
+                if self.devices.overview:
+                    # SPEC §14: the change's counters and the device's new locked-index entry
+                    # go in the same script; 'stale' when a check-in changed what the entry is
+                    # computed from meanwhile (compute it again).
+                    counts = override_counts(
+                        self.devices.index_basis(imei),
+                        override,
+                        fields["action"],
+                        fields["role"],
+                        now,
+                    )
+                change = self.devices.change_override(
+                    imei,
+                    new=override,
+                    ttl_s=ttl,
+                    expected=expected,
+                    operation=operation,
+                    result=result,
+                    audit_fields=fields,
+                    counts=counts,
+                    now=now,
+                )
+                if change.outcome != "stale":
+                    return change
+            raise OverviewConflict(imei)
         except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
             # Sent (or perhaps sent): whether it was applied cannot be known from here.
             raise OutcomeUnknown(OUTCOME_UNKNOWN_MESSAGE) from exc

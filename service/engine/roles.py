@@ -22,6 +22,9 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     # own: checked by service/policy/approvals.py). Withdrawing one's own needs policy:write.
     "approvals:read": frozenset({"compliance", "editor", "auditor", "admin"}),
     "approvals:decide": frozenset({"compliance", "admin"}),
+    # Fleet overview (SPEC §14): the stats and the console overview; the CSV exports.
+    "stats:read": frozenset({"compliance", "editor", "auditor", "admin"}),
+    "reports:export": frozenset({"compliance", "auditor", "admin"}),
 }
 
 

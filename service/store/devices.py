@@ -6,6 +6,7 @@ The stored forms are those of :mod:`service.store.records`; this module only mov
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ import orjson
 import redis as redis_lib
 
 from service.engine.model import DeviceState, Override
-from service.store import keys
+from service.store import fleet_stats, keys
 from service.store.client import is_cluster
 from service.store.idempotency import (
     OUTCOME_UNKNOWN_MESSAGE,
@@ -116,12 +117,13 @@ class DeviceSnapshot:
         return self.record.activation if self.record is not None else None
 
 
-# KEYS: device hash, [used proof, when ARGV[9] is not ""], [facts stream].
+# KEYS: device hash, [used proof, when ARGV[9] is not ""], [facts stream], [the overview's
+#       three shards, when ARGV[10] is not ""].
 # ARGV: now, history entry tail ("<policy version>|<outcome>"), the outcome
 #       (records.encode_outcome: the run-length key), decisions kept, facts maxlen,
 #       facts (JSON), the number D of fields to delete, the proof status ("proven",
-#       "unproven" or "" when none is counted), the used proof's TTL ("" for no proof), D field
-#       names, then field/value pairs.
+#       "unproven" or "" when none is counted), the used proof's TTL ("" for no proof), the
+#       overview's packed argument ("" for none), D field names, then field/value pairs.
 # A check-in with a proof first claims it (SET NX): a proof seen before is a replay, answered
 # -1 with nothing written (SPEC §13: each proof is accepted once, and race-free).
 # The decision history is one hash field, newest entry first, one compact
@@ -131,21 +133,28 @@ class DeviceSnapshot:
 # that entry instead of adding one, so a phone that checks in from home every day keeps one
 # entry, not a month of identical ones. A line in the older JSON form never matches: the next
 # check-in puts a compact line above it.
-_RECORD_CHECKIN = r"""
-local stream = KEYS[2]
+# Fleet overview (SPEC §14): ARGV[10] is the packed counters/index argument ("" when the
+# counters are off), and then the last three KEYS are its shards (store/fleet_stats.py).
+_RECORD_CHECKIN = (
+    fleet_stats.LUA_FRAGMENT
+    + fleet_stats.LUA_CHECKIN
+    + r"""
+local rl_nkeys = #KEYS - (ARGV[10] ~= '' and 3 or 0)
+local stream = rl_nkeys >= 2 and KEYS[2] or nil
 if ARGV[9] ~= '' then
   if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[9]) then
     return -1
   end
-  stream = KEYS[3]
+  stream = rl_nkeys >= 3 and KEYS[3] or nil
 end
+local rl_old_verdict = ARGV[10] ~= '' and redis.call('HGET', KEYS[1], 'verdict')
 redis.call('HSETNX', KEYS[1], 'first_seen', ARGV[1])
 local deleted = tonumber(ARGV[7])
 if deleted > 0 then
-  redis.call('HDEL', KEYS[1], unpack(ARGV, 10, 9 + deleted))
+  redis.call('HDEL', KEYS[1], unpack(ARGV, 11, 10 + deleted))
 end
-if #ARGV > 9 + deleted then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 10 + deleted))
+if #ARGV > 10 + deleted then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 11 + deleted))
 end
 if ARGV[8] == 'proven' then
   redis.call('HSETNX', KEYS[1], 'proven', ARGV[1])
@@ -191,8 +200,12 @@ redis.call('HSET', KEYS[1], 'history', history)
 if stream then
   redis.call('XADD', stream, 'MAXLEN', '~', ARGV[5], '*', 'facts', ARGV[6])
 end
+if ARGV[10] ~= '' then
+  rl_checkin_stats(ARGV[10], rl_old_verdict, ARGV[1])
+end
 return count
 """
+)
 
 
 # Compare-and-set, so a check-in landing during the retention sweep is never undone.
@@ -245,10 +258,18 @@ return {'done', ''}
 """
 
 # Check-and-set of a device's override with its idempotency record and audit entry.
-# KEYS: override, idempotency record, [audit stream (absent in a Cluster)].
+# KEYS: override, idempotency record, [audit stream (absent in a Cluster)], [the overview's
+#       five keys when ARGV[8] is not "" (store/fleet_stats.py)].
 # ARGV: mode (set/delete), check (1: only if the override is ARGV[3]), expected ("" = none),
-#       new override, its TTL (0 = none), idempotency record, its TTL, audit field/value pairs.
-_CHANGE_OVERRIDE = r"""
+#       new override, its TTL (0 = none), idempotency record, its TTL, the overview's packed
+#       argument ("" = none), audit field/value pairs.
+# 'stale' (nothing written): the device's lock basis changed since the index entry was computed.
+_CHANGE_OVERRIDE = (
+    fleet_stats.LUA_FRAGMENT
+    + fleet_stats.LUA_OVERRIDE
+    + r"""
+local rl_a = ARGV[8] ~= '' and rl_override_packed(ARGV[8]) or nil
+local audit = (#KEYS - (rl_a and 5 or 0)) >= 3 and KEYS[3] or nil
 local prior = redis.call('GET', KEYS[2])
 if prior then
   return {'replay', prior}
@@ -256,6 +277,9 @@ end
 local current = redis.call('GET', KEYS[1]) or ''
 if ARGV[2] == '1' and current ~= ARGV[3] then
   return {'changed', current}
+end
+if rl_override_stale(rl_a) then
+  return {'stale', current}
 end
 if ARGV[1] == 'set' then
   if tonumber(ARGV[5]) > 0 then
@@ -270,11 +294,13 @@ else
   redis.call('DEL', KEYS[1])
 end
 redis.call('SET', KEYS[2], ARGV[6], 'EX', ARGV[7])
-if KEYS[3] then
-  redis.call('XADD', KEYS[3], '*', unpack(ARGV, 8))
+if audit then
+  redis.call('XADD', audit, '*', unpack(ARGV, 9))
 end
+rl_override_stats(rl_a)
 return {'done', current}
 """
+)
 
 # Fields a check-in never writes from its record: the script sets first_seen once, merges
 # the history itself and keeps the proof fields (SPEC §13; counted, never overwritten).
@@ -290,8 +316,12 @@ class DeviceStore:
         decisions_kept: int = 20,
         facts_maxlen: int = 1_000_000,
         retention_days: int = 90,
+        overview: bool = True,
     ):
         self.redis = redis
+        # SPEC §14: the check-in and override scripts keep the fleet overview's counters and
+        # locked index (REGIONLOCK_STATS=off: they do not; the benchmark's baseline).
+        self.overview = overview
         self.decisions_kept = decisions_kept
         self.facts_maxlen = facts_maxlen
         self.retention_days = retention_days
@@ -352,6 +382,7 @@ class DeviceStore:
         facts: dict,
         proof_status: str = "",
         proof_mac: str | None = None,
+        counts: fleet_stats.CheckinCounts | None = None,
     ) -> bool:
         """Write the outcome of one check-in, in one atomic script call: RECORD's fields replace
         the stored ones (empty ones are removed; an activation of None leaves the stored one,
@@ -360,7 +391,8 @@ class DeviceStore:
         the facts
         stream. PROOF_STATUS ("proven", "unproven" or "") is counted in the record (SPEC §13);
         PROOF_MAC, the check-in's proof, is claimed first: False, and nothing written, when it
-        was used before (a replay)."""
+        was used before (a replay). COUNTS: what the check-in adds to the fleet overview's
+        counters and locked index, written by the same script (None: the counters are off)."""
         # One script call (atomic, one reply) instead of a MULTI of many commands: the write
         # half of a check-in is on the hot path.
         fields = record.encode()
@@ -376,8 +408,11 @@ class DeviceStore:
         facts_json = orjson.dumps({"imei": imei, "at": now, **facts})
         stream_keys = [] if self.cluster else [keys.CHECKIN_FACTS]
         proof_keys = [keys.device_used_proof(imei, proof_mac)] if proof_mac else []
+        overview_keys, overview = (
+            fleet_stats.checkin_args(imei, counts, now) if counts is not None else ([], "")
+        )
         count = self._record(
-            keys=[keys.device(imei), *proof_keys, *stream_keys],
+            keys=[keys.device(imei), *proof_keys, *stream_keys, *overview_keys],
             args=[
                 repr(now),
                 f"{'' if policy_version is None else policy_version}|{outcome}",
@@ -388,6 +423,7 @@ class DeviceStore:
                 len(deleted),
                 proof_status,
                 USED_PROOF_TTL_S if proof_mac else "",
+                overview,
                 *deleted,
                 *flat,
             ],
@@ -421,6 +457,8 @@ class DeviceStore:
         operation: Operation,
         result: dict,
         audit_fields: dict | None,
+        counts: fleet_stats.OverrideCounts | None = None,
+        now: float | None = None,
     ) -> OverrideChange:
         """Set the device's override to NEW (None removes it) with its audit entry, in one script
         call: atomic, and never applied twice.
@@ -434,6 +472,10 @@ class DeviceStore:
         (RESULT, the fingerprint) is stored in the same script, so the same operation sent again
         (by the caller, or by redis-py after a lost reply) is answered ``replay`` with the first
         record instead of being applied a second time.
+
+        COUNTS: the change's fleet-overview counters and the device's new locked-index entry,
+        written by the same script; ``stale`` (nothing written) when the device's lock basis is
+        no longer COUNTS.basis (a check-in landed: compute the entry again).
         """
         record = orjson.dumps({"fingerprint": operation.fingerprint, **result})
         audit_args: list = []
@@ -441,8 +483,18 @@ class DeviceStore:
             audit_args.extend((name, value))
         in_script = not self.cluster and audit_fields is not None
         stream = [keys.AUDIT] if in_script else []
+        overview_keys, overview = (
+            fleet_stats.override_args(imei, counts, time.time() if now is None else now)
+            if counts is not None
+            else ([], "")
+        )
         reply = self._change_override(
-            keys=[keys.device_override(imei), keys.idempotency(imei, operation.digest), *stream],
+            keys=[
+                keys.device_override(imei),
+                keys.idempotency(imei, operation.digest),
+                *stream,
+                *overview_keys,
+            ],
             args=[
                 "delete" if new is None else "set",
                 "0" if expected is ANY else "1",
@@ -451,17 +503,21 @@ class DeviceStore:
                 ttl_s or 0,
                 record,
                 operation.ttl_s,
+                overview,
                 *(audit_args if in_script else ()),
             ],
         )
         outcome, value = _text(reply[0]), _text(reply[1]) or None
         if outcome == "replay":
             return OverrideChange("replay", record=orjson.loads(value))
-        if outcome == "changed":
-            return OverrideChange("changed", current=value)
+        if outcome in ("changed", "stale"):
+            return OverrideChange(outcome, current=value)
         if self.cluster and audit_fields is not None:
             # The audit stream is another slot: it follows the change (docs/decisions.md).
             self.redis.xadd(keys.AUDIT, audit_fields)
+        if counts is not None and counts.expires is not None:
+            # Another slot: marks the device's expiries shard due for the stats sweeper.
+            fleet_stats.mark_due(self.redis, imei, counts.expires)
         return OverrideChange("done", current=value)
 
     def operation_record(self, imei: str, digest: str) -> dict | None:
@@ -546,6 +602,14 @@ class DeviceStore:
                     self.redis.xadd(keys.AUDIT, audit_fields)
                 return ActivationReset(forgotten)
         raise ResetConflict(imei)
+
+    def index_basis(self, imei: str) -> fleet_stats.IndexBasis:
+        """What the device's locked-index entry is computed from (SPEC §14), as stored now."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hmget(keys.device(imei), ["policy_reasons", "distributor"])
+        pipe.get(keys.device_override(imei))
+        (reasons, distributor), override = pipe.execute()
+        return fleet_stats.index_basis(reasons, distributor, override)
 
     def policy_reasons(self, imei: str) -> list[dict]:
         """What the policy alone said at the last check-in: [{code, rule, kind, action}]."""

@@ -144,3 +144,50 @@ def console_session(session_digest: str) -> str:
     """Hash: one signed-in console session, named by the SHA-256 of its random id (the cookie
     holds the id itself, Redis only its digest); TTL: the idle timeout."""
     return f"{PREFIX}console-session:{session_digest}"
+
+
+# --- Fleet overview (SPEC §14): sharded by slot (store/shards.py), beside each device -------
+# A device's check-in script and override script write the shards tagged ``slot_tag(imei)``:
+# that tag hashes to the device's own slot, so the counters and the index entry change in the
+# same atomic script as the record or override (docs/DESIGN.md "Fleet overview").
+
+
+def stats_shard(tag: str, day: str) -> str:
+    """Hash: one shard of a UTC day's counters (DAY is YYYYMMDD); fields ``n`` (check-ins),
+    ``<verdict>:t|r:<code>|c:<country>|g:<region>|d:<distributor>`` (devices whose verdict
+    became VERDICT), ``o:<unlock|lock>:<role>`` (overrides), ``codes`` (unlock codes). TTL
+    400 days."""
+    return f"{PREFIX}stats:{{{tag}}}:{day}"
+
+
+def stats_day(day: str) -> str:
+    """Hash: a closed UTC day's counters, the sum of its shards (the sweeper's roll-up). A
+    bounded summary, not the fleet: one key per day. TTL 400 days."""
+    return f"{PREFIX}stats-day:{day}"
+
+
+# String: the last UTC day (YYYYMMDD) whose shards the sweeper rolled up into stats_day.
+STATS_ROLLED_THROUGH = f"{PREFIX}stats-rolled-through"
+
+
+def locked_index(tag: str) -> str:
+    """Hash: one shard of the locked-devices index: IMEI -> ``since\\tfields\\tcsv row``."""
+    return f"{PREFIX}locked:{{{tag}}}"
+
+
+def locked_counts(tag: str) -> str:
+    """Hash: one shard of the locked devices' counts (``t``, ``r:``, ``c:``, ``g:``, ``d:``),
+    kept by the same scripts as the index."""
+    return f"{PREFIX}locked-n:{{{tag}}}"
+
+
+def override_expiries(tag: str) -> str:
+    """Sorted set: one shard of the time-boxed overrides, IMEI scored by its expiry (epoch
+    seconds): the sweeper re-indexes a device within seconds of its unlock lapsing."""
+    return f"{PREFIX}override-exp:{{{tag}}}"
+
+
+# Sorted set: shard tag -> the earliest expiry in that tag's override_expiries (at most one
+# member per slot, never the fleet): the sweeper visits only the shards due, with a full pass
+# now and then in case a mark was lost (written just after the override's script).
+OVERRIDE_EXPIRY_DUE = f"{PREFIX}override-exp-due"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from flask import g, request
 
+from service.devices.overrides import OverviewConflict
 from service.store.idempotency import (
     IDEMPOTENCY_TTL_S,
     MAX_IDEMPOTENCY_KEY,
@@ -94,3 +95,8 @@ def register_write_errors(blueprint) -> None:
     @blueprint.errorhandler(OutcomeUnknown)
     def _unknown(exc: OutcomeUnknown):
         return api_error_response(outcome_unknown(exc))
+
+    @blueprint.errorhandler(OverviewConflict)
+    def _racing(exc: OverviewConflict):
+        # Nothing was written: check-ins kept changing the device under the override change.
+        return api_error_response(ApiError(409, "the device kept checking in meanwhile: try again"))

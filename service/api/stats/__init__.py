@@ -1,0 +1,1 @@
+"""GET /v1/stats and the CSV reports (SPEC §14)."""
