@@ -161,6 +161,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         # imported first; each app has its own registry.
         metrics=Metrics(settings.metrics_dir),
     )
+    # /metrics: the policy version each worker serves (the Grafana dashboard's panel).
+    app.extensions["regionlock"].metrics.watch_policy_version(policies.loaded_version)
     _init_hardening(app, settings, cluster=isinstance(client, RedisCluster))
 
     api = RegionlockApi(app, spec_kwargs={"extra_plugins": [ErrorResponsesPlugin()]})

@@ -13,6 +13,7 @@ are imported does not matter.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from prometheus_client import (
@@ -27,6 +28,8 @@ from prometheus_client import (
     values,
 )
 from prometheus_client import multiprocess as _multiprocess
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 # Methods counted under their own name (RFC 9110 and PATCH); any other a client invents is
 # counted as "other", so nobody can add series (memory, scrape size) by making names up.
@@ -50,6 +53,23 @@ def _use_multiprocess_files(folder: Path) -> None:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
     if not getattr(values.ValueClass, "_multiprocess", False):
         values.ValueClass = values.MultiProcessValue()
+
+
+class _PolicyVersion(Collector):
+    """``regionlock_policy_version``: the policy version this process serves, read at scrape
+    time (no sample before the process first loads a policy)."""
+
+    def __init__(self, loaded_version: Callable[[], int | None]):
+        self.loaded_version = loaded_version
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "regionlock_policy_version", "Policy version this process serves (SPEC §6)"
+        )
+        version = self.loaded_version()
+        if version is not None:
+            family.add_metric([], version)
+        yield family
 
 
 class Metrics:
@@ -95,6 +115,13 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self._policy_version: _PolicyVersion | None = None
+
+    def watch_policy_version(self, loaded_version: Callable[[], int | None]) -> None:
+        """Export ``regionlock_policy_version`` from LOADED_VERSION (the policy cache's
+        ``loaded_version``), asked at each scrape: in multiprocess mode, the scraped worker's."""
+        self._policy_version = _PolicyVersion(loaded_version)
+        self.registry.register(self._policy_version)
 
     def observe_request(self, endpoint: str, method: str, status: int) -> None:
         """Count one answered request. ENDPOINT is the route template (``unmatched`` for a path
@@ -127,6 +154,8 @@ class Metrics:
         if self.multiprocess_dir is not None:
             registry = CollectorRegistry()
             _multiprocess.MultiProcessCollector(registry, path=str(self.multiprocess_dir))
+            if self._policy_version is not None:
+                registry.register(self._policy_version)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
