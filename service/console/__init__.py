@@ -7,8 +7,16 @@ cookie flags), so the console needs no other line in the app factory.
 from __future__ import annotations
 
 # Importing the view modules attaches their routes to ``bp``.
-# approvals: four eyes on sanctions (SPEC §12.4).
-from service.console import approvals, audit, devices, errors, policy, session  # noqa: F401
+# approvals: four eyes on sanctions (SPEC §12.4); overview: the fleet overview (SPEC §14).
+from service.console import (  # noqa: F401
+    approvals,
+    audit,
+    devices,
+    errors,
+    overview,
+    policy,
+    session,
+)
 from service.console.blueprint import bp
 
 __all__ = ["bp"]

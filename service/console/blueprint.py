@@ -28,6 +28,7 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
     ("console.policy", "Policy", "policy:read"),
     ("console.audit", "Audit trail", "audit:read"),
     ("console.approvals", "Approvals", "approvals:read"),  # SPEC §12.4
+    ("console.overview", "Overview", "stats:read"),
 )
 
 # The page a role lands on after signing in: its main job first.
