@@ -205,9 +205,10 @@ def test_editor_shows_errors_as_you_type_and_publishes(live_server, page, tokens
     assert before["verdict"] == "allow"
 
     sign_in(page, base, tokens["editor"])
-    # An editor starts in the editor, and sees no device or audit sections.
+    # An editor starts in the editor, and sees no device or audit sections (the fleet
+    # overview, yes: SPEC §14).
     expect(page).to_have_url(re.compile(r"/console/policy/edit$"))
-    expect(page.locator("nav.sections a")).to_have_text(["Policy", "Approvals"])
+    expect(page.locator("nav.sections a")).to_have_text(["Policy", "Approvals", "Overview"])
     expect(page.locator("#editor-status")).to_have_text("✓ Valid bundle")
 
     text = page.input_value("#bundle-text")

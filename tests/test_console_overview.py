@@ -3,12 +3,16 @@ series, the world map's counts and shades, the distributors table; and who may s
 
 from __future__ import annotations
 
+import re
 from datetime import date
 
 import pycountry
 import pytest
 
 from service.console import overview
+from tests.conftest import audit_entries
+from tests.imeis import HK, UNKNOWN
+from tests.test_console import as_role, checkin, text  # noqa: F401  (fixtures)
 
 TODAY = date(2026, 11, 27)
 
@@ -168,3 +172,55 @@ def test_headline_figures():
         "outside_territory",
     ]
     assert totals["locked_by_region"][0] == {"code": "FR", "name": "France", "count": 2}
+
+
+# --- the page and the exports, through the app ------------------------------------------------
+
+
+def test_who_sees_the_overview_and_its_exports(as_role, checkin):  # noqa: F811
+    checkin(UNKNOWN, sim={"network": "36801"})
+    for role, status, exports in (
+        ("compliance", 200, True),
+        ("auditor", 200, True),
+        ("admin", 200, True),
+        ("editor", 200, False),
+        ("agent", 403, False),
+    ):
+        console = as_role(role)
+        page = console.get("/console/overview")
+        assert page.status_code == status, role
+        body = text(page)
+        nav = re.search(r'<nav class="sections".*?</nav>', body, re.S).group(0)
+        assert (">Overview</a>" in nav) == (status == 200), role
+        assert ('id="exports"' in body) == exports, role
+        csv = console.get("/console/reports/locked-devices.csv")
+        assert csv.status_code == (200 if exports else 403), role
+        csv.get_data()  # the stream read to its end, as a browser would
+    assert "Not for your role" in text(as_role("agent").get("/console/overview"))
+
+
+def test_console_exports_stream_csv_and_are_audited(as_role, checkin, redis):  # noqa: F811
+    checkin(UNKNOWN, sim={"network": "36801"})
+    checkin(HK, sim={"network": "310260"})
+    compliance = as_role("compliance")
+    locked = compliance.get("/console/reports/locked-devices.csv")
+    assert locked.status_code == 200
+    assert locked.mimetype == "text/csv"
+    assert "attachment" in locked.headers["Content-Disposition"]
+    lines = text(locked).splitlines()
+    assert lines[0] == "imei,reason,region,distributor,locked_since,override"
+    assert sorted(line.split(",")[0] for line in lines[1:]) == sorted([UNKNOWN, HK])
+    only_cuba = text(compliance.get("/console/reports/locked-devices.csv?region=CU")).splitlines()
+    assert [line.split(",")[0] for line in only_cuba[1:]] == [UNKNOWN]
+    trail = compliance.get("/console/reports/audit.csv?action=report.locked_devices")
+    assert trail.status_code == 200
+    rows = text(trail).splitlines()
+    assert rows[0].startswith("id,at,actor,role,action,imei,detail")
+    entries = [e for e in audit_entries(redis) if e["action"].startswith("report.")]
+    assert [(e["action"], e["actor"]) for e in entries] == [
+        ("report.locked_devices", "test-compliance"),
+        ("report.locked_devices", "test-compliance"),
+        ("report.audit", "test-compliance"),
+    ]
+    # The audit export lists the two locked-devices exports (and then itself, newest first).
+    assert sum("report.locked_devices" in row for row in rows[1:]) == 2

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pycountry
-from flask import current_app, render_template, request
+from flask import Response, current_app, render_template, request, stream_with_context
 from flask.typing import ResponseReturnValue
 
 from service.console import present, security
@@ -285,3 +286,52 @@ def overview() -> ResponseReturnValue:
         distributors=distributor_rows(report, _distributor_names()),
         chart_js=CHART_JS,
     )
+
+
+# --- the exports ------------------------------------------------------------------------------
+
+
+def _csv_answer(pieces: Iterator[str], filename: str) -> Response:
+    """A streamed CSV download (the generator's pieces, never the whole file in memory)."""
+    return Response(
+        stream_with_context(pieces),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+def _filter(name: str, limit: int = 64) -> str | None:
+    value = request.args.get(name, "").strip()[:limit]
+    return value or None
+
+
+@bp.get("/reports/locked-devices.csv")
+@security.needs("reports:export")
+def export_locked_devices() -> ResponseReturnValue:
+    """The devices locked now as CSV (SPEC §14), filtered by reason, region, distributor;
+    the export is audited (by StatsService, as through the API)."""
+    user = security.current_user()
+    pieces = current_app.extensions["regionlock"].stats.locked_devices_csv(
+        user.name,
+        user.role,
+        reason=_filter("reason"),
+        region=_filter("region"),
+        distributor=_filter("distributor"),
+    )
+    return _csv_answer(pieces, "locked-devices.csv")
+
+
+@bp.get("/reports/audit.csv")
+@security.needs("reports:export")
+def export_audit() -> ResponseReturnValue:
+    """The audit trail as CSV, with the audit page's filters (IMEI, actor, action); audited."""
+    user = security.current_user()
+    imei = (_filter("imei", 40) or "").replace(" ", "").replace("-", "")
+    pieces = current_app.extensions["regionlock"].stats.audit_csv(
+        user.name,
+        user.role,
+        imei=imei or None,
+        entry_actor=_filter("actor", 100),
+        action=_filter("action"),
+    )
+    return _csv_answer(pieces, "audit.csv")
