@@ -20,6 +20,8 @@ KNOWN_ACTIONS = (
     "device.bulk_unlock",
     "policy.publish",
     "policy.rollback",
+    "report.locked_devices",
+    "report.audit",
 )
 
 
