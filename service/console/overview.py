@@ -26,6 +26,7 @@ from flask.typing import ResponseReturnValue
 
 from service.console import present, security
 from service.console.blueprint import bp
+from service.devices.stats import MAX_DAYS
 
 WORLD_MAP = (
     Path(__file__).resolve().parent
@@ -36,7 +37,6 @@ WORLD_MAP = (
 )
 CHART_JS = "vendor/chart.js-4.6.1/chart.umd.min.js"
 DEFAULT_DAYS = 30
-MAX_DAYS = 400
 # Shades of the map (1 = fewest locks, SHADES = most); 0 = none.
 SHADES = 5
 TOP_DISTRIBUTORS = 10
