@@ -3,6 +3,7 @@ series, the world map's counts and shades, the distributors table; and who may s
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import date
 
@@ -224,3 +225,21 @@ def test_console_exports_stream_csv_and_are_audited(as_role, checkin, redis):  #
     ]
     # The audit export lists the two locked-devices exports (and then itself, newest first).
     assert sum("report.locked_devices" in row for row in rows[1:]) == 2
+
+
+def test_vendored_files_are_listed_with_a_permissive_licence_and_served(client):
+    vendor = overview.WORLD_MAP.parent.parent
+    manifest = json.loads((vendor / "MANIFEST.json").read_text())
+    names = {p["name"]: p for p in manifest["packages"]}
+    assert {"chart.js", "world-atlas", "d3-geo", "topojson-client"} <= set(names)
+    for package in manifest["packages"]:
+        assert package["license"] in ("MIT", "ISC"), package["name"]
+        assert re.fullmatch(r"sha512-[A-Za-z0-9+/]{86}==", package["integrity"]), package["name"]
+        for name in package["files"]:
+            assert (vendor / name).is_file(), name
+    # The page's script is the pinned file, served by the service itself.
+    assert overview.CHART_JS == f"vendor/chart.js-{names['chart.js']['version']}/chart.umd.min.js"
+    served = client.get(f"/console/static/{overview.CHART_JS}")
+    assert served.status_code == 200
+    assert b"Chart.js v4.6.1" in served.get_data()[:200]
+    served.close()
