@@ -26,6 +26,7 @@ from service.store.idempotency import (
     decode_record,
     encode_record,
 )
+from service.store import sampling
 from service.store.records import (
     DeviceRecord,
     decode_override,
@@ -135,8 +136,12 @@ class DeviceSnapshot:
 # check-in puts a compact line above it.
 # Fleet overview (SPEC §14): ARGV[10] is the packed counters/index argument ("" when the
 # counters are off), and then the last three KEYS are its shards (store/fleet_stats.py).
+# Sampling index (SPEC §12.5): one more key, after all of those, is the device's index shard:
+# sampling.LUA_PRELUDE, first, takes it out of KEYS (so the keys above keep their places, and
+# the last three are the overview's again); rl_sample_index() indexes a new device.
 _RECORD_CHECKIN = (
-    fleet_stats.LUA_FRAGMENT
+    sampling.LUA_PRELUDE
+    + fleet_stats.LUA_FRAGMENT
     + fleet_stats.LUA_CHECKIN
     + r"""
 local rl_nkeys = #KEYS - (ARGV[10] ~= '' and 3 or 0)
@@ -203,6 +208,7 @@ end
 if ARGV[10] ~= '' then
   rl_checkin_stats(ARGV[10], rl_old_verdict, ARGV[1])
 end
+rl_sample_index()  -- sampling index (SPEC §12.5), see sampling.LUA_PRELUDE
 return count
 """
 )
@@ -412,7 +418,14 @@ class DeviceStore:
             fleet_stats.checkin_args(imei, counts, now) if counts is not None else ([], "")
         )
         count = self._record(
-            keys=[keys.device(imei), *proof_keys, *stream_keys, *overview_keys],
+            # The sampling index's shard last: sampling.LUA_PRELUDE finds it by its prefix.
+            keys=[
+                keys.device(imei),
+                *proof_keys,
+                *stream_keys,
+                *overview_keys,
+                sampling.shard_key(imei),
+            ],
             args=[
                 repr(now),
                 f"{'' if policy_version is None else policy_version}|{outcome}",

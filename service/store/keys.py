@@ -191,3 +191,28 @@ def override_expiries(tag: str) -> str:
 # member per slot, never the fleet): the sweeper visits only the shards due, with a full pass
 # now and then in case a mark was lost (written just after the override's script).
 OVERRIDE_EXPIRY_DUE = f"{PREFIX}override-exp-due"
+
+# --- simulations as jobs (SPEC §12.5) ----------------------------------------------------------
+
+#: Prefix of the sampling index's shards (the check-in's script finds its shard by it).
+SAMPLE_SHARD_PREFIX = f"{PREFIX}sample:"
+
+
+def sample_shard(tag: str) -> str:
+    """Hash: one shard of the sampling index, tagged with a slot tag (``store/shards.py``):
+    ``n`` -> how many devices of this slot were recorded, ``"1"``..``"n"`` -> their IMEIs in
+    the order they were first recorded (an ordinal never changes)."""
+    return f"{SAMPLE_SHARD_PREFIX}{{{tag}}}"
+
+
+def simulation_job(job_id: str) -> str:
+    """Hash (TTL 7 days): one simulation job: its request, state, progress, checkpoint and
+    report (``store/simulations.py``)."""
+    return f"{PREFIX}{{sim}}:job:{job_id}"
+
+
+# Sorted set: job id -> creation time, the list of simulation jobs (trimmed past 7 days).
+SIMULATION_JOBS = f"{PREFIX}{{sim}}:jobs"
+
+# The rq queue of simulation jobs (on the jobs Redis: REGIONLOCK_JOBS_REDIS_URL).
+SIMULATION_QUEUE = "regionlock-simulations"
