@@ -163,6 +163,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     # /metrics: the policy version each worker serves (the Grafana dashboard's panel).
     app.extensions["regionlock"].metrics.watch_policy_version(policies.loaded_version)
+
+    # Simulation jobs (SPEC §12.5): their records and rq queue (service/policy/simulation_jobs.py).
+    from service.policy.simulation_jobs import build_simulations
+
+    app.extensions["regionlock_simulations"] = build_simulations(settings, client)
     _init_hardening(app, settings, cluster=isinstance(client, RedisCluster))
 
     api = RegionlockApi(app, spec_kwargs={"extra_plugins": [ErrorResponsesPlugin()]})
@@ -187,6 +192,10 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     api.register_blueprint(approvals_blp)
     api.register_blueprint(stats_blp)  # fleet overview and reports (SPEC §14)
+
+    from service.api.policy.simulations import blp as simulations_blp  # SPEC §12.5
+
+    api.register_blueprint(simulations_blp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(docs.bp)
     app.register_blueprint(console_bp)  # adds the console's secret key to the checks

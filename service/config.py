@@ -92,6 +92,14 @@ class Settings:
     # REGIONLOCK_STATS_SWEEP_S.
     stats_sweep_s: float = 5.0
 
+    # Simulation jobs (SPEC §12.5): the single Redis of their rq queue; None: the main Redis
+    # when it is a standalone one (beside a Cluster, jobs are refused until it is set).
+    jobs_redis_url: str | None = None
+    # Seconds a worker holds a simulation job between checkpoints before another may resume
+    # it, and devices replayed between checkpoints.
+    simulation_lease_s: float = 60.0
+    simulation_batch: int = 10_000
+
     @property
     def key_ring_dir(self) -> Path:
         """Where the signing keys live: REGIONLOCK_KEYS_DIR, else var/keys."""
@@ -117,6 +125,9 @@ _ENV = {
     "REGIONLOCK_CHECKIN_FLEET_LIMIT": "checkin_fleet_limit",
     "REGIONLOCK_MAX_BODY_BYTES": "max_body_bytes",
     "REGIONLOCK_POLICY_MAX_BODY_BYTES": "policy_max_body_bytes",
+    "REGIONLOCK_JOBS_REDIS_URL": "jobs_redis_url",
+    "REGIONLOCK_SIMULATION_LEASE_S": "simulation_lease_s",
+    "REGIONLOCK_SIMULATION_BATCH": "simulation_batch",
     # prometheus-client's own variable: whoever already sets it for other tools keeps working.
     "PROMETHEUS_MULTIPROC_DIR": "metrics_dir",
     "REGIONLOCK_STATS": "stats",
@@ -277,6 +288,9 @@ _COERCE: dict[str, Any] = {
     "unlock_master_key_file": lambda name, v: _optional_path(v),
     "device_proof": lambda name, v: _one_of("REGIONLOCK_DEVICE_PROOF", v, DEVICE_PROOF_MODES),
     "keys_refresh_s": _positive_number,
+    "jobs_redis_url": lambda name, v: _optional_str(v),
+    "simulation_lease_s": _positive_number,
+    "simulation_batch": _positive_int,
     "key_activation_delay_s": _positive_number,
     "stats": lambda name, v: _one_of("REGIONLOCK_STATS", v, ("on", "off")),
     "stats_sweep_s": _positive_number,

@@ -14,6 +14,7 @@ from service.cli.serve import serve
 from service.cli.stats import stats
 from service.cli.tokens import token
 from service.cli.unlock_codes import unlock_codes
+from service.cli.worker import worker
 
 
 @click.group()
@@ -32,6 +33,7 @@ for command in (
     geoip_group,
     unlock_codes,
     stats,
+    worker,
 ):
     main.add_command(command)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from service.engine.compiler import CompiledPolicy
 from service.engine.model import DeviceState, Facts, Place, PlaceValue, apply_override
+from service.policy.estimate import count_interval
 from service.store.devices import DeviceStore
 from service.store.records import (
     LastCheckin,
@@ -62,6 +63,11 @@ class SimulationReport:
     )
     max_new_lock_ratio: float = 0.05
     active_version: int | None = None
+    #: A sampled run (SPEC §12.5): devices in the fleet (the sampling index), devices drawn
+    #: (evaluated + skipped) and the seed of the draw; None for a replay of every device.
+    fleet: int | None = None
+    drawn: int | None = None
+    seed: int | None = None
 
     @property
     def allow_to_lock_ratio(self) -> float:
@@ -70,10 +76,43 @@ class SimulationReport:
             return 0.0
         return self.changes.get(ALLOW_TO_LOCK, 0) / self.evaluated
 
+    def interval(self, count: int) -> dict[str, int]:
+        """A count of the sample scaled to the fleet, with its 95 % interval (SPEC §12.5)."""
+        assert self.fleet is not None and self.drawn is not None
+        return count_interval(count, self.drawn, self.fleet)
+
+    @property
+    def allow_to_lock_upper_ratio(self) -> float:
+        """What the brake compares: the share of allow->lock devices, at the upper bound of its
+        95 % interval for a sampled run (of the fleet's devices with replayable facts, estimated
+        as fleet x evaluated / drawn), the exact share otherwise."""
+        if self.fleet is None or not self.evaluated or not self.drawn:
+            return self.allow_to_lock_ratio
+        high = self.interval(self.changes.get(ALLOW_TO_LOCK, 0))["high"]
+        return min(1.0, high / (self.fleet * self.evaluated / self.drawn))
+
     @property
     def brakes(self) -> bool:
-        """True when publishing the candidate would trip the safety brake (SPEC §6)."""
-        return self.evaluated > 0 and self.allow_to_lock_ratio > self.max_new_lock_ratio
+        """True when publishing the candidate would trip the safety brake (SPEC §6, §12.5)."""
+        return self.evaluated > 0 and self.allow_to_lock_upper_ratio > self.max_new_lock_ratio
+
+    def partial(self) -> dict[str, Any]:
+        """The counts so far (a simulation job's checkpoint); :meth:`resume` reads them."""
+        return {
+            "evaluated": self.evaluated,
+            "skipped": self.skipped,
+            "changes": self.changes,
+            "samples": self.samples,
+            "verdicts": self.verdicts,
+        }
+
+    def resume(self, partial: Mapping[str, Any]) -> None:
+        """Continue from the counts of :meth:`partial`."""
+        self.evaluated = partial["evaluated"]
+        self.skipped = partial["skipped"]
+        self.changes = dict(partial["changes"])
+        self.samples = {k: list(v) for k, v in partial["samples"].items()}
+        self.verdicts = {k: dict(v) for k, v in partial["verdicts"].items()}
 
     def to_dict(self) -> dict[str, Any]:
         """The API form of the report."""
@@ -87,6 +126,22 @@ class SimulationReport:
             "max_new_lock_ratio": self.max_new_lock_ratio,
             "would_brake": self.brakes,
             "active_version": self.active_version,
+            **(self._sampled() if self.fleet is not None else {}),
+        }
+
+    def _sampled(self) -> dict[str, Any]:
+        """A sampled run's fields: the draw, and each count scaled to the fleet."""
+        return {
+            "fleet": self.fleet,
+            "sample": {"size": self.drawn, "seed": self.seed},
+            "allow_to_lock_upper_ratio": round(self.allow_to_lock_upper_ratio, 6),
+            "intervals": {
+                "changes": {k: self.interval(v) for k, v in sorted(self.changes.items())},
+                "verdicts": {
+                    side: {k: self.interval(v) for k, v in sorted(counts.items())}
+                    for side, counts in self.verdicts.items()
+                },
+            },
         }
 
 
@@ -166,34 +221,49 @@ def _time_independent(*policies: CompiledPolicy) -> bool:
     return not any(rule.grace_s for policy in policies for rule in policy.rules)
 
 
-def simulate(
-    devices: DeviceStore,
-    candidate: CompiledPolicy,
-    active: CompiledPolicy,
-    *,
-    active_version: int | None = None,
-    batch: int = BATCH,
-    samples: int = SAMPLES,
-) -> SimulationReport:
-    """Replay every recorded device's latest check-in under ACTIVE and CANDIDATE (pure)."""
-    report = SimulationReport(
-        max_new_lock_ratio=candidate.max_new_lock_ratio, active_version=active_version
-    )
-    overrides = devices.overrides_by_imei(batch=batch, scan_count=SCAN_COUNT)
-    parser = _Parser()
-    changes = report.changes
-    sampled = report.samples
-    before_counts = report.verdicts["active"]
-    after_counts = report.verdicts["candidate"]
-    # A verdict depends on the IMEI only through its distributor (and, SPEC §12.1-§12.2, its
-    # rollout groups and exceptions: CompiledPolicy.device_key), and on the time only through
-    # grace periods; without those, devices with the same distributor, places, SIMs and state
-    # share their pair of verdicts, and most devices look like many others.
-    memo: dict[tuple, tuple[str, str]] | None = {} if _time_independent(active, candidate) else None
-    # Carrier rules (SPEC §12.3) judge the SIMs' home networks, kept in the ``device`` field.
-    judges_sims = active.judges_sims or candidate.judges_sims
-    fields = REPLAY_FIELDS + SIM_FIELDS if judges_sims else REPLAY_FIELDS
-    for rows in devices.field_batches(fields, batch=batch, scan_count=SCAN_COUNT):
+class Replay:
+    """Accumulates a report from device rows (the loop of :func:`simulate`, shared with the
+    sampled simulation jobs of SPEC §12.5, which feed it batch by batch). ``fields``: the
+    stored fields each row must carry, in order."""
+
+    def __init__(
+        self,
+        candidate: CompiledPolicy,
+        active: CompiledPolicy,
+        report: SimulationReport,
+        samples: int = SAMPLES,
+    ):
+        self.candidate = candidate
+        self.active = active
+        self.report = report
+        self.samples = samples
+        self.parser = _Parser()
+        # A verdict depends on the IMEI only through its distributor (and, SPEC §12.1-§12.2, its
+        # rollout groups and exceptions: CompiledPolicy.device_key), and on the time only
+        # through grace periods; without those, devices with the same distributor, places, SIMs
+        # and state share their pair of verdicts, and most devices look like many others.
+        self.memo: dict[tuple, tuple[str, str]] | None = (
+            {} if _time_independent(active, candidate) else None
+        )
+        # Carrier rules (SPEC §12.3) judge the SIMs' home networks, kept in the ``device`` field.
+        judges_sims = active.judges_sims or candidate.judges_sims
+        self.fields = REPLAY_FIELDS + SIM_FIELDS if judges_sims else REPLAY_FIELDS
+
+    def feed(self, rows, overrides: Mapping[str, Any]) -> None:
+        """Replay ROWS, (imei, [the values of ``fields``]) as stored, each with its override
+        from OVERRIDES (IMEI -> stored override) if any."""
+        report, active, candidate, parser, memo = (
+            self.report,
+            self.active,
+            self.candidate,
+            self.parser,
+            self.memo,
+        )
+        samples = self.samples
+        changes = report.changes
+        sampled = report.samples
+        before_counts = report.verdicts["active"]
+        after_counts = report.verdicts["candidate"]
         for imei, (raw_facts, raw_state, raw_aliases, *raw_sims) in rows:
             raw_override = overrides.get(imei)
             if not raw_facts:
@@ -256,4 +326,23 @@ def simulate(
                 kept = sampled.setdefault(change, [])
                 if len(kept) < samples:
                     kept.append(imei)
+
+
+def simulate(
+    devices: DeviceStore,
+    candidate: CompiledPolicy,
+    active: CompiledPolicy,
+    *,
+    active_version: int | None = None,
+    batch: int = BATCH,
+    samples: int = SAMPLES,
+) -> SimulationReport:
+    """Replay every recorded device's latest check-in under ACTIVE and CANDIDATE (pure)."""
+    report = SimulationReport(
+        max_new_lock_ratio=candidate.max_new_lock_ratio, active_version=active_version
+    )
+    overrides = devices.overrides_by_imei(batch=batch, scan_count=SCAN_COUNT)
+    replay = Replay(candidate, active, report, samples)
+    for rows in devices.field_batches(replay.fields, batch=batch, scan_count=SCAN_COUNT):
+        replay.feed(rows, overrides)
     return report

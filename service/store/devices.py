@@ -15,7 +15,7 @@ import orjson
 import redis as redis_lib
 
 from service.engine.model import DeviceState, Override
-from service.store import fleet_stats, keys
+from service.store import fleet_stats, keys, sampling
 from service.store.client import is_cluster
 from service.store.idempotency import (
     OUTCOME_UNKNOWN_MESSAGE,
@@ -26,7 +26,6 @@ from service.store.idempotency import (
     decode_record,
     encode_record,
 )
-from service.store import sampling
 from service.store.records import (
     DeviceRecord,
     decode_override,
@@ -687,3 +686,25 @@ class DeviceStore:
         return self.redis.xtrim(
             keys.CHECKIN_FACTS, minid=f"{int(before * 1000)}-0", approximate=False
         )
+
+    # --- chosen devices (the sampled simulations of SPEC §12.5) ---------------------------------
+
+    def fields_and_overrides(
+        self, imeis: Sequence[str], fields: Sequence[str]
+    ) -> tuple[list[tuple[str, list[Any]]], dict[str, Any]]:
+        """([(imei, [value of each of FIELDS, raw])], {imei: stored override}) of IMEIS, in one
+        pipelined round trip (an HMGET and a GET per device); a device without a record (removed)
+        comes with None values."""
+        pipe = self.redis.pipeline(transaction=False)
+        for imei in imeis:
+            pipe.execute_command("HMGET", keys.device(imei), *fields)
+            pipe.execute_command("GET", keys.device_override(imei))
+        replies = pipe.execute() if imeis else []
+        rows: list[tuple[str, list[Any]]] = []
+        overrides: dict[str, Any] = {}
+        for i, imei in enumerate(imeis):
+            values, override = replies[2 * i], replies[2 * i + 1]
+            rows.append((imei, values))
+            if override is not None:
+                overrides[imei] = override
+        return rows, overrides

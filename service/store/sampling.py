@@ -34,7 +34,7 @@ from service.store.shards import all_tags, slot_tag
 LUA_PRELUDE = r"""
 local rl_sample_key, rl_sample_new = nil, false
 for i = #KEYS, 2, -1 do
-  if string.sub(KEYS[i], 1, %d) == '%s' then
+  if string.sub(KEYS[i], 1, {length}) == '{prefix}' then
     rl_sample_key = table.remove(KEYS, i)
     break
   end
@@ -48,7 +48,9 @@ local function rl_sample_index()
     redis.call('HSET', rl_sample_key, tostring(n), string.match(KEYS[1], '{(.-)}'))
   end
 end
-""" % (len(keys.SAMPLE_SHARD_PREFIX), keys.SAMPLE_SHARD_PREFIX)
+""".replace("{length}", str(len(keys.SAMPLE_SHARD_PREFIX))).replace(
+    "{prefix}", keys.SAMPLE_SHARD_PREFIX
+)
 # <<< the check-in script's fragment <<<
 
 # Adds devices recorded before the index existed. KEYS: shard. ARGV: IMEIs.
