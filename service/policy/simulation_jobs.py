@@ -328,6 +328,9 @@ class JobRunner:
             else:
                 size = int(job["size"])
             plan = Plan(counts, size, int(job["seed"]))
+            done = int(job.get("done") or 0)
+            if done:  # a resumption: say from where (the job shows it, tests check it)
+                jobs.checkpoint(job_id, self.owner, context.lease_s, {"resumed_from": done})
             outcome = {"state": "running"}
 
             def checkpoint(done: int, report: SimulationReport) -> bool:
@@ -350,7 +353,7 @@ class JobRunner:
                 active,
                 plan,
                 active_version=active_version,
-                done=int(job.get("done") or 0),
+                done=done,
                 partial=job.get("partial"),
                 batch=context.batch,
                 on_batch=checkpoint,
