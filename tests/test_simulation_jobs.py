@@ -13,11 +13,11 @@ import pytest
 
 from service.engine.compiler import compile_bundle
 from service.policy.simulation_jobs import JobRunner, WorkerContext
+from service.store import keys
 from service.store.devices import DeviceStore
 from service.store.policy import PolicyStore
 from service.store.sampling import SamplingIndex
 from service.store.simulations import JOB_TTL_S, SimulationStore
-from service.store import keys
 from tests.conftest import ROOT, bearer
 from tests.fleet import SEED, load_fleet, sanctioning_russia
 
