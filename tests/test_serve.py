@@ -303,3 +303,49 @@ def test_a_worker_that_cannot_stop_gracefully_dies_with_a_killed_serve(tmp_path)
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
         served.close()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_serve_runs_simulation_jobs_in_its_own_worker_which_dies_with_it(
+    redis, redis_url, tmp_path
+):
+    """SPEC §12.5: `regionlock serve` starts one job worker (a child process): a job posted to
+    the API is done without any other command, and the worker is gone with serve."""
+    from tests.fleet import load_fleet, sanctioning_russia
+
+    load_fleet(redis, 300, 30)
+    token = TokenStore(redis).create(name="editor-jobs", role="editor")
+    served = Served(tmp_path, redis_url)
+    try:
+        workers = [pid for pid in _children(served.process.pid) if " worker" in _cmdline(pid)]
+        deadline = time.monotonic() + 10
+        while not workers and time.monotonic() < deadline:
+            time.sleep(0.2)
+            workers = [p for p in _children(served.process.pid) if " worker" in _cmdline(p)]
+        assert len(workers) == 1
+        status, body = served.call(
+            "/v1/policy/simulations", token, {"bundle": sanctioning_russia()}
+        )
+        assert status == 202
+        deadline = time.monotonic() + 60
+        job = None
+        while time.monotonic() < deadline:
+            _, job = served.call(f"/v1/policy/simulations/{body['id']}", token)
+            if job["state"] == "done":
+                break
+            time.sleep(0.3)
+        assert job["state"] == "done" and job["report"]["changes"] == {"allow->lock": 30}
+        served.process.send_signal(signal.SIGTERM)
+        served.process.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and _alive(workers[0]):
+            time.sleep(0.1)
+        assert not _alive(workers[0])
+    finally:
+        served.close()

@@ -94,6 +94,12 @@ def serve(workers: int | None, threads: int) -> None:
             # In the master: one sweeper for the whole server, not one per worker.
             start_sweeper(app.extensions["regionlock"].devices, settings.facts_retention_days)
             _start_stats_sweeper(app, settings)
+            # One simulation-job worker (SPEC §12.5), a supervised child that dies with serve;
+            # none beside a Cluster without REGIONLOCK_JOBS_REDIS_URL (warned at start-up).
+            if app.extensions["regionlock_simulations"].queue is not None:
+                from service.cli.worker import supervise_worker
+
+                supervise_worker()
             run_granian(app, settings.bind, workers, threads)
     except (ConfigError, EmbeddedRedisError) as exc:
         fail(str(exc))
