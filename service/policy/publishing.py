@@ -41,6 +41,14 @@ _ROLLBACK_ATTEMPTS = 3
 
 def brake_message(report: SimulationReport) -> str:
     """Why the safety brake stopped a publish, in words for the editor."""
+    if report.fleet is not None and report.drawn != report.fleet:  # a sample (SPEC §12.5)
+        interval = report.interval(report.changes.get("allow->lock", 0))
+        return (
+            f"about {interval['estimate']} of {report.fleet} recorded devices (95 % interval "
+            f"{interval['low']}–{interval['high']}, from a sample of {report.drawn}) would go "
+            f"from allow to lock; the upper bound, {report.allow_to_lock_upper_ratio:.1%}, is "
+            f"above the limit of {report.max_new_lock_ratio:.1%} (max_new_lock_ratio)"
+        )
     return (
         f"{report.changes.get('allow->lock', 0)} of {report.evaluated} recorded devices "
         f"({report.allow_to_lock_ratio:.1%}) would go from allow to lock; the limit is "
@@ -54,6 +62,16 @@ class SafetyBrake(Exception):
     def __init__(self, report: SimulationReport):
         super().__init__(brake_message(report))
         self.report = report
+
+
+class SimulationUnusable(ValueError):
+    """The ``simulation_id`` of a publish cannot stand for its brake (SPEC §12.5): STATUS and
+    CODE are the API's answer (422 unknown or another bundle, 409 not done or outdated)."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
 
 
 class UnknownVersion(LookupError):
@@ -139,6 +157,59 @@ class Publisher:
         if active is None:  # nothing published: every device is compared with the candidate
             active = candidate
         return simulate(self.devices, candidate, active, active_version=number)
+
+    # --- the safety brake's simulation (SPEC §12.5) ---------------------------------------------
+
+    def brake_report(
+        self, candidate: CompiledPolicy, active_number: int | None, simulation_id: str | None
+    ) -> SimulationReport:
+        """The report the brake reads: the finished job SIMULATION_ID (checked: same bundle,
+        done, simulated against ACTIVE_NUMBER), else every device of a fleet of at most
+        BRAKE_SAMPLE (the exact replay of §6, which also sees devices recorded before the
+        sampling index), else BRAKE_SAMPLE devices drawn from the sampling index."""
+        from service.policy.simulation_jobs import (
+            BRAKE_SAMPLE,
+            brake_report,
+            bundle_digest,
+            job_report,
+        )
+        from service.store.sampling import SamplingIndex
+        from service.store.simulations import SimulationStore
+
+        if simulation_id is not None:
+            job = SimulationStore(self.devices.redis).get(simulation_id)
+            if job is None:
+                raise SimulationUnusable(
+                    422, "unknown_simulation", f"there is no simulation {simulation_id}"
+                )
+            if job.get("digest") != bundle_digest(candidate.bundle):
+                raise SimulationUnusable(
+                    422,
+                    "simulation_mismatch",
+                    f"simulation {simulation_id} was of another bundle: simulate this one",
+                )
+            if job["state"] != "done":
+                raise SimulationUnusable(
+                    409, "simulation_not_done", f"simulation {simulation_id} is {job['state']}"
+                )
+            simulated_on = int(job["active_version"]) if job.get("active_version") else None
+            if simulated_on != active_number:
+                raise SimulationUnusable(
+                    409,
+                    "simulation_outdated",
+                    f"simulation {simulation_id} compared the bundle with version "
+                    f"{simulated_on}; the active version is {active_number}: simulate again",
+                )
+            return job_report(job, candidate)
+        index = SamplingIndex(self.devices.redis)
+        number, active = self.active_policy()
+        if active is None:
+            active = candidate
+        if sum(index.counts()) <= BRAKE_SAMPLE:
+            return simulate(self.devices, candidate, active, active_version=number)
+        return brake_report(
+            self.devices, index, candidate, active, active_version=number, limit=BRAKE_SAMPLE
+        )
 
     def _prior(self, operation: Operation | None) -> Published | None:
         """The answer of OPERATION if it was applied before (checked first, so a retry is
@@ -231,8 +302,14 @@ class Publisher:
         force: bool = False,
         operation: Operation | None = None,
         approving: tuple[dict, dict] | None = None,
+        simulation_id: str | None = None,
     ) -> Published:
         """Validate, simulate and publish BUNDLE as the version after EXPECTED_VERSION.
+
+        The brake's simulation (SPEC §12.5): the finished job SIMULATION_ID of the same bundle
+        against the active version, else at most 100,000 sampled devices (every device of a
+        smaller fleet), in this call (:meth:`brake_report`); SimulationUnusable when the job
+        cannot stand for it.
 
         Raises BundleError (invalid), VersionConflict (stale expected_version) or SafetyBrake
         (too many new locks, unless FORCE). Writes one ``policy.publish`` audit entry.
@@ -263,7 +340,9 @@ class Publisher:
                 force=force,
                 operation=operation,
             )
-        report = self.simulate(candidate)
+        # >>> safety brake (SPEC §12.5): a finished job of this bundle, or a sample in-request
+        report = self.brake_report(candidate, active_number, simulation_id)
+        # <<< safety brake
         if report.brakes and not force:
             raise SafetyBrake(report)
         number = (expected_version or 0) + 1
@@ -279,6 +358,8 @@ class Publisher:
                 "forced": force,
                 "changes": report.changes,
                 **(approved_meta or {}),
+                **({"simulation_id": simulation_id} if simulation_id else {}),
+                **({"fleet": report.fleet, "sample": report.drawn} if report.fleet else {}),
             },
         )
         simulation = report.to_dict()

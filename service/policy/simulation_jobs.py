@@ -433,3 +433,17 @@ def build_worker_context(settings, client, url: str) -> WorkerContext:
         lease_s=settings.simulation_lease_s,
         batch=settings.simulation_batch,
     )
+
+
+def job_report(job: dict, candidate: CompiledPolicy) -> SimulationReport:
+    """A finished job's report as the brake reads it (the limit: the candidate's)."""
+    stored = job["report"]
+    report = SimulationReport(
+        max_new_lock_ratio=candidate.max_new_lock_ratio,
+        active_version=stored.get("active_version"),
+        fleet=stored.get("fleet"),
+        drawn=(stored.get("sample") or {}).get("size"),
+        seed=(stored.get("sample") or {}).get("seed"),
+    )
+    report.resume(stored)
+    return report

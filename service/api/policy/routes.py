@@ -25,6 +25,7 @@ from service.policy.publishing import (
     ApprovalRequired,
     Publisher,
     SafetyBrake,
+    SimulationUnusable,
     UnknownVersion,
     VersionConflict,
     brake_message,
@@ -135,12 +136,15 @@ class ActivePolicy(MethodView):
     @blp.alt_response(202, schema=ApprovalRequestedSchema, description=SENT_FOR_APPROVAL)
     @blp.alt_response(
         409,
-        description="version_conflict (stale expected_version) or "
-        "safety_brake (with the simulation report)",
+        description="version_conflict (stale expected_version), "
+        "safety_brake (with the simulation report), or simulation_not_done / "
+        "simulation_outdated (the simulation_id's job is unfinished, or was compared with "
+        "another active version)",
     )
     @blp.alt_response(
         422,
-        description="invalid_bundle: every error by path; or idempotency_key_reused",
+        description="invalid_bundle: every error by path; idempotency_key_reused; or "
+        "unknown_simulation / simulation_mismatch (simulation_id unknown, or of another bundle)",
     )
     @blp.alt_response(503, description="Redis unreachable, or the outcome is unknown")
     @require("policy:write")
@@ -158,11 +162,19 @@ class ActivePolicy(MethodView):
                 role=g.principal.role,
                 force=body["force"],
                 operation=operation,
+                simulation_id=body.get("simulation_id"),  # SPEC §12.5
             )
         except BundleError as exc:
             raise _invalid(exc) from None
         except VersionConflict as exc:
             raise _conflict(exc) from None
+        except SimulationUnusable as exc:  # SPEC §12.5: the named job cannot be the brake's
+            raise ApiError(
+                exc.status,
+                str(exc),
+                code=exc.code,
+                fields={"simulation_id": [str(exc)]} if exc.status == 422 else None,
+            ) from None
         except SafetyBrake as exc:
             raise ApiError(
                 409,

@@ -38,6 +38,14 @@ class PublishSchema(BundleBodySchema):
     force = fields.Boolean(
         load_default=False, metadata={"description": "publish even if the safety brake trips"}
     )
+    simulation_id = fields.String(
+        validate=validate.Length(min=1, max=64),
+        metadata={
+            "description": "a finished simulation job of this same bundle against the active "
+            "version (SPEC §12.5): the brake reads its report; without one the brake samples "
+            "at most 100,000 devices in the request"
+        },
+    )
 
 
 class RollbackSchema(_Body):

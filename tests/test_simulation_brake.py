@@ -1,0 +1,143 @@
+"""The publish's safety brake at fleet scale (SPEC §12.5): a finished job named by
+``simulation_id``, else a sample drawn in the request, judged on the interval's upper bound."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from service.engine.compiler import compile_bundle
+from service.policy.simulation_jobs import JobRunner, WorkerContext
+from service.store.devices import DeviceStore
+from service.store.policy import PolicyStore
+from service.store.sampling import SamplingIndex
+from service.store.simulations import SimulationStore
+from tests.conftest import audit_entries, bearer
+from tests.fleet import SEED, load_fleet, sanctioning_russia
+
+
+@pytest.fixture
+def as_role(client, tokens):
+    def call(role, method, path, body=None):
+        return client.open(path, method=method, json=body, headers=bearer(tokens[role]))
+
+    return call
+
+
+def run_jobs(redis):
+    """Run the queued jobs here (the worker's code, without its process)."""
+    jobs = SimulationStore(redis)
+    context = WorkerContext(
+        devices=DeviceStore(redis),
+        index=SamplingIndex(redis),
+        jobs=jobs,
+        policies=PolicyStore(redis),
+        queue=None,
+    )
+    for job_id in jobs.ids():
+        JobRunner(context).run(job_id)
+
+
+def publish(as_role, bundle, **extra):
+    body = {"bundle": bundle, "note": "n", "expected_version": 1, **extra}
+    return as_role("editor", "POST", "/v1/policy", body)
+
+
+def simulated(as_role, redis, bundle, **extra):
+    job_id = as_role(
+        "editor", "POST", "/v1/policy/simulations", {"bundle": bundle, **extra}
+    ).get_json()["id"]
+    run_jobs(redis)
+    return job_id
+
+
+def test_a_finished_job_stands_for_the_brake(as_role, redis):
+    load_fleet(redis, 600, 60)  # 10 % would be locked
+    strict = sanctioning_russia(ratio=0.05)
+    job_id = simulated(as_role, redis, strict, sample=300, seed=2)
+    braked = publish(as_role, strict, simulation_id=job_id)
+    assert braked.status_code == 409
+    error = braked.get_json()["error"]
+    assert error["code"] == "safety_brake"
+    # The job's report (a sample of 300 of 600), not a replay in the request.
+    assert error["report"]["sample"] == {"size": 300, "seed": 2}
+    assert error["report"]["fleet"] == 600
+    assert "from a sample of 300" in error["message"]
+
+    lenient = sanctioning_russia(ratio=0.5)
+    job_id = simulated(as_role, redis, lenient)
+    published = publish(as_role, lenient, simulation_id=job_id)
+    assert published.status_code == 201
+    assert published.get_json()["simulation"]["intervals"]["changes"]["allow->lock"] == {
+        "estimate": 60,
+        "low": 60,
+        "high": 60,
+    }
+    entry = [e for e in audit_entries(redis) if e["action"] == "policy.publish"][-1]
+    assert orjson.loads(entry["detail"])["simulation_id"] == job_id
+
+
+def test_a_simulation_id_must_be_of_this_bundle_done_and_current(as_role, redis):
+    load_fleet(redis, 100, 1)
+    lenient = sanctioning_russia(ratio=0.5)
+    unknown = publish(as_role, lenient, simulation_id="nope")
+    assert unknown.status_code == 422
+    assert unknown.get_json()["error"]["code"] == "unknown_simulation"
+    assert "simulation_id" in unknown.get_json()["error"]["fields"]
+
+    other = simulated(as_role, redis, SEED)
+    mismatch = publish(as_role, lenient, simulation_id=other)
+    assert mismatch.status_code == 422
+    assert mismatch.get_json()["error"]["code"] == "simulation_mismatch"
+
+    queued = as_role("editor", "POST", "/v1/policy/simulations", {"bundle": lenient}).get_json()[
+        "id"
+    ]
+    not_done = publish(as_role, lenient, simulation_id=queued)
+    assert not_done.status_code == 409
+    assert not_done.get_json()["error"]["code"] == "simulation_not_done"
+    run_jobs(redis)
+
+    # Another version published since: the job compared the bundle with version 1.
+    assert publish(as_role, SEED | {"name": "other"}).status_code == 201
+    outdated = as_role(
+        "editor",
+        "POST",
+        "/v1/policy",
+        {"bundle": lenient, "note": "n", "expected_version": 2, "simulation_id": queued},
+    )
+    assert outdated.status_code == 409
+    assert outdated.get_json()["error"]["code"] == "simulation_outdated"
+    # Nothing was published by the refused calls.
+    assert as_role("editor", "GET", "/v1/policy").get_json()["version"] == 2
+
+
+def test_without_a_job_a_big_fleet_is_sampled_and_judged_on_the_upper_bound(
+    as_role, redis, monkeypatch
+):
+    # The in-request sample is 100,000 devices; here 1,000 of a 3,000-device fleet.
+    monkeypatch.setattr("service.policy.simulation_jobs.BRAKE_SAMPLE", 1000)
+    load_fleet(redis, 3000, 120)  # exactly 4 %: under a 5 % limit
+    bundle = sanctioning_russia(ratio=0.05)
+    braked = publish(as_role, bundle)
+    assert braked.status_code == 409, braked.get_json()
+    report = braked.get_json()["error"]["report"]
+    assert report["fleet"] == 3000 and report["sample"]["size"] == 1000
+    assert report["evaluated"] == 1000
+    # The sample's share is under the limit; the interval's upper bound is over it.
+    assert report["allow_to_lock_ratio"] <= 0.05 < report["allow_to_lock_upper_ratio"]
+    interval = report["intervals"]["changes"]["allow->lock"]
+    assert interval["low"] <= 120 <= interval["high"]
+    # The exact replay of every device would have let it through: the bound is what brakes.
+    direct = as_role("editor", "POST", "/v1/policy/simulate", {"bundle": bundle}).get_json()
+    assert direct["allow_to_lock_ratio"] == 0.04 and direct["would_brake"] is False
+
+
+def test_a_small_fleet_is_replayed_whole_in_the_request(as_role, redis):
+    load_fleet(redis, 200, 20)
+    braked = publish(as_role, sanctioning_russia(ratio=0.05))
+    assert braked.status_code == 409
+    report = braked.get_json()["error"]["report"]
+    assert report["evaluated"] == 200 and report["changes"] == {"allow->lock": 20}
+    assert "fleet" not in report  # the exact replay of §6, no sample
+    assert compile_bundle(SEED)  # the seed is unchanged
