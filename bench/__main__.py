@@ -17,6 +17,9 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("bench.bench_http", ["--seconds", "10"]),
     ("bench.bench_servers", []),
     ("bench.bench_simulate", ["--devices", "1000000"]),
+    # Simulation jobs (SPEC §12.5): a 10,000,000-device fleet estimated from a 1,000,000 sample
+    # (loading it takes minutes and ~4 GB of Redis memory).
+    ("bench.bench_simulate_jobs", ["--devices", "10000000", "--sample", "1000000"]),
     ("bench.bench_memory", ["--devices", "5000"]),
     # Fleet overview (SPEC §14): the counters' cost to a check-in; the 1M locked export.
     ("bench.bench_stats", ["--locked", "1000000"]),

@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,16 +125,27 @@ def run_plan(
         report.resume(partial)
     replay = Replay(candidate, active, report)
     total = len(positions)
-    while done < total:
-        chunk = positions[done : done + batch].tolist()
+
+    def fetch(start: int):
+        chunk = positions[start : start + batch].tolist()
         imeis = index.imeis_at(chunk, plan.counts)
-        rows, overrides = devices.fields_and_overrides(
+        return len(chunk), devices.fields_and_overrides(
             [imei or "" for imei in imeis], REPLAY_FIELDS
         )
-        replay.feed(rows, overrides)
-        done += len(chunk)
-        if on_batch is not None and on_batch(done, report) is False:
-            return None
+
+    # The next batch is read while this one is decided (Redis and Python on two cores).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="simulation-read") as reads:
+        pending = reads.submit(fetch, done) if done < total else None
+        while pending is not None:
+            count, (rows, overrides) = pending.result()
+            following = done + count
+            pending = reads.submit(fetch, following) if following < total else None
+            replay.feed(rows, overrides)
+            done = following
+            if on_batch is not None and on_batch(done, report) is False:
+                if pending is not None:
+                    pending.cancel()
+                return None
     return report
 
 

@@ -20,10 +20,12 @@ Devices recorded before the index existed are added once by :meth:`SamplingIndex
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from service.store import keys
+from service.store.client import is_cluster
 from service.store.scan import scan_batches
-from service.store.shards import all_tags, slot_tag
+from service.store.shards import all_tags, slot_of, slot_tag
 
 # >>> the check-in script's fragment (SPEC §12.5 sampling index) >>>
 # Prepended to the check-in script. The caller passes the device's index shard as one more key
@@ -66,6 +68,34 @@ redis.call('HSET', KEYS[1], unpack(pairs))
 return n
 """
 
+# The loader's batch write on a standalone Redis (one call for many records instead of one
+# command each). KEYS: device hashes. ARGV: per key, its number of fields, then field/value pairs.
+_LOAD = r"""
+local at = 1
+for i, key in ipairs(KEYS) do
+  local n = tonumber(ARGV[at])
+  redis.call('HSET', key, unpack(ARGV, at + 1, at + 2 * n))
+  at = at + 1 + 2 * n
+end
+return #KEYS
+"""
+
+# The draw's read of many ordinals (standalone Redis only: the shards span slots). KEYS:
+# shards. ARGV: per shard, its number of ordinals, then the ordinals. Returns the IMEIs.
+_AT = r"""
+local out, n, at = {}, 0, 1
+for i, key in ipairs(KEYS) do
+  local m = tonumber(ARGV[at])
+  local found = redis.call('HMGET', key, unpack(ARGV, at + 1, at + m))
+  for j = 1, m do
+    n = n + 1
+    out[n] = found[j]
+  end
+  at = at + 1 + m
+end
+return out
+"""
+
 #: Slots read per pipelined round trip.
 _SLOTS_PER_READ = 16_384
 
@@ -81,6 +111,9 @@ class SamplingIndex:
     def __init__(self, redis):
         self.redis = redis
         self._append = redis.register_script(_APPEND)
+        self._load = redis.register_script(_LOAD)
+        self._at = redis.register_script(_AT)
+        self.cluster = is_cluster(redis)
 
     def counts(self) -> list[int]:
         """Devices indexed per slot, in slot order (one pipelined read of 16,384 fields)."""
@@ -91,10 +124,13 @@ class SamplingIndex:
 
     def imeis_at(self, positions: Sequence[int], counts: Sequence[int]) -> list[str | None]:
         """The IMEIs at sorted POSITIONS of the fleet laid out by COUNTS (None where an entry is
-        missing). One pipelined HMGET per slot the positions fall in."""
+        missing). One HMGET per slot the positions fall in: all in one script call on a
+        standalone Redis, pipelined in a cluster."""
         tags = all_tags()
         pipe = self.redis.pipeline(transaction=False)
         groups: list[int] = []
+        shard_keys: list[str] = []
+        args: list[int] = []
         slot, start = 0, 0
         i, total = 0, len(positions)
         while i < total:
@@ -107,8 +143,16 @@ class SamplingIndex:
             while i < total and positions[i] < end:
                 ordinals.append(positions[i] - start + 1)
                 i += 1
-            pipe.execute_command("HMGET", keys.sample_shard(tags[slot]), *ordinals)
+            if self.cluster:
+                pipe.execute_command("HMGET", keys.sample_shard(tags[slot]), *ordinals)
+            else:
+                shard_keys.append(keys.sample_shard(tags[slot]))
+                args.append(len(ordinals))
+                args.extend(ordinals)
             groups.append(len(ordinals))
+        if not self.cluster:
+            reply = self._at(keys=shard_keys, args=args) if groups else []
+            return [v.decode() if isinstance(v, bytes) else v for v in reply]
         found: list[str | None] = []
         for reply in pipe.execute() if groups else ():
             found.extend(v.decode() if isinstance(v, bytes) else v for v in reply)
@@ -162,22 +206,60 @@ class SamplingIndex:
 
     # --- the bulk loader of benchmarks and tests ---------------------------------------------
 
-    def load(self, records: Iterable[tuple[str, Mapping[str, str]]], *, batch: int = 2000) -> int:
-        """Write device records (IMEI, stored fields as a check-in writes them) and index them,
-        pipelined, BATCH devices per round trip: a fleet recorded without check-ins. The IMEIs
-        must be new. Returns how many were written."""
-        written = 0
+    def load(
+        self,
+        records: Iterable[tuple[str, Mapping[str, str]]],
+        *,
+        batch: int = 2000,
+        index_flush: int = 200_000,
+    ) -> int:
+        """Write device records (IMEI, stored fields as a check-in writes them) and index them:
+        a fleet recorded without check-ins (benchmarks, tests). Records go BATCH per pipelined
+        round trip; index entries are gathered by slot and written every INDEX_FLUSH devices,
+        one HSET per slot. The IMEIs must be new, and no check-in may record a new device
+        meanwhile (the ordinals are counted here). Returns how many were written."""
+        counts = self.counts()
+        tags = all_tags()
+        pending: dict[int, list[str]] = {}
+        written = unflushed = 0
+        scripted = not is_cluster(self.redis)
         for chunk in _chunks(records, batch):
-            pipe = self.redis.pipeline(transaction=False)
-            by_tag: dict[str, list[str]] = {}
-            for imei, fields in chunk:
-                pipe.hset(keys.device(imei), mapping=fields)
-                by_tag.setdefault(slot_tag(imei), []).append(imei)
-            for tag, group in by_tag.items():
-                self._append(keys=[keys.sample_shard(tag)], args=group, client=pipe)
-            pipe.execute()
+            if scripted:  # one script call per batch (the keys are this one server's)
+                args: list[Any] = []
+                for imei, fields in chunk:
+                    args.append(len(fields))
+                    for name, value in fields.items():
+                        args.extend((name, value))
+                    pending.setdefault(slot_of(imei), []).append(imei)
+                self._load(keys=[keys.device(imei) for imei, _ in chunk], args=args)
+            else:
+                pipe = self.redis.pipeline(transaction=False)
+                for imei, fields in chunk:
+                    flat: list[str] = []
+                    for name, value in fields.items():
+                        flat.extend((name, value))
+                    pipe.execute_command("HSET", keys.device(imei), *flat)
+                    pending.setdefault(slot_of(imei), []).append(imei)
+                pipe.execute()
             written += len(chunk)
+            unflushed += len(chunk)
+            if unflushed >= index_flush:
+                self._flush(pending, counts, tags)
+                pending, unflushed = {}, 0
+        self._flush(pending, counts, tags)
         return written
+
+    def _flush(self, pending: dict[int, list[str]], counts: list[int], tags) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for slot, imeis in pending.items():
+            first = counts[slot]
+            flat: list[Any] = []
+            for i, imei in enumerate(imeis, start=first + 1):
+                flat.extend((i, imei))
+            counts[slot] = first + len(imeis)
+            pipe.execute_command("HSET", keys.sample_shard(tags[slot]), "n", counts[slot], *flat)
+        if pending:
+            pipe.execute()
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
