@@ -7,7 +7,8 @@ cookie flags), so the console needs no other line in the app factory.
 from __future__ import annotations
 
 # Importing the view modules attaches their routes to ``bp``.
-# approvals: four eyes on sanctions (SPEC §12.4); overview: the fleet overview (SPEC §14).
+# approvals: four eyes on sanctions (SPEC §12.4); overview: the fleet overview (SPEC §14);
+# simulations: simulation jobs (SPEC §12.5).
 from service.console import (  # noqa: F401
     approvals,
     audit,
@@ -16,6 +17,7 @@ from service.console import (  # noqa: F401
     overview,
     policy,
     session,
+    simulations,
 )
 from service.console.blueprint import bp
 
