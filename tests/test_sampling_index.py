@@ -78,3 +78,19 @@ def test_the_loader_records_and_indexes(redis):
     counts = index.counts()
     assert sorted(index.imeis_at(range(50), counts)) == sorted(r[0] for r in rows)
     assert redis.hget(keys.device(device(3)), "verdict") == "allow"
+
+
+def test_the_reindex_command(checkin, redis, redis_url, monkeypatch):
+    from click.testing import CliRunner
+
+    from service.cli import main
+
+    monkeypatch.setenv("REGIONLOCK_REDIS_URL", redis_url)
+    for n in range(4):
+        checkin(device(n), **RUSSIA)
+    redis.delete(shard_key(device(0)))
+    result = CliRunner().invoke(main, ["devices", "reindex"], catch_exceptions=False)
+    assert result.exit_code == 0
+    counts = SamplingIndex(redis).counts()
+    assert sum(counts) == 4
+    assert "4 device(s) recorded" in result.output

@@ -110,3 +110,15 @@ def devices_unproven(since_days) -> None:
             click.echo(f"{imei},{unproven},{last_at},{proven_at}")
             count += 1
     click.echo(f"{count} device(s) checked in without a proof", err=True)
+
+
+@devices.command("reindex")
+def devices_reindex() -> None:
+    """Add the devices recorded before the sampling index existed (SPEC §12.5) to it: run once
+    after upgrading, before relying on simulation jobs and the publish brake's sample (a scan
+    of the device records; never run two at once)."""
+    from service.store.sampling import SamplingIndex
+
+    with redis_client() as client:
+        seen, added = SamplingIndex(client).reindex()
+    click.echo(f"{seen} device(s) recorded, {added} added to the sampling index")
