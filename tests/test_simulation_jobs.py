@@ -211,3 +211,16 @@ def test_a_killed_worker_is_resumed_from_its_checkpoint(as_role, redis, redis_ur
     assert JobRunner(context).run(fresh) == "done"
     assert jobs.get(fresh)["report"] == done["report"]
     assert done["report"]["evaluated"] == 30_000
+
+
+def test_openapi_documents_the_jobs_and_the_publish_field(client):
+    spec = client.get("/v1/openapi.json").get_json()
+    paths = spec["paths"]
+    assert set(paths["/v1/policy/simulations"]) >= {"post", "get"}
+    assert set(paths["/v1/policy/simulations/{job_id}"]) >= {"get", "delete"}
+    assert "202" in paths["/v1/policy/simulations"]["post"]["responses"]
+    schemas = spec["components"]["schemas"]
+    assert "simulation_id" in schemas["Publish"]["properties"]
+    job = schemas["SimulationJob"]["properties"]
+    assert {"state", "progress", "report"} <= set(job)
+    assert "intervals" in schemas["SampledSimulation"]["properties"]
