@@ -224,6 +224,17 @@ def test_fleet_counters_and_locked_index_on_a_cluster(cluster_app):
 
     from service.devices.stats import StatsSweeper
     from service.store.shards import slot_tag
+
+
+def test_simulation_jobs_on_a_cluster(cluster_app, make_app, cluster, redis_url):
+    """SPEC §12.5 on a Cluster: the check-in writes the sampling index in the device's slot;
+    jobs are refused without a jobs Redis, and with one they sample the cluster's devices."""
+    from service.policy.simulation_jobs import JobRunner, WorkerContext
+    from service.store.devices import DeviceStore
+    from service.store.policy import PolicyStore
+    from service.store.sampling import SamplingIndex
+    from service.store.simulations import SimulationStore
+    from tests.fleet import sanctioning_russia
     from tests.imeis import imei
 
     app, client, tokens = cluster_app
@@ -270,3 +281,50 @@ def test_fleet_counters_and_locked_index_on_a_cluster(cluster_app):
     assert all(
         client.exists(keys.stats_shard(slot_tag(d), today.replace("-", ""))) == 0 for d in devices
     )
+
+    devices = [imei(f"49015420{n:06d}") for n in range(40)]
+    for n, one in enumerate(devices):
+        network = "25001" if n < 10 else "310260"  # 10 in Russia, the rest in the US
+        answer = http.post(
+            "/v1/checkin",
+            json={"imei": one, "sim": {"network": network}},
+            headers=bearer(tokens["device"]),
+        )
+        assert answer.status_code == 200
+    index = SamplingIndex(client)
+    counts = index.counts()
+    assert sum(counts) == 40
+    assert sorted(index.imeis_at(range(40), counts)) == sorted(devices)
+
+    # No jobs Redis beside a Cluster: refused, naming the setting.
+    body = {"bundle": sanctioning_russia()}
+    refused = http.post("/v1/policy/simulations", json=body, headers=bearer(tokens["editor"]))
+    assert refused.status_code == 503 and refused.get_json()["error"]["code"] == "jobs_unavailable"
+
+    # With one: the job's records stay on the cluster, the queue on the single Redis.
+    with_jobs = make_app(redis_url=cluster.url, jobs_redis_url=redis_url)
+    started = with_jobs.test_client().post(
+        "/v1/policy/simulations",
+        json={**body, "sample": 25, "seed": 3},
+        headers=bearer(tokens["editor"]),
+    )
+    assert started.status_code == 202
+    context = WorkerContext(
+        devices=DeviceStore(client),
+        index=index,
+        jobs=SimulationStore(client),
+        policies=PolicyStore(client),
+        queue=None,
+        batch=7,
+    )
+    job_id = started.get_json()["id"]
+    assert JobRunner(context).run(job_id) == "done"
+    report = SimulationStore(client).get(job_id)["report"]
+    assert report["evaluated"] == 25 and report["fleet"] == 40
+    interval = report["intervals"]["changes"]["allow->lock"]
+    assert interval["low"] <= 10 <= interval["high"]
+    census = SimulationStore(client).create(
+        {"bundle": sanctioning_russia(), "active_version": 1, "seed": 1}
+    )
+    assert JobRunner(context).run(census) == "done"
+    assert SimulationStore(client).get(census)["report"]["changes"] == {"allow->lock": 10}
