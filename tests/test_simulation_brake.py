@@ -113,20 +113,39 @@ def test_a_simulation_id_must_be_of_this_bundle_done_and_current(as_role, redis)
 
 
 def test_without_a_job_a_big_fleet_is_sampled_and_judged_on_the_upper_bound(
-    as_role, redis, monkeypatch
+    app, as_role, redis, monkeypatch
 ):
+    from service.policy.publishing import Publisher
+
     # The in-request sample is 100,000 devices; here 1,000 of a 3,000-device fleet.
     monkeypatch.setattr("service.policy.simulation_jobs.BRAKE_SAMPLE", 1000)
-    load_fleet(redis, 3000, 120)  # exactly 4 %: under a 5 % limit
-    bundle = sanctioning_russia(ratio=0.05)
+    load_fleet(redis, 3000, 120)  # exactly 4 %
+    rl = app.extensions["regionlock"]
+    rl.policies.current()  # the seed is published as version 1
+    publisher = Publisher(rl.devices, rl.policy_store, rl.audit)
+    # A limit between the sample's own share and its interval's upper bound (the draw is
+    # seeded by the bundle, limit included, so each limit is tried with its own draw).
+    for thousandths in range(45, 80):
+        bundle = sanctioning_russia(ratio=thousandths / 1000)
+        report = publisher.brake_report(compile_bundle(bundle), 1, None)
+        assert report.fleet == 3000 and report.drawn == 1000
+        if (
+            report.allow_to_lock_ratio
+            <= bundle["max_new_lock_ratio"]
+            < (report.allow_to_lock_upper_ratio)
+        ):
+            break
+    else:
+        raise AssertionError("no limit between the sample's share and its upper bound")
     braked = publish(as_role, bundle)
     assert braked.status_code == 409, braked.get_json()
-    report = braked.get_json()["error"]["report"]
-    assert report["fleet"] == 3000 and report["sample"]["size"] == 1000
-    assert report["evaluated"] == 1000
+    answer = braked.get_json()["error"]["report"]
+    assert answer["fleet"] == 3000 and answer["sample"]["size"] == 1000
+    assert answer["evaluated"] == 1000
     # The sample's share is under the limit; the interval's upper bound is over it.
-    assert report["allow_to_lock_ratio"] <= 0.05 < report["allow_to_lock_upper_ratio"]
-    interval = report["intervals"]["changes"]["allow->lock"]
+    assert answer["allow_to_lock_ratio"] <= bundle["max_new_lock_ratio"]
+    assert answer["allow_to_lock_upper_ratio"] > bundle["max_new_lock_ratio"]
+    interval = answer["intervals"]["changes"]["allow->lock"]
     assert interval["low"] <= 120 <= interval["high"]
     # The exact replay of every device would have let it through: the bound is what brakes.
     direct = as_role("editor", "POST", "/v1/policy/simulate", {"bundle": bundle}).get_json()

@@ -34,7 +34,7 @@ import numpy as np
 import orjson
 
 from service.engine.compiler import CompiledPolicy, compile_bundle
-from service.policy.simulate import REPLAY_FIELDS, Replay, SimulationReport
+from service.policy.simulate import Replay, SimulationReport
 from service.store.devices import DeviceStore
 from service.store.policy import PolicyStore
 from service.store.sampling import SamplingIndex
@@ -130,7 +130,7 @@ def run_plan(
         chunk = positions[start : start + batch].tolist()
         imeis = index.imeis_at(chunk, plan.counts)
         return len(chunk), devices.fields_and_overrides(
-            [imei or "" for imei in imeis], REPLAY_FIELDS
+            [imei or "" for imei in imeis], replay.fields
         )
 
     # The next batch is read while this one is decided (Redis and Python on two cores).
