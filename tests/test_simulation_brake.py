@@ -160,3 +160,40 @@ def test_a_small_fleet_is_replayed_whole_in_the_request(as_role, redis):
     assert report["evaluated"] == 200 and report["changes"] == {"allow->lock": 20}
     assert "fleet" not in report  # the exact replay of §6, no sample
     assert compile_bundle(SEED)  # the seed is unchanged
+
+
+@pytest.fixture
+def checkin(client, tokens):
+    def run(imei_, **body):
+        answer = client.post(
+            "/v1/checkin", json={"imei": imei_, **body}, headers=bearer(tokens["device"])
+        )
+        assert answer.status_code == 200, answer.get_json()
+        return answer.get_json()
+
+    return run
+
+
+def test_a_job_judges_sims_and_rollouts_as_simulate_does(as_role, redis, checkin):
+    """Carrier rules read the recorded SIMs (SPEC §12.3), staged rules the rollout groups
+    (SPEC §12.1): a job's census equals the in-request replay."""
+    import copy
+
+    from tests.imeis import imei
+
+    orange = [imei(f"86769105{n:06d}") for n in range(20)]
+    for n, device in enumerate(orange):
+        network = "20815" if n % 4 == 0 else "20801"  # 5 of 20 carry a Free SIM
+        checkin(device, sim={"imsi": network + "0123456789", "network": network})
+    for n in range(60):
+        checkin(imei(f"49015420{n:06d}"), sim={"network": "25001"})
+    candidate = copy.deepcopy(SEED)
+    next(r for r in candidate["rules"] if r["id"] == "orange-sims")["action"] = "lock"
+    candidate["rules"][0]["regions"].append("RU")
+    candidate["rules"][0]["rollout_percent"] = 30
+    direct = as_role("editor", "POST", "/v1/policy/simulate", {"bundle": candidate}).get_json()
+    assert direct["changes"]["warn->lock"] == 5 and 0 < direct["changes"]["allow->lock"] < 60
+    job_id = simulated(as_role, redis, candidate)
+    report = as_role("editor", "GET", f"/v1/policy/simulations/{job_id}").get_json()["report"]
+    assert report["changes"] == direct["changes"]
+    assert report["verdicts"] == direct["verdicts"]
