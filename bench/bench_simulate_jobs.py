@@ -35,7 +35,7 @@ from service.policy.simulation_jobs import JobRunner, WorkerContext
 from service.store import keys
 from service.store.devices import DeviceStore
 from service.store.policy import PolicyStore
-from service.store.records import encode_state
+from service.store.records import encode_outcome, encode_state
 from service.store.sampling import SamplingIndex
 from service.store.server import EmbeddedRedis
 from service.store.simulations import SimulationStore
@@ -102,8 +102,13 @@ def fleet(count: int, seed: int, exact: dict[str, int]):
                 "facts": orjson.dumps({"at": now, "places": places}).decode(),
                 "verdict": before.verdict,
                 "policy_version": "1",
-                "history": f"sig|{now!r}|1|"
-                + orjson.dumps({"at": int(now), "verdict": before.verdict}).decode(),
+                # One compact history line (records.HistoryLine), as the check-in writes it.
+                "history": f"{int(now)}|1|0|1|"
+                + encode_outcome(
+                    before.verdict,
+                    [{"code": r.code, "rule": r.rule, "region": r.region} for r in before.reasons],
+                    places,
+                ),
             }
             state = encode_state(before.state)
             if state:

@@ -224,17 +224,6 @@ def test_fleet_counters_and_locked_index_on_a_cluster(cluster_app):
 
     from service.devices.stats import StatsSweeper
     from service.store.shards import slot_tag
-
-
-def test_simulation_jobs_on_a_cluster(cluster_app, make_app, cluster, redis_url):
-    """SPEC §12.5 on a Cluster: the check-in writes the sampling index in the device's slot;
-    jobs are refused without a jobs Redis, and with one they sample the cluster's devices."""
-    from service.policy.simulation_jobs import JobRunner, WorkerContext
-    from service.store.devices import DeviceStore
-    from service.store.policy import PolicyStore
-    from service.store.sampling import SamplingIndex
-    from service.store.simulations import SimulationStore
-    from tests.fleet import sanctioning_russia
     from tests.imeis import imei
 
     app, client, tokens = cluster_app
@@ -282,6 +271,20 @@ def test_simulation_jobs_on_a_cluster(cluster_app, make_app, cluster, redis_url)
         client.exists(keys.stats_shard(slot_tag(d), today.replace("-", ""))) == 0 for d in devices
     )
 
+
+def test_simulation_jobs_on_a_cluster(cluster_app, make_app, cluster, redis_url):
+    """SPEC §12.5 on a Cluster: the check-in writes the sampling index in the device's slot;
+    jobs are refused without a jobs Redis, and with one they sample the cluster's devices."""
+    from service.policy.simulation_jobs import JobRunner, WorkerContext
+    from service.store.devices import DeviceStore
+    from service.store.policy import PolicyStore
+    from service.store.sampling import SamplingIndex
+    from service.store.simulations import SimulationStore
+    from tests.fleet import sanctioning_russia
+    from tests.imeis import imei
+
+    app, client, tokens = cluster_app
+    http = app.test_client()
     devices = [imei(f"49015420{n:06d}") for n in range(40)]
     for n, one in enumerate(devices):
         network = "25001" if n < 10 else "310260"  # 10 in Russia, the rest in the US
