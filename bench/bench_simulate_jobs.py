@@ -78,16 +78,23 @@ def fleet(count: int, seed: int, exact: dict[str, int]):
     labels = [p for p, _ in PLACE_SETS]
     weights = [w for _, w in PLACE_SETS]
     now = time.time()
-    # A device's record depends only on its distributor and places (no grace periods in the
-    # seed bundle): built once per pair, shared by every device like it.
-    made: dict[tuple[str | None, int], tuple[dict[str, str], str | None]] = {}
+    # A device's record depends only on its distributor, its rollout groups and exceptions, and
+    # its places (no grace periods in the seed bundle): built once per such key, shared by
+    # every device like it.
+    made: dict[tuple, tuple[dict[str, str], str | None]] = {}
     if count > len(TACS) * 1_000_000:
         raise SystemExit(f"at most {len(TACS) * 1_000_000:,} devices")
     for i in range(count):
         body = f"{TACS[i % len(TACS)]}{i // len(TACS):06d}"
         imei = body + _luhn(body)
         which = rng.choices(range(len(labels)), weights)[0]
-        key = (active.distributor_of(imei), which)
+        # Staged rollouts and exceptions (SPEC §12.1, §12.2) read the IMEI itself.
+        key = (
+            active.distributor_of(imei),
+            active.device_key(imei),
+            candidate.device_key(imei),
+            which,
+        )
         if key not in made:
             places = labels[which]
             facts = Facts(imei=imei, places={s: Place.parse(v) for s, v in places.items()}, now=now)
