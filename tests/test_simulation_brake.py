@@ -197,3 +197,46 @@ def test_a_job_judges_sims_and_rollouts_as_simulate_does(as_role, redis, checkin
     report = as_role("editor", "GET", f"/v1/policy/simulations/{job_id}").get_json()["report"]
     assert report["changes"] == direct["changes"]
     assert report["verdicts"] == direct["verdicts"]
+
+
+def test_the_cli_publish_names_a_finished_job_for_its_brake(
+    as_role, redis, redis_url, tmp_path, monkeypatch
+):
+    """`regionlock policy publish --simulation-id`: the job of this bundle stands for the brake
+    (600 devices, 60 in Russia: 10 % new locks, over the seed's 5 %); an unknown id publishes
+    nothing."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from service.cli import main
+    from service.engine.loading import load_bundle_dir
+    from tests.conftest import ROOT
+    from tests.test_policy_cli import sanction_russia
+
+    monkeypatch.setenv("REGIONLOCK_REDIS_URL", redis_url)
+    folder = tmp_path / "policies"
+    shutil.copytree(ROOT / "policies", folder)
+    sanction_russia(folder)
+    load_fleet(redis, 600, 60)
+    assert as_role("editor", "GET", "/v1/policy").get_json()["version"] == 1  # the seed
+
+    def cli(*args):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    unknown = cli("policy", "publish", folder, "--note", "n", "--simulation-id", "nope")
+    assert unknown.exit_code == 1
+    assert "unknown_simulation" in unknown.stderr
+    assert PolicyStore(redis).active_version() == 1
+
+    job_id = simulated(as_role, redis, load_bundle_dir(folder), sample=300, seed=2)
+    braked = cli("policy", "publish", folder, "--note", "n", "--simulation-id", job_id)
+    assert braked.exit_code == 1
+    assert "from a sample of 300" in braked.stderr
+    assert PolicyStore(redis).active_version() == 1
+
+    forced = cli("policy", "publish", folder, "--note", "n", "--simulation-id", job_id, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert PolicyStore(redis).active_version() == 2
+    entry = [e for e in audit_entries(redis) if e["action"] == "policy.publish"][-1]
+    assert orjson.loads(entry["detail"])["simulation_id"] == job_id

@@ -107,15 +107,37 @@ def _sent_for_approval(approval: dict) -> None:
     sys.exit(EXIT_SENT_FOR_APPROVAL)
 
 
-def _publish(client, bundle: dict, note: str, expected: int | None, actor: str, force: bool):
-    """Publish through the safety brake; exit 1 with the report when braked or stale, 3 when
-    sent for approval."""
-    from service.policy.publishing import ApprovalRequired, SafetyBrake, VersionConflict
+def _publish(
+    client,
+    bundle: dict,
+    note: str,
+    expected: int | None,
+    actor: str,
+    force: bool,
+    simulation_id: str | None = None,
+):
+    """Publish through the safety brake (judged on the finished job SIMULATION_ID when given,
+    SPEC §12.5); exit 1 with the report when braked or stale, 3 when sent for approval."""
+    from service.policy.publishing import (
+        ApprovalRequired,
+        SafetyBrake,
+        SimulationUnusable,
+        VersionConflict,
+    )
 
     try:
         published = _publisher(client).publish(
-            bundle, note=note, expected_version=expected, actor=actor, role="admin", force=force
+            bundle,
+            note=note,
+            expected_version=expected,
+            actor=actor,
+            role="admin",
+            force=force,
+            simulation_id=simulation_id,
         )
+    except SimulationUnusable as exc:
+        click.echo(f"simulation not usable ({exc.code}): {exc}; nothing published", err=True)
+        sys.exit(1)
     except BundleError as exc:
         click.echo("invalid bundle:", err=True)
         _echo_errors(exc.errors)
@@ -211,15 +233,23 @@ def policy_simulate(directory: str) -> None:
     help=f"why this version is published (kept in history; 1-{MAX_NOTE_CHARS} characters)",
 )
 @click.option("--force", is_flag=True, help="publish even when the safety brake trips")
+@click.option(
+    "--simulation-id",
+    default=None,
+    help="a finished simulation job of this bundle (POST /v1/policy/simulations) for the "
+    "safety brake to judge on, instead of a sample drawn now",
+)
 @ACTOR_OPTION
-def policy_publish(directory: str, note: str, force: bool, actor: str | None) -> None:
+def policy_publish(
+    directory: str, note: str, force: bool, simulation_id: str | None, actor: str | None
+) -> None:
     """Publish the bundle in DIRECTORY as the next version (safety brake applies)."""
     from service.store.policy import PolicyStore
 
     bundle = _load_dir(directory)
     with redis_client() as client:
         expected = PolicyStore(client).active_version()
-        _publish(client, bundle, note, expected, actor_name(actor), force)
+        _publish(client, bundle, note, expected, actor_name(actor), force, simulation_id)
 
 
 @policy.command("diff")
