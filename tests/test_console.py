@@ -992,3 +992,25 @@ def test_requester_withdraws_from_the_console_and_stale_requests_say_so(as_role,
     assert stale.status_code == 302
     after = text(compliance.get("/console/policy/approvals"))
     assert "closed as stale and must be made again" in after and "No pending requests." in after
+
+
+def test_an_override_change_that_check_ins_keep_racing_is_a_409_not_a_500(
+    as_role, checkin, redis, monkeypatch, client, tokens
+):
+    """When check-ins keep changing the device under an override change (its retries spent),
+    nothing is written and both the console and the API answer 409 with a way forward."""
+    from service.devices import overrides
+
+    checkin(HK, **US_NETWORK)
+    agent = as_role("agent")
+    monkeypatch.setattr(overrides, "_STALE_ATTEMPTS", 0)  # every attempt found stale
+    form = {"reason": "proof of purchase", "step": "confirm"}
+    done = agent.post(f"/console/devices/{HK}/unlock", form)
+    assert done.status_code == 409
+    assert "try again" in text(done)
+    api = client.post(
+        f"/v1/devices/{HK}/unlock", json={"reason": "proof"}, headers=bearer(tokens["agent"])
+    )
+    assert api.status_code == 409
+    assert redis.get(keys.device_override(HK)) is None
+    assert not [e for e in audit_entries(redis) if e["action"].startswith("device.")]

@@ -26,6 +26,7 @@ from service.devices.overrides import (
     InvalidImei,
     OutcomeUnknown,
     OverrideService,
+    OverviewConflict,
     SanctionsScopeError,
     anonymous_operation,
     named_operation,
@@ -318,6 +319,14 @@ def device_action(imei: str, action: str) -> ResponseReturnValue:
     except IdempotencyConflict:
         # A confirm form names one action; another form never carries its name.
         abort(400, description="This form was already used for another action: start again.")
+    except OverviewConflict:
+        # Nothing was written: check-ins kept changing the device under the change (as the
+        # API's 409).
+        return error_answer(
+            409,
+            "The phone kept checking in while this was being saved, so nothing was changed: "
+            "try again.",
+        )
 
 
 def _operation(user_name: str, form: dict[str, str]) -> Operation:
