@@ -18,11 +18,10 @@ import redis as redis_lib
 from service.store import keys
 from service.store.audit import add_entry, write_deferred
 from service.store.idempotency import (
-    OUTCOME_UNKNOWN_MESSAGE,
     Operation,
-    OutcomeUnknown,
     decode_record,
     encode_record,
+    execute_write,
 )
 from service.store.policy import AlreadyPublished, LinkedWrite
 
@@ -116,10 +115,7 @@ class ApprovalStore:
                         )
                     deferred: list[dict] = []
                     add_entry(self.redis, pipe, audit_fields, deferred)
-                    try:
-                        pipe.execute()
-                    except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
-                        raise OutcomeUnknown(OUTCOME_UNKNOWN_MESSAGE) from exc
+                    execute_write(pipe)
                     break
                 except redis_lib.WatchError:
                     continue
@@ -181,10 +177,7 @@ class ApprovalStore:
                     fields = audit_fields(record) if callable(audit_fields) else audit_fields
                     deferred: list[dict] = []
                     add_entry(self.redis, pipe, fields, deferred)
-                    try:
-                        pipe.execute()
-                    except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
-                        raise OutcomeUnknown(OUTCOME_UNKNOWN_MESSAGE) from exc
+                    execute_write(pipe)
                     break
                 except redis_lib.WatchError:
                     continue

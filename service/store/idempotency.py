@@ -15,6 +15,7 @@ import secrets
 from dataclasses import dataclass
 
 import orjson
+import redis as redis_lib
 
 #: How long the result of a call made with an Idempotency-Key is kept (and replayed).
 IDEMPOTENCY_TTL_S = 24 * 3600
@@ -38,6 +39,15 @@ class IdempotencyConflict(Exception):
 class OutcomeUnknown(Exception):
     """A write was sent to Redis but no answer came back: it may or may not have been applied.
     The Redis error is the ``__cause__``."""
+
+
+def execute_write(pipe) -> list:
+    """EXEC a transaction of writes: a connection lost or timed out once it was sent is
+    OutcomeUnknown (it may or may not have been applied), never a plain outage."""
+    try:
+        return pipe.execute()
+    except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
+        raise OutcomeUnknown(OUTCOME_UNKNOWN_MESSAGE) from exc
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,10 @@ import redis as redis_lib
 from service.store import keys
 from service.store.audit import add_entry, write_deferred
 from service.store.idempotency import (
-    OUTCOME_UNKNOWN_MESSAGE,
     Operation,
-    OutcomeUnknown,
     decode_record,
     encode_record,
+    execute_write,
 )
 
 
@@ -148,11 +147,7 @@ class PolicyStore:
                     add_entry(self.redis, pipe, audit_fields, deferred)
                     for linked_fields in linked.queue(pipe) if linked is not None else ():
                         add_entry(self.redis, pipe, linked_fields, deferred)
-                    try:
-                        pipe.execute()
-                    except (redis_lib.ConnectionError, redis_lib.TimeoutError) as exc:
-                        # Sent (or perhaps sent): whether it was applied cannot be known here.
-                        raise OutcomeUnknown(OUTCOME_UNKNOWN_MESSAGE) from exc
+                    execute_write(pipe)
                     break
                 except redis_lib.WatchError:
                     continue
