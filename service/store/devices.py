@@ -15,7 +15,7 @@ import orjson
 import redis as redis_lib
 
 from service.engine.model import DeviceState, Override
-from service.store import fleet_stats, keys, sampling
+from service.store import batch, fleet_stats, keys, sampling
 from service.store.client import is_cluster
 from service.store.idempotency import (
     OUTCOME_UNKNOWN_MESSAGE,
@@ -353,6 +353,7 @@ class DeviceStore:
         self._reset_activation = redis.register_script(_RESET_ACTIVATION)
         self._change_override = redis.register_script(_CHANGE_OVERRIDE)
         self._read_many = redis.register_script(_READ_MANY)
+        self._batch = redis.register_script(batch.BATCH_SCRIPT)
 
     def snapshot(
         self,
@@ -366,7 +367,8 @@ class DeviceStore:
         check-in's rate limits); their new values are the snapshot's ``counts``. Each of ALONG
         queues its own reads on the same pipeline (``queue(pipe) -> number of replies``: the
         token's revocation counter, the alias index) and finds its replies in ``along``."""
-        pipe = self.redis.pipeline(transaction=False)
+        # One script call on a standalone Redis (store/batch.py), a pipeline in a cluster.
+        pipe = batch.reads_for(self.redis, self._batch, self.cluster)
         if fields is None:
             pipe.hgetall(keys.device(imei))
         else:
