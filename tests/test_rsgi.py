@@ -162,3 +162,33 @@ def test_environ_follows_pep_3333():
     assert environ["REMOTE_ADDR"] == "10.1.2.3" and environ["REMOTE_PORT"] == "5555"
     assert environ["SERVER_PROTOCOL"] == "HTTP/1.1" and environ["CONTENT_LENGTH"] == "0"
     assert environ["HTTP_ACCEPT"] == "*/*" and environ["wsgi.input"].read() == b""
+
+
+class _Direct:
+    """A direct route (as api/checkin/fast.py's): answers bodies starting with "mine"."""
+
+    method, path = "POST", "/echo/direct"
+
+    def __init__(self):
+        self.calls = []
+
+    def handle(self, headers, body, peer, secure):
+        self.calls.append((headers.get("x-test"), body, peer, secure))
+        if body.startswith(b"mine"):
+            return 201, [("Content-Type", "text/plain")], b"direct: " + body
+        return None
+
+
+def test_a_direct_route_answers_before_the_app_or_hands_the_request_on(echo):
+    route = _Direct()
+    bridge = RsgiBridge(echo, 1, direct=[route])
+    headers = [("X-Test", "t"), ("Content-Length", "6")]
+    mine = _run(bridge, Scope("POST", "/echo/direct", "", headers), Protocol([b"mine!!"]))
+    assert mine == (201, {"Content-Type": "text/plain"}, b"direct: mine!!")
+    assert route.calls == [("t", b"mine!!", "10.1.2.3", False)]
+    other = _run(bridge, Scope("POST", "/echo/direct", "", headers), Protocol([b"yours!"]))
+    assert other[0] == 200 and json.loads(other[2])["body"] == "yours!"  # the app answered
+    # Another method or path never reaches the route.
+    _run(bridge, Scope("GET", "/echo/direct"), Protocol())
+    _run(bridge, Scope("POST", "/echo/else", "", headers), Protocol([b"mine!!"]))
+    assert len(route.calls) == 2

@@ -100,7 +100,9 @@ def serve(workers: int | None, threads: int) -> None:
                 from service.cli.worker import supervise_worker
 
                 supervise_worker()
-            run_granian(app, settings.bind, workers, threads)
+            from service.api.checkin.fast import DirectCheckin
+
+            run_granian(app, settings.bind, workers, threads, direct=[DirectCheckin(app)])
     except (ConfigError, EmbeddedRedisError) as exc:
         fail(str(exc))
 
@@ -167,8 +169,11 @@ def _start_stats_sweeper(app, settings) -> None:
     StatsSweeper(app.extensions["regionlock"].stats.store, every_s=settings.stats_sweep_s).start()
 
 
-def run_granian(app, bind: str, workers: int, threads: int, native_wsgi: bool = False) -> None:
+def run_granian(
+    app, bind: str, workers: int, threads: int, native_wsgi: bool = False, direct=()
+) -> None:
     """Serve APP with granian's process manager until SIGTERM/SIGINT (SIGHUP: new workers).
+    DIRECT: routes the RSGI bridge answers before the app (api/checkin/fast.py).
 
     NATIVE_WSGI (benchmarks only): granian's own WSGI interface, which reads bodies from the
     app's threads, instead of the RSGI bridge."""
@@ -224,7 +229,16 @@ def run_granian(app, bind: str, workers: int, threads: int, native_wsgi: bool = 
         respawn_interval=RESPAWN_INTERVAL_S,
         workers_kill_timeout=WORKERS_KILL_TIMEOUT_S,
     )
-    target = app if native_wsgi else RsgiBridge(app, threads, max_body_bytes=_largest_body(app))
+    target = (
+        app
+        if native_wsgi
+        else RsgiBridge(
+            app,
+            threads,
+            max_body_bytes=_largest_body(app),
+            direct=direct,
+        )
+    )
     master = os.getpid()
 
     def load_in_worker():

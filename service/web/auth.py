@@ -58,6 +58,14 @@ class TokenCache:
     def for_checkin(self, token: str) -> tuple[Principal | None, TokenCheck | None]:
         """The principal of TOKEN for a check-in and, when it came from the cache, the check
         the check-in's device read must pass (:class:`TokenCheck`); None: just verified."""
+        cached = self.cached_for_checkin(token)
+        if cached is not None:
+            return cached
+        return self._verify(digest(token)), None
+
+    def cached_for_checkin(self, token: str) -> tuple[Principal, TokenCheck] | None:
+        """The principal of TOKEN for a check-in and its :class:`TokenCheck`, when the worker's
+        cache holds it (nothing is asked of Redis); None otherwise."""
         token_digest = digest(token)
         hit = self._entries.get(token_digest)
         if (
@@ -66,7 +74,7 @@ class TokenCache:
             and hit[0] + max(self.ttl_s, CHECKIN_TRUST_S) > time.monotonic()
         ):
             return hit[1], TokenCheck(self, token_digest, hit[2])
-        return self._verify(token_digest), None
+        return None
 
     def _verify(self, token_digest: str) -> Principal | None:
         """Ask Redis (one round trip) and remember the answer."""
@@ -129,7 +137,11 @@ class TokenCheck:
 
 def bearer_token() -> str | None:
     """The token of the Authorization header, if it is a Bearer one."""
-    header = request.headers.get("Authorization", "")
+    return bearer_of(request.headers.get("Authorization", ""))
+
+
+def bearer_of(header: str) -> str | None:
+    """The token of an Authorization HEADER, if it is a Bearer one."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None

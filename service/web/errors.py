@@ -84,6 +84,21 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
+def error_document(
+    status: int,
+    message: str,
+    code: str | None = None,
+    fields: dict | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """The one error payload, as a document (error_response sends it)."""
+    body: dict = {"code": code or error_code(status), "message": message}
+    if fields is not None:
+        body["fields"] = fields
+    body.update(extra or {})
+    return {"error": body}
+
+
 def error_response(
     status: int,
     message: str,
@@ -93,11 +108,7 @@ def error_response(
     headers: dict | None = None,
 ):
     """A Flask response in the one error format."""
-    body: dict = {"code": code or error_code(status), "message": message}
-    if fields is not None:
-        body["fields"] = fields
-    body.update(extra or {})
-    response = jsonify({"error": body})
+    response = jsonify(error_document(status, message, code, fields, extra))
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -161,14 +172,14 @@ def unavailable_response():
     return error_response(503, UNAVAILABLE_MESSAGE, headers=retry_after_headers())
 
 
-def redis_failure(exc: BaseException) -> int:
+def redis_failure(exc: BaseException, rl=None) -> int:
     """Count, log and classify a Redis error met while answering a request (API or console).
 
     An outage trips the app's breaker and is a 503; any other Redis error is a command Redis
     refused (WRONGTYPE, a bad argument…), a bug of ours and not an outage, so a 500 without
     "try again later". Returns the status to answer with.
     """
-    rl = current_app.extensions["regionlock"]
+    rl = rl or current_app.extensions["regionlock"]
     rl.metrics.redis_error(exc)
     if not is_outage(exc):
         log.error("redis refused a command", exc_info=exc)

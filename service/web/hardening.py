@@ -131,19 +131,30 @@ def _retry_after(limiter: Limiter, exc: RateLimitExceeded) -> int:
     return window_s
 
 
+_EVERY_RESPONSE = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+)
+# JSON only: nothing on these pages may load, run or be framed.
+_API = (
+    ("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
+    ("Cache-Control", "no-store"),
+)
+_PAGES = (("Content-Security-Policy", "frame-ancestors 'none'"),)
+# Only over TLS (RFC 6797 §7.2); behind a TLS-terminating proxy, the proxy sets it.
+_TLS = (("Strict-Transport-Security", "max-age=31536000; includeSubDomains"),)
+
+
+def security_header_pairs(path: str, secure: bool) -> tuple[tuple[str, str], ...]:
+    """The security headers of a response to PATH (over TLS when SECURE), as (name, value)."""
+    pairs = _EVERY_RESPONSE + (_API if path.startswith("/v1/") else _PAGES)
+    return pairs + _TLS if secure else pairs
+
+
 def security_headers(response):
     """Headers every response carries; routes may set their own Cache-Control or CSP first."""
     headers = response.headers
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("X-Frame-Options", "DENY")
-    headers.setdefault("Referrer-Policy", "no-referrer")
-    if request.path.startswith("/v1/"):
-        # JSON only: nothing on these pages may load, run or be framed.
-        headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
-        headers.setdefault("Cache-Control", "no-store")
-    else:
-        headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
-    if request.is_secure:
-        # Only over TLS (RFC 6797 §7.2); behind a TLS-terminating proxy, the proxy sets it.
-        headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+    for name, value in security_header_pairs(request.path, request.is_secure):
+        headers.setdefault(name, value)
     return response

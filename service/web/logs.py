@@ -134,18 +134,24 @@ def init_request_logging(app: Flask, observe=None) -> None:
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
         if observe is not None:
             observe(endpoint, request.method, response.status_code)
-        status = response.status_code
-        # An outage (503) is expected and already reported by the Redis error handler.
-        level = logging.ERROR if status >= 500 and status != 503 else logging.INFO
-        log.log(
-            level,
-            "request",
-            extra={
-                "request_id": request_id,
-                "method": request.method,
-                "path": request.path,
-                "status": response.status_code,
-                "duration_ms": duration_ms,
-            },
-        )
+        log_request(request_id, request.method, request.path, response.status_code, duration_ms)
         return response
+
+
+def log_request(
+    request_id: str, method: str, path: str, status: int, duration_ms: float | None
+) -> None:
+    """The one line of an answered request."""
+    # An outage (503) is expected and already reported by the Redis error handler.
+    level = logging.ERROR if status >= 500 and status != 503 else logging.INFO
+    log.log(
+        level,
+        "request",
+        extra={
+            "request_id": request_id,
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": duration_ms,
+        },
+    )

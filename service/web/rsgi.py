@@ -1,5 +1,8 @@
 """Serve a WSGI app (Flask) through granian's RSGI interface, reading bodies asynchronously.
 
+Routes given as ``direct`` (``POST /v1/checkin``: api/checkin/fast.py) are offered the request
+first, with its body read, and answer it without the WSGI app, or hand it on (None).
+
 granian's own WSGI interface reads the request body from the Python thread that runs the
 app: 40 clients trickling a body one byte a second hold 40 threads and the service stalls,
 and granian offers no body read timeout. Here the whole body is read on the worker's event
@@ -55,8 +58,11 @@ class RsgiBridge:
         body_timeout_s: float = 10.0,
         min_body_rate: int = 64 << 10,
         max_body_bytes: int = 64 << 20,
+        direct: Iterable = (),
     ):
         self.wsgi_app = wsgi_app
+        # (method, path) -> handle(headers, body, peer, secure): answers, or None for the app.
+        self.direct = {(route.method, route.path): route.handle for route in direct}
         self.threads = threads
         self.body_timeout_s = body_timeout_s
         self.min_body_rate = min_body_rate
@@ -106,6 +112,17 @@ class RsgiBridge:
             except Exception:  # the client went away mid-body: nobody to answer
                 return None
         loop = asyncio.get_running_loop()
+        direct = self.direct.get((scope.method, scope.path))
+        if direct is not None:
+            # On the event loop itself, not in a pool thread: a check-in is CPU and two short
+            # Redis round trips, and the hand-over to a thread and back cost more than the
+            # loop's wait on Redis (docs/performance.md, "Check-in speed").
+            answer = direct(
+                scope.headers, body, _host_port(scope.client)[0], scope.scheme == "https"
+            )
+            if answer is not None:
+                protocol.response_bytes(*answer)
+                return None
         status, headers, content = await loop.run_in_executor(
             self._pool, self._call_app, scope, body
         )

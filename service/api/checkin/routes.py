@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
-import orjson
 from flask import Response, current_app, g, request
 from flask.views import MethodView
 
+from service.api.checkin.answer import signed_verdict
 from service.api.checkin.schemas import CheckinSchema, VerdictSchema
 from service.api.parsing import CompiledApiBlueprint
-from service.devices.checkin import CheckinRateLimited
-from service.devices.proofs import DeviceProofError, ProofRequest
 from service.web.auth import require
 from service.web.client import client_ip
-from service.web.errors import ApiError
 
 blp = CompiledApiBlueprint("checkin", __name__, url_prefix="/v1", description="Device check-ins")
 
@@ -60,39 +55,16 @@ class Checkin(MethodView):
             request.headers.get("X-Forwarded-For"),
             rl.settings.trusted_proxies,
         )
-        started = time.perf_counter()
-        # The body was validated first (400/422); the proof covers its exact bytes.
-        proof = ProofRequest(
-            header=request.headers.get("X-Device-Proof"),
-            body=request.get_data(cache=True),
-            exempt=g.principal.role == "admin",
+        # The body was validated first (400/422); a proof covers its exact bytes. A token
+        # taken from the worker's cache is confirmed by the device read itself (web/auth.py
+        # TokenCheck): no round trip of its own.
+        content = signed_verdict(
+            rl,
+            body,
+            request.get_data(cache=True),
+            ip,
+            request.headers.get("X-Device-Proof"),
+            g.principal.role,
+            g.get("token_check"),
         )
-        try:
-            # A token taken from the worker's cache is confirmed by the device read itself
-            # (web/auth.py TokenCheck): no round trip of its own.
-            check = g.get("token_check")
-            document = rl.checkin.decide(
-                body, ip, time.time(), proof, along=(check,) if check is not None else ()
-            )
-        except CheckinRateLimited as exc:
-            problem = (
-                "too many check-ins from this device; slow down"
-                if exc.scope == "device"
-                else "too many check-ins across the fleet; retry later"
-            )
-            raise ApiError(429, problem, headers={"Retry-After": str(exc.retry_after_s)}) from None
-        except DeviceProofError as exc:
-            raise ApiError(
-                401, exc.problem, code="device_proof", extra={"server_time": exc.server_time}
-            ) from None
-        rl.metrics.decision_seconds.observe(time.perf_counter() - started)
-        rl.metrics.record_verdict(document)
-        document["nonce"] = body.get("nonce")
-        signed = rl.keys.sign(document)
-        # Serialised with orjson directly (the schema above documents the shape), keys sorted
-        # so the body reads like the canonical form the signature covers.
-        return Response(
-            orjson.dumps(signed, option=orjson.OPT_SORT_KEYS),
-            status=200,
-            mimetype="application/json",
-        )
+        return Response(content, status=200, mimetype="application/json")
