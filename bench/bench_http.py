@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -179,13 +180,51 @@ def measure(start, token: str, args, script_dir) -> dict:
     try:
         wait_ready(f"http://127.0.0.1:{port}/healthz")
         run_wrk(port, script, 2, args.connections)  # warm-up: GPS tree, policy, connections
+        watched = [server.pid, *args.redis_pids]
+        before, wrk_before = cpu_seconds(watched), _children_cpu()
         row = run_wrk(port, script, args.seconds, args.connections)
+        used = cpu_seconds(watched) - before + _children_cpu() - wrk_before
+        row["cpu_us"] = used / max(1.0, row["rps"] * args.seconds) * 1e6
         if args.check_answers is not None:
             row["checked"] = args.check_answers(port)
         return row
     finally:
         server.terminate()
         server.wait(30)
+
+
+def cpu_seconds(roots: list[int]) -> float:
+    """CPU seconds (user + system) used so far by ROOTS and every process descended from them
+    (a server's workers), read from /proc: what a run cost, whatever else the machine did."""
+    clock = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        # After the command: state, ppid, ... utime (14th field), stime (15th).
+        stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / clock)
+    wanted, total = set(roots), 0.0
+    changed = True
+    while changed:
+        changed = False
+        for pid, (ppid, _) in stats.items():
+            if ppid in wanted and pid not in wanted:
+                wanted.add(pid)
+                changed = True
+    for pid in wanted:
+        if pid in stats:
+            total += stats[pid][1]
+    return total
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's children that have ended (wrk, once it exits)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 #: The sample of answers checked after the load: (network, device kind, expected verdict).
@@ -281,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
             bare = "bench.bare_app:create_bare_app()"
             ours = "service.app:create_app()"
             args.check_answers = None
+            args.redis_pids = [server.process.pid]
             rows = {
                 "bare_gunicorn": measure(
                     lambda p: gunicorn(bare, p, w, t, env), token, args, folder
@@ -313,7 +353,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"  {names[key]:53s} {row['rps']:7.0f} req/s  p50 {row['p50_ms']:6.2f}  "
             f"p99 {row['p99_ms']:6.2f}  p99.9 {row.get('p999_ms', float('nan')):6.2f} ms  "
-            f"non-2xx {row['non_2xx']}  socket errors {row['socket_errors']}"
+            f"non-2xx {row['non_2xx']}  socket errors {row['socket_errors']}  "
+            f"cpu {row['cpu_us']:5.0f} µs/req"
         )
     ours_rps = rows["checkin_default"]["rps"]
     print(
@@ -323,6 +364,12 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"  ratio check-in / bare Flask on the default server:  "
         f"{ours_rps / rows['bare_default']['rps']:.2f} (target >= 0.25)"
+    )
+    ours_cpu = rows["checkin_default"]["cpu_us"]
+    print(
+        "  the same ratios by CPU (µs of server + Redis + wrk CPU per request, which other "
+        f"jobs on the machine disturb less): {rows['bare_gunicorn']['cpu_us'] / ours_cpu:.2f} "
+        f"and {rows['bare_default']['cpu_us'] / ours_cpu:.2f}"
     )
     checked = rows["checkin_default"]["checked"]
     print(

@@ -1,20 +1,25 @@
 """Where one check-in's time goes: µs per stage, from an in-process run.
 
-The real app (create_app) on an embedded Redis, requests through Flask's test client (no
-server, no sockets but Redis's): every stage's function is wrapped with a timer for the run
-(nothing in the service is changed), and the stages are
+The real app (create_app) on an embedded Redis, each check-in handed to the server's direct
+path (api/checkin/fast.py ``DirectCheckin.handle``, what ``regionlock serve`` calls for
+``POST /v1/checkin``; no sockets but Redis's): every stage's function is wrapped with a timer
+for the run (nothing in the service is changed), and the stages are
 
     auth       the token (TokenCache: the worker's cache, confirmed in the device read)
-    validate   the body's validation (the check-in schema)
+    validate   the body's JSON and its validation (the compiled check-in validator)
     evidence   IP, GPS, network and SIM -> places (GeoIP, reverse geocoding, MCC)
-    read       the device read (one pipelined round trip: record, override, counters, token)
+    read       the device read (one round trip, one script call: record, override, counters,
+               token, alias index)
     decide     the engine, the override, building the record and the answer (the rest of
                the check-in service)
     write      the write (one Lua call)
     sign       the Ed25519 signature of the answer
     serialize  the answer's JSON
-    framework  Flask, routing, the limiter's filter, logs, metrics: the request's total time
-               minus the stages above
+    framework  the direct path's own work (headers, request id, the log line, metrics): the
+               request's total time minus the stages above
+
+Besides, the Redis server's CPU per check-in (INFO cpu, over the timed run): what the two
+round trips cost on the other side.
 
     python -m bench.checkin_stages [--requests 3000]
 """
@@ -64,6 +69,10 @@ class _Timers:
         return timed
 
 
+#: A Hong Kong address (the bench's check-ins come from Hong Kong).
+PEER = "203.186.10.20"
+
+
 def body_of(imei: str) -> bytes:
     """The benchmark's check-in body (the same as bench_http's wrk script)."""
     return (
@@ -77,9 +86,9 @@ def measure(requests: int = 3000, devices: int = 2000) -> dict[str, float]:
     """µs per check-in of each stage (and ``total``), averaged over REQUESTS check-ins."""
     import redis
 
-    import service.api.checkin.routes as routes
+    import service.api.checkin.answer as answer_module
     from bench.bench_http import imeis
-    from service.api.checkin.schemas import CheckinSchema
+    from service.api.checkin.fast import DirectCheckin
     from service.app import create_app
     from service.store.server import EmbeddedRedis
     from service.store.tokens import TokenStore
@@ -102,49 +111,43 @@ def measure(requests: int = 3000, devices: int = 2000) -> dict[str, float]:
             configure_logging()
             devnull = open(os.devnull, "w")  # noqa: SIM115 (closed below)
             logging.getLogger().handlers[0].setStream(devnull)
-            client = app.test_client()
-            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-            env = {"REMOTE_ADDR": "203.186.10.20"}
+            direct = DirectCheckin(app)
+            headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+            rl.tokens.for_checkin(token)  # the worker verified the token once
 
             def post(i: int):
-                return client.post(
-                    "/v1/checkin",
-                    data=body_of(phones[i % devices]),
-                    headers=headers,
-                    environ_base=env,
-                )
+                answer = direct.handle(headers, body_of(phones[i % devices]), PEER, False)
+                return answer[0] if answer is not None else None
 
             for i in range(300):  # warm-up: scripts, token, GPS tree, connections
-                assert post(i).status_code == 200
+                assert post(i) == 200
 
             timers = _Timers()
-            # (``principal``: the token lookup of trees from before issue 17, for a before/after)
-            lookup = "for_checkin" if hasattr(rl.tokens, "for_checkin") else "principal"
-            setattr(rl.tokens, lookup, timers.wrap("auth", getattr(rl.tokens, lookup)))
-            original_load = CheckinSchema.load
-            CheckinSchema.load = timers.wrap("validate", original_load)
+            rl.tokens.cached_for_checkin = timers.wrap("auth", rl.tokens.cached_for_checkin)
+            direct.load = timers.wrap("validate", direct.load)
             service = rl.checkin
             service.evidence.gather = timers.wrap("evidence", service.evidence.gather)
             service.devices.snapshot = timers.wrap("read", service.devices.snapshot)
             service.devices.record_checkin = timers.wrap("write", service.devices.record_checkin)
             service.decide = timers.wrap("checkin", service.decide)
             rl.keys.sign = timers.wrap("sign", rl.keys.sign)
-            real_orjson = routes.orjson
+            real_orjson = answer_module.orjson
 
             class _TimedJson:
                 dumps = staticmethod(timers.wrap("serialize", real_orjson.dumps))
                 OPT_SORT_KEYS = real_orjson.OPT_SORT_KEYS
 
-            routes.orjson = _TimedJson
+            answer_module.orjson = _TimedJson
+            redis_cpu_before = _redis_cpu(rl.redis)
             try:
                 started, cpu_started = time.perf_counter(), time.thread_time()
                 for i in range(requests):
-                    assert post(i).status_code == 200
+                    assert post(i) == 200
                 total = time.perf_counter() - started
                 cpu_total = time.thread_time() - cpu_started
             finally:
-                CheckinSchema.load = original_load
-                routes.orjson = real_orjson
+                answer_module.orjson = real_orjson
+            redis_cpu = _redis_cpu(rl.redis) - redis_cpu_before
             rl.policies.stop()
             devnull.close()
     bare = _bare_flask_us(requests, phones)
@@ -160,7 +163,14 @@ def measure(requests: int = 3000, devices: int = 2000) -> dict[str, float]:
     wall = per_request(timers.total, total)
     wall["cpu"] = per_request(timers.cpu, cpu_total)
     wall["bare"] = bare
+    wall["redis_cpu"] = redis_cpu / requests * 1e6
     return wall
+
+
+def _redis_cpu(client) -> float:
+    """Seconds of CPU the Redis server has used (its main thread, user and system)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 def _bare_flask_us(requests: int, phones: list[str]) -> float:
@@ -190,8 +200,9 @@ def report(stages: dict[str, float]) -> str:
         lines.append(
             f"    {name:10s} {stages[name]:7.0f} µs  {share:4.1f} %  cpu {cpu[name]:6.0f} µs"
         )
+    lines.append(f"    the Redis server's CPU per check-in: {stages['redis_cpu']:.0f} µs")
     lines.append(
-        f"    (a bare Flask request through the same test client: {stages['bare']:.0f} µs, "
+        f"    (a bare Flask request through Flask's test client: {stages['bare']:.0f} µs, "
         "the test client's own work included)"
     )
     return "\n".join(lines)
