@@ -9,6 +9,8 @@ time aside); everything else it leaves to Flask (None) before anything is read o
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 import pytest
 
@@ -25,10 +27,29 @@ PEER = "203.186.10.20"  # a Hong Kong address in the test GeoIP database
 _VARYING = {"X-Request-Id", "Content-Length"}
 
 
+class _Both:
+    """A DirectCheckin called blocking (``handle``) or on an event loop (``handle_async``,
+    whose Redis calls go through store/coalesced.py)."""
+
+    def __init__(self, app, coalesced: bool):
+        self.direct = DirectCheckin(app)
+        self.coalesced = coalesced
+
+    def handle(self, *args):
+        if not self.coalesced:
+            return self.direct.handle(*args)
+        return asyncio.run(self.direct.handle_async(*args))
+
+
+@pytest.fixture(params=["blocking", "coalesced"])
+def mode(request):
+    return request.param == "coalesced"
+
+
 @pytest.fixture
-def setup(make_app, redis, tokens):
+def setup(make_app, redis, tokens, mode):
     app = make_app(token_cache_s=0.5, checkin_device_limit=(3, 60))
-    direct = DirectCheckin(app)
+    direct = _Both(app, mode)
     # The worker verified the token once (the first check-in of it goes to Flask).
     app.extensions["regionlock"].tokens.for_checkin(tokens["device"])
     return app, direct, tokens
@@ -168,9 +189,9 @@ def test_what_the_direct_path_does_not_answer_goes_to_flask_untouched(setup, red
     assert _flask(app, token, body)[0] in (400, 401, 403, 422)
 
 
-def test_a_required_proof_that_is_missing_gets_the_same_401(make_app, tokens, tmp_path):
+def test_a_required_proof_that_is_missing_gets_the_same_401(make_app, tokens, mode):
     app = make_app(token_cache_s=0.5, device_proof="required")
-    direct = DirectCheckin(app)
+    direct = _Both(app, mode)
     app.extensions["regionlock"].tokens.for_checkin(tokens["device"])
     flask = _flask(app, tokens["device"], _body(HK))
     answer = _direct(direct, tokens["device"], _body(HK))
@@ -180,13 +201,13 @@ def test_a_required_proof_that_is_missing_gets_the_same_401(make_app, tokens, tm
 
 
 def test_a_lost_redis_is_a_503_then_flask_answers_while_the_breaker_is_open(
-    make_app, tokens, tmp_path
+    make_app, tokens, tmp_path, mode
 ):
     server = EmbeddedRedis(tmp_path / "lone", appendonly=False).start()
     try:
         token = TokenStore(__import__("redis").Redis.from_url(server.url)).create("d", "device")
         app = make_app(redis_url=server.url, token_cache_s=0.5, redis_timeout_s=0.5)
-        direct = DirectCheckin(app)
+        direct = _Both(app, mode)
         app.extensions["regionlock"].tokens.for_checkin(token)
         assert _direct(direct, token, _body(HK))[0] == 200
     finally:

@@ -172,7 +172,7 @@ class _Direct:
     def __init__(self):
         self.calls = []
 
-    def handle(self, headers, body, peer, secure):
+    async def handle_async(self, headers, body, peer, secure):
         self.calls.append((headers.get("x-test"), body, peer, secure))
         if body.startswith(b"mine"):
             return 201, [("Content-Type", "text/plain")], b"direct: " + body

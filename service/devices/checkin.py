@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from service.devices.proofs import NO_PROOF, PROVEN, UNPROVEN, ProofOutcome, ProofRequest
 from service.devices.stats import basis_reasons, checkin_counts
@@ -15,6 +15,10 @@ from service.store.records import DeviceRecord, LastCheckin, encode_outcome
 
 # The only parts of a device record a check-in needs to decide ("proven": SPEC §13).
 CHECKIN_FIELDS = ("state", "activation", "proven")
+
+#: A Redis call a check-in needs (CheckinService._steps): a DeviceStore method's name, its
+#: positional and keyword arguments.
+_Io = tuple[str, tuple, dict]
 
 
 class CheckinRateLimited(Exception):
@@ -139,15 +143,54 @@ class CheckinService:
         missing, bad or used before (nothing is then recorded); CheckinRateLimited when the
         device or the fleet is over its rate (nothing recorded either). ALONG are read in the
         device read (:class:`ReadAlong`)."""
+        steps = self._steps(body, ip, now, proof, along)
+        try:
+            step = next(steps)
+            while True:
+                method, args, kwargs = step
+                step = steps.send(getattr(self.devices, method)(*args, **kwargs))
+        except StopIteration as done:
+            return done.value
+
+    async def decide_async(
+        self,
+        connection,
+        body: dict,
+        ip: str | None,
+        now: float,
+        proof: ProofRequest | None = None,
+        along: Sequence[ReadAlong] = (),
+    ) -> dict:
+        """:meth:`decide` with the device read and the write sent over CONNECTION (an asyncio
+        connection that pipelines the calls of concurrent check-ins: store/coalesced.py), so
+        the event loop serves other check-ins while Redis answers. The rest (evidence, engine,
+        and the rare extra round trips: a token verified again after a revocation, an alias
+        index that changed) runs as in :meth:`decide`."""
+        steps = self._steps(body, ip, now, proof, along)
+        try:
+            step = next(steps)
+            while True:
+                method, args, kwargs = step
+                call = getattr(self.devices, method + "_async")
+                step = steps.send(await call(connection, *args, **kwargs))
+        except StopIteration as done:
+            return done.value
+
+    def _steps(self, body, ip, now, proof, along) -> Generator[_Io, Any, dict]:
+        """The check-in, as steps: it yields each Redis call it needs (the device read and the
+        write: ``(DeviceStore method, args, kwargs)``) and is sent its answer, so the same code
+        runs blocking (:meth:`decide`) and on an event loop (:meth:`decide_async`)."""
         active = self.policies.current()
         outcome = NO_PROOF
         if self.proofs is not None and proof is not None:
             required = active.policy.proof_required(body["imei"])
             outcome = self.proofs.assess(body["imei"], proof, now, required)
-        document = self._decide(body, ip, now, active, outcome, along=along)
+        document = yield from self._decide(body, ip, now, active, outcome, along=along)
         if document is None:  # the proof was a replay: refused, or decided again unproven
             replayed = self.proofs.replayed(outcome, now)
-            document = self._decide(body, ip, now, active, replayed, counted=True, along=along)
+            document = yield from self._decide(
+                body, ip, now, active, replayed, counted=True, along=along
+            )
         return document
 
     def _decide(
@@ -159,7 +202,7 @@ class CheckinService:
         proof: ProofOutcome,
         counted: bool = False,
         along: Sequence[ReadAlong] = (),
-    ) -> dict | None:
+    ) -> Generator[_Io, Any, dict | None]:
         """Decide and record; None (nothing recorded) when PROOF's MAC was used before.
         COUNTED: this check-in was already counted against the rate limits."""
         imei = body["imei"]
@@ -184,8 +227,10 @@ class CheckinService:
         if self.identities is not None:
             alias_read = _AliasRead(self.identities, imei, aliases, body.get("imeis") is not None)
             readers.append(alias_read)
-        snapshot = self.devices.snapshot(
-            imei, CHECKIN_FIELDS, counters, along=[reader.queue for reader in readers]
+        snapshot = yield (
+            "snapshot",
+            (imei, CHECKIN_FIELDS, counters),
+            {"along": [reader.queue for reader in readers]},
         )
         for reader, replies in zip(readers, snapshot.along, strict=True):
             reader.read(replies)
@@ -245,17 +290,19 @@ class CheckinService:
             {k: v for k, v in (("code", r.code), ("rule", r.rule), ("region", r.region)) if v}
             for r in decision.reasons
         ]
-        recorded = self.devices.record_checkin(
-            imei,
-            record,
-            now=now,
-            policy_version=active.version,
-            outcome=encode_outcome(decision.verdict, brief_reasons, labels),
-            facts={"places": labels, "policy_version": active.version},
-            proof_status=proof.status,
-            proof_mac=proof.mac if proof.status == PROVEN else None,
-            # Fleet overview (SPEC §14): counters and locked index, in the same script.
-            counts=checkin_counts(decision) if self.devices.overview else None,
+        recorded = yield (
+            "record_checkin",
+            (imei, record),
+            dict(
+                now=now,
+                policy_version=active.version,
+                outcome=encode_outcome(decision.verdict, brief_reasons, labels),
+                facts={"places": labels, "policy_version": active.version},
+                proof_status=proof.status,
+                proof_mac=proof.mac if proof.status == PROVEN else None,
+                # Fleet overview (SPEC §14): counters and locked index, in the same script.
+                counts=checkin_counts(decision) if self.devices.overview else None,
+            ),
         )
         if not recorded:
             return None

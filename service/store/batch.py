@@ -89,7 +89,14 @@ class ScriptedBatch:
         """Run the queued commands; their replies, in order."""
         if not self._keys:
             return []
-        replies = self._script(keys=self._keys, args=self._args)
+        return self.converted(self._script(keys=self._keys, args=self._args))
+
+    def request(self) -> tuple[list[str], list[Any]]:
+        """The script call's KEYS and ARGV (for a caller that sends it itself)."""
+        return self._keys, self._args
+
+    def converted(self, replies: list) -> list:
+        """The script's REPLIES as a pipeline's would be."""
         for position, convert in self._convert:
             replies[position] = convert(replies[position])
         return replies

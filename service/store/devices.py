@@ -329,6 +329,40 @@ return out
 _SCRIPT_FIELDS = ("first_seen", "history", "proven", "unproven_checkins", "last_unproven")
 
 
+def _queue_snapshot(pipe, imei: str, fields, counters, along) -> list[int]:
+    """Queue a device read on PIPE (DeviceStore.snapshot); the number of replies of each ALONG."""
+    if fields is None:
+        pipe.hgetall(keys.device(imei))
+    else:
+        pipe.hmget(keys.device(imei), fields)
+    pipe.get(keys.device_override(imei))
+    for key, ttl_s in counters:
+        pipe.incr(key)
+        pipe.expire(key, ttl_s)
+    return [queue(pipe) for queue in along]
+
+
+def _snapshot_of(replies: list, fields, counters: int, widths: list[int]) -> DeviceSnapshot:
+    """The DeviceSnapshot of a device read's REPLIES (queued by :func:`_queue_snapshot`)."""
+    stored, override, *rest = replies
+    counted = rest[: 2 * counters]
+    position, along = 2 * counters, []
+    for width in widths:
+        along.append(rest[position : position + width])
+        position += width
+    if fields is not None:
+        stored = {
+            name: value for name, value in zip(fields, stored, strict=True) if value is not None
+        }
+    return DeviceSnapshot(
+        record=DeviceRecord.decode(stored) if stored else None,
+        override=decode_override(override),
+        override_raw=_text(override),
+        counts=tuple(int(n) for n in counted[::2]),
+        along=tuple(along),
+    )
+
+
 class DeviceStore:
     """Reads and writes device records; every multi-key write is one MULTI on one slot."""
 
@@ -369,32 +403,23 @@ class DeviceStore:
         token's revocation counter, the alias index) and finds its replies in ``along``."""
         # One script call on a standalone Redis (store/batch.py), a pipeline in a cluster.
         pipe = batch.reads_for(self.redis, self._batch, self.cluster)
-        if fields is None:
-            pipe.hgetall(keys.device(imei))
-        else:
-            pipe.hmget(keys.device(imei), fields)
-        pipe.get(keys.device_override(imei))
-        for key, ttl_s in counters:
-            pipe.incr(key)
-            pipe.expire(key, ttl_s)
-        widths = [queue(pipe) for queue in along]
-        stored, override, *rest = pipe.execute()
-        counted = rest[: 2 * len(counters)]
-        position, replies = 2 * len(counters), []
-        for width in widths:
-            replies.append(rest[position : position + width])
-            position += width
-        if fields is not None:
-            stored = {
-                name: value for name, value in zip(fields, stored, strict=True) if value is not None
-            }
-        return DeviceSnapshot(
-            record=DeviceRecord.decode(stored) if stored else None,
-            override=decode_override(override),
-            override_raw=_text(override),
-            counts=tuple(int(n) for n in counted[::2]),
-            along=tuple(replies),
-        )
+        widths = _queue_snapshot(pipe, imei, fields, counters, along)
+        return _snapshot_of(pipe.execute(), fields, len(counters), widths)
+
+    async def snapshot_async(
+        self,
+        connection,
+        imei: str,
+        fields: tuple[str, ...] | None = None,
+        counters: Sequence[tuple[str, int]] = (),
+        along: Sequence[Callable[[Any], int]] = (),
+    ) -> DeviceSnapshot:
+        """:meth:`snapshot` over CONNECTION (store/coalesced.py; standalone Redis only)."""
+        pipe = batch.ScriptedBatch(None)
+        widths = _queue_snapshot(pipe, imei, fields, counters, along)
+        script_keys, args = pipe.request()
+        replies = await connection.evalsha(self._batch.sha, batch.BATCH_SCRIPT, script_keys, args)
+        return _snapshot_of(pipe.converted(replies), fields, len(counters), widths)
 
     def record_checkin(
         self,
@@ -420,6 +445,43 @@ class DeviceStore:
         counters and locked index, written by the same script (None: the counters are off)."""
         # One script call (atomic, one reply) instead of a MULTI of many commands: the write
         # half of a check-in is on the hot path.
+        script_keys, args, facts_json = self._record_call(
+            imei, record, now, policy_version, outcome, facts, proof_status, proof_mac, counts
+        )
+        if self._record(keys=script_keys, args=args) == -1:
+            return False
+        if self.cluster:
+            # In a cluster the facts stream lives in another slot: it cannot join the device's
+            # script, so it follows it (it only feeds simulation).
+            self.redis.xadd(
+                keys.CHECKIN_FACTS,
+                {"facts": facts_json},
+                maxlen=self.facts_maxlen,
+                approximate=True,
+            )
+        return True
+
+    async def record_checkin_async(
+        self, connection, imei: str, record: DeviceRecord, **kwargs
+    ) -> bool:
+        """:meth:`record_checkin` over CONNECTION (store/coalesced.py; standalone Redis only)."""
+        script_keys, args, _ = self._record_call(imei, record, **kwargs)
+        reply = await connection.evalsha(self._record.sha, _RECORD_CHECKIN, script_keys, args)
+        return reply != -1
+
+    def _record_call(
+        self,
+        imei: str,
+        record: DeviceRecord,
+        now: float,
+        policy_version: int | None,
+        outcome: str,
+        facts: dict,
+        proof_status: str = "",
+        proof_mac: str | None = None,
+        counts: fleet_stats.CheckinCounts | None = None,
+    ) -> tuple[list[str], list, bytes]:
+        """The check-in script's KEYS and ARGV for :meth:`record_checkin`, and the facts."""
         fields = record.encode()
         for name in _SCRIPT_FIELDS:
             del fields[name]
@@ -436,42 +498,29 @@ class DeviceStore:
         overview_keys, overview = (
             fleet_stats.checkin_args(imei, counts, now) if counts is not None else ([], "")
         )
-        count = self._record(
-            # The sampling index's shard last: sampling.LUA_PRELUDE finds it by its prefix.
-            keys=[
-                keys.device(imei),
-                *proof_keys,
-                *stream_keys,
-                *overview_keys,
-                sampling.shard_key(imei),
-            ],
-            args=[
-                repr(now),
-                f"{'' if policy_version is None else policy_version}|{outcome}",
-                outcome,
-                self.decisions_kept,
-                self.facts_maxlen,
-                facts_json,
-                len(deleted),
-                proof_status,
-                USED_PROOF_TTL_S if proof_mac else "",
-                overview,
-                *deleted,
-                *flat,
-            ],
-        )
-        if count == -1:
-            return False
-        if self.cluster:
-            # In a cluster the facts stream lives in another slot: it cannot join the device's
-            # script, so it follows it (it only feeds simulation).
-            self.redis.xadd(
-                keys.CHECKIN_FACTS,
-                {"facts": facts_json},
-                maxlen=self.facts_maxlen,
-                approximate=True,
-            )
-        return True
+        # The sampling index's shard last: sampling.LUA_PRELUDE finds it by its prefix.
+        script_keys = [
+            keys.device(imei),
+            *proof_keys,
+            *stream_keys,
+            *overview_keys,
+            sampling.shard_key(imei),
+        ]
+        args = [
+            repr(now),
+            f"{'' if policy_version is None else policy_version}|{outcome}",
+            outcome,
+            self.decisions_kept,
+            self.facts_maxlen,
+            facts_json,
+            len(deleted),
+            proof_status,
+            USED_PROOF_TTL_S if proof_mac else "",
+            overview,
+            *deleted,
+            *flat,
+        ]
+        return script_keys, args, facts_json
 
     def decisions(self, imei: str, limit: int | None = None) -> list[dict]:
         """The device's recent decisions, newest first; ``count`` check-ins with the same

@@ -61,8 +61,9 @@ class RsgiBridge:
         direct: Iterable = (),
     ):
         self.wsgi_app = wsgi_app
-        # (method, path) -> handle(headers, body, peer, secure): answers, or None for the app.
-        self.direct = {(route.method, route.path): route.handle for route in direct}
+        # (method, path) -> the route: ``await handle_async(headers, body, peer, secure)``
+        # answers, or None for the app.
+        self.direct = {(route.method, route.path): route.handle_async for route in direct}
         self.threads = threads
         self.body_timeout_s = body_timeout_s
         self.min_body_rate = min_body_rate
@@ -115,9 +116,9 @@ class RsgiBridge:
         direct = self.direct.get((scope.method, scope.path))
         if direct is not None:
             # On the event loop itself, not in a pool thread: a check-in is CPU and two short
-            # Redis round trips, and the hand-over to a thread and back cost more than the
-            # loop's wait on Redis (docs/performance.md, "Check-in speed").
-            answer = direct(
+            # Redis calls the loop awaits while it serves others (docs/performance.md,
+            # "Check-in speed").
+            answer = await direct(
                 scope.headers, body, _host_port(scope.client)[0], scope.scheme == "https"
             )
             if answer is not None:

@@ -21,22 +21,59 @@ def signed_verdict(
     just verified). ApiError for a rate limit (429) or a refused proof (401); Redis errors
     propagate (the caller answers 503)."""
     started = time.perf_counter()
-    proof = ProofRequest(header=proof_header, body=raw_body, exempt=role == "admin")
     try:
         document = rl.checkin.decide(
-            body, ip, time.time(), proof, along=(check,) if check is not None else ()
+            body, ip, time.time(), _proof(raw_body, proof_header, role), along=_along(check)
         )
-    except CheckinRateLimited as exc:
-        problem = (
-            "too many check-ins from this device; slow down"
-            if exc.scope == "device"
-            else "too many check-ins across the fleet; retry later"
+    except (CheckinRateLimited, DeviceProofError) as exc:
+        raise _refusal(exc) from None
+    return _signed(rl, body, document, started)
+
+
+async def signed_verdict_async(
+    rl, connection, body: dict, raw_body: bytes, ip, proof_header, role: str, check
+) -> bytes:
+    """:func:`signed_verdict` with the check-in's Redis calls sent over CONNECTION
+    (store/coalesced.py), on the worker's event loop."""
+    started = time.perf_counter()
+    try:
+        document = await rl.checkin.decide_async(
+            connection,
+            body,
+            ip,
+            time.time(),
+            _proof(raw_body, proof_header, role),
+            along=_along(check),
         )
-        raise ApiError(429, problem, headers={"Retry-After": str(exc.retry_after_s)}) from None
-    except DeviceProofError as exc:
-        raise ApiError(
+    except (CheckinRateLimited, DeviceProofError) as exc:
+        raise _refusal(exc) from None
+    return _signed(rl, body, document, started)
+
+
+def _proof(raw_body: bytes, header: str | None, role: str) -> ProofRequest:
+    # The body was validated first (400/422); a proof covers its exact bytes.
+    return ProofRequest(header=header, body=raw_body, exempt=role == "admin")
+
+
+def _along(check) -> tuple:
+    return (check,) if check is not None else ()
+
+
+def _refusal(exc: CheckinRateLimited | DeviceProofError) -> ApiError:
+    """The answer to a check-in refused before anything was recorded."""
+    if isinstance(exc, DeviceProofError):
+        return ApiError(
             401, exc.problem, code="device_proof", extra={"server_time": exc.server_time}
-        ) from None
+        )
+    problem = (
+        "too many check-ins from this device; slow down"
+        if exc.scope == "device"
+        else "too many check-ins across the fleet; retry later"
+    )
+    return ApiError(429, problem, headers={"Retry-After": str(exc.retry_after_s)})
+
+
+def _signed(rl, body: dict, document: dict, started: float) -> bytes:
     rl.metrics.decision_seconds.observe(time.perf_counter() - started)
     rl.metrics.record_verdict(document)
     document["nonce"] = body.get("nonce")

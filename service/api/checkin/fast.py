@@ -16,18 +16,21 @@ check-in of a token this worker has not verified yet).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import orjson
 import redis
 from marshmallow import ValidationError
 
-from service.api.checkin.answer import signed_verdict
+from service.api.checkin.answer import signed_verdict, signed_verdict_async
 from service.api.checkin.schemas import CheckinSchema
 from service.api.compiled_schema import compile_schema
 from service.engine.roles import PERMISSIONS
+from service.store.coalesced import CoalescedConnection, connection_for
 from service.web.auth import CHECKIN_PATH, bearer_of
 from service.web.client import client_ip
 from service.web.errors import (
@@ -59,12 +62,44 @@ class DirectCheckin:
         self.rl = app.extensions["regionlock"]
         self.load = compile_schema(CheckinSchema())
         self.roles = PERMISSIONS["checkin"]
+        self._loop = None
+        self._coalesced: CoalescedConnection | None = None
 
     def handle(
         self, headers: Mapping[str, str], body: bytes, peer: str | None, secure: bool
     ) -> Answer | None:
         """The answer to a check-in whose (lower-case) HEADERS and BODY came from PEER over
         TLS when SECURE; None: not one answered here (nothing was read or written)."""
+        accepted = self._accept(headers, body, peer)
+        if accepted is None:
+            return None
+        try:
+            content = signed_verdict(self.rl, *accepted.arguments)
+        except Exception as exc:
+            return self._answer(accepted, secure, *self._failure(exc))
+        return self._answer(accepted, secure, 200, (), content)
+
+    async def handle_async(
+        self, headers: Mapping[str, str], body: bytes, peer: str | None, secure: bool
+    ) -> Answer | None:
+        """:meth:`handle` on the worker's event loop: the check-in's two Redis calls go out
+        with those of the other check-ins in flight (store/coalesced.py), and the loop serves
+        others while Redis answers. Where that connection cannot be made (a Redis Cluster,
+        TLS), :meth:`handle` runs instead."""
+        connection = self._connection()
+        if connection is None:
+            return self.handle(headers, body, peer, secure)
+        accepted = self._accept(headers, body, peer)
+        if accepted is None:
+            return None
+        try:
+            content = await signed_verdict_async(self.rl, connection, *accepted.arguments)
+        except Exception as exc:
+            return self._answer(accepted, secure, *self._failure(exc))
+        return self._answer(accepted, secure, 200, (), content)
+
+    def _accept(self, headers: Mapping[str, str], body: bytes, peer: str | None):
+        """The check-in to answer here, or None (Flask answers it)."""
         started = time.perf_counter()
         rl = self.rl
         token = bearer_of(headers.get("authorization", ""))
@@ -75,41 +110,43 @@ class DirectCheckin:
         if cached is None or cached[0].role not in self.roles:
             return None
         try:
-            data = orjson.loads(body)
-            checkin = self.load(data)
+            checkin = self.load(orjson.loads(body))
         except (orjson.JSONDecodeError, ValidationError):
             return None
         principal, check = cached
-        request_id = request_id_for(headers.get("x-request-id"))
         ip = client_ip(peer, headers.get("x-forwarded-for"), rl.settings.trusted_proxies)
-        status, extra = 200, ()
-        try:
-            content = signed_verdict(
-                rl, checkin, body, ip, headers.get("x-device-proof"), principal.role, check
-            )
-        except ApiError as exc:
-            status, extra = exc.status, tuple(exc.headers.items())
-            content = _error(status, exc.message, exc.code, exc.fields, exc.extra)
-        except Exception as exc:
-            status, extra, content = self._failure(exc)
+        return _Accepted(
+            started,
+            request_id_for(headers.get("x-request-id")),
+            (checkin, body, ip, headers.get("x-device-proof"), principal.role, check),
+        )
+
+    def _answer(self, accepted: _Accepted, secure: bool, status: int, extra, content) -> Answer:
+        """The response, counted and logged as the app's hooks would."""
         answer_headers = [
             _JSON,
             *extra,
             *security_header_pairs(self.path, secure),
-            ("X-Request-Id", request_id),
+            ("X-Request-Id", accepted.request_id),
         ]
-        rl.metrics.observe_request(self.path, self.method, status)
-        log_request(
-            request_id,
-            self.method,
-            self.path,
-            status,
-            round((time.perf_counter() - started) * 1000, 2),
-        )
+        self.rl.metrics.observe_request(self.path, self.method, status)
+        duration_ms = round((time.perf_counter() - accepted.started) * 1000, 2)
+        log_request(accepted.request_id, self.method, self.path, status, duration_ms)
         return status, answer_headers, content
+
+    def _connection(self) -> CoalescedConnection | None:
+        """This event loop's coalescing connection to Redis (made at first use)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._loop = loop
+            self._coalesced = connection_for(self.rl.redis, self.rl.settings.redis_timeout_s)
+        return self._coalesced
 
     def _failure(self, exc: Exception) -> tuple[int, tuple[tuple[str, str], ...], bytes]:
         """What the app's error handlers answer to EXC (web/errors.py)."""
+        if isinstance(exc, ApiError):
+            content = _error(exc.status, exc.message, exc.code, exc.fields, exc.extra)
+            return exc.status, tuple(exc.headers.items()), content
         if isinstance(exc, _REDIS_ERRORS):
             if redis_failure(exc, self.rl) == 503:
                 retry = (("Retry-After", str(self.rl.settings.retry_after_s)),)
@@ -117,6 +154,16 @@ class DirectCheckin:
         else:
             log.exception("unhandled error", exc_info=exc)
         return 500, (), _error(500, INTERNAL_MESSAGE)
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    """A check-in the direct path answers: when it came in, its request id, and the
+    arguments of ``signed_verdict`` after ``rl`` (body, raw body, ip, proof, role, check)."""
+
+    started: float
+    request_id: str
+    arguments: tuple
 
 
 def _error(status: int, message: str, code=None, fields=None, extra=None) -> bytes:
