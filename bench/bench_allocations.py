@@ -1,17 +1,22 @@
 """Distributor allocations at scale: compile time and decision speed with 10 .. 1,000,000.
 
-    python -m bench.bench_allocations [--sizes 10,10000,1000000] [--decisions 200000]
+    python -m bench.bench_allocations [--sizes 10,10000,1000000] [--decisions 200000] [--replay]
 
 For each size a bundle is built with that many allocations (ranges and whole TACs spread over
 ten distributors), compiled (validation, overlap check and lookup index), and then used to
 decide check-ins of IMEIs inside and outside the allocations. Decisions per second are compared
 with the 10-allocation bundle: the lookup is a dict plus a bisect, so the ratio stays near 1.
+
+``--replay`` also times every size with the index's answers replayed instead of looked up:
+everything of a decision but the lookup, which should cost the same at every size (what the
+two ratios differ by is the lookup's own cost).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import os
 import random
 import time
 
@@ -85,6 +90,23 @@ def facts_for(count: int, decisions: int, seed: int = 7) -> list[Facts]:
     return out
 
 
+class _Replay:
+    """Stands in for a policy's allocation index, answering from a list of its answers."""
+
+    def __init__(self, answers: list[str | None]):
+        self.answers = answers
+        self._next = iter(()).__next__
+
+    def rewind(self) -> _Replay:
+        """Start again from the first answer."""
+        self._next = iter(self.answers).__next__
+        return self
+
+    def owner_of(self, imei: str) -> str | None:
+        """The next answer, whatever ``imei`` is."""
+        return self._next()
+
+
 def _decide_all(policy, checkins: list[Facts]) -> float:
     decide = policy.decide
     started = time.perf_counter()
@@ -99,9 +121,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="10,10000,1000000", help="allocation counts")
     parser.add_argument("--decisions", type=int, default=200_000, help="decisions per size")
     parser.add_argument("--rounds", type=int, default=5, help="timed passes; the best counts")
+    parser.add_argument(
+        "--replay", action="store_true", help="also time decisions with the lookups replayed"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"== bench_allocations: sizes {sizes}, {args.decisions} decisions each")
+    print("load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     policies, compile_s, checkins, load_s = {}, {}, {}, {}
     for count in sizes:
         bundle = bundle_with(count)
@@ -119,9 +145,21 @@ def main(argv: list[str] | None = None) -> None:
     gc.freeze()
     # Sizes take turns, best pass kept: a busy machine slows a pass, never speeds one up.
     best = dict.fromkeys(sizes, float("inf"))
+    replayed = dict.fromkeys(sizes, float("inf"))
+    indexes = {count: policy._index for count, policy in policies.items()}
+    replays = {
+        count: _Replay([indexes[count].owner_of(f.imei) for f in checkins[count]])
+        for count in sizes
+        if args.replay
+    }
     for _ in range(args.rounds):
         for count in sizes:
             best[count] = min(best[count], _decide_all(policies[count], checkins[count]))
+            if args.replay:
+                policies[count]._index = replays[count].rewind()
+                elapsed = _decide_all(policies[count], checkins[count])
+                replayed[count] = min(replayed[count], elapsed)
+                policies[count]._index = indexes[count]
     baseline = args.decisions / best[sizes[0]]
     for count in sizes:
         rate = args.decisions / best[count]
@@ -131,6 +169,15 @@ def main(argv: list[str] | None = None) -> None:
             f"a worker loads its snapshot ({load_s[count][1] / 1e6:.1f} MB) in "
             f"{load_s[count][0]:.3f} s"
         )
+    if args.replay:
+        for count in sizes:
+            ns = (best[count] - replayed[count]) / args.decisions * 1e9
+            ratio = replayed[sizes[0]] / replayed[count]
+            print(
+                f"{count:>9} allocations, lookups replayed: {ratio:.2f}x the {sizes[0]}-allocation"
+                f" rate (the lookup costs {ns:,.0f} ns a decision)"
+            )
+    print("load average {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":

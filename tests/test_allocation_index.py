@@ -10,9 +10,14 @@ with a linear scan of the allocations.
 
 from __future__ import annotations
 
+from array import array
+from base64 import b64encode
+
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.engine import allocation_index
 from service.engine.allocation_index import (
     CROWDED,
     TAC_SPAN,
@@ -161,3 +166,89 @@ def test_an_empty_index_owns_nothing():
     index = AllocationIndex({}, [], [], [])
     assert index.owner_of("353879234252633") is None
     assert len(AllocationIndex.from_snapshot(index.to_snapshot())) == 0
+
+
+def _naive_check(index: AllocationIndex, tacs, ranges, extra=()) -> None:
+    for imei in probes(tacs, ranges, list(extra)):
+        assert index.owner_of(imei) == naive_owner(tacs, ranges, imei), imei
+
+
+def test_adjacent_ranges_of_other_owners_and_one_imei_ranges():
+    """A range ending right where another distributor's begins (their bounds words meet),
+    ranges of a single IMEI, a range ending on a TAC's last IMEI and the next starting on the
+    following TAC's first."""
+    base = BASE_TAC * TAC_SPAN
+    ranges = [
+        (base + 10, base + 19, "acme"),
+        (base + 20, base + 20, "bolt"),
+        (base + 21, base + 21, "acme"),
+        (base + 22, base + TAC_SPAN - 1, "civic"),
+        (base + TAC_SPAN, base + TAC_SPAN, "delta"),
+    ]
+    index = AllocationIndex({}, *map(list, zip(*ranges, strict=True)))
+    assert index.owner_of(f"{base + 20:014d}") == "bolt"
+    assert index.owner_of(f"{base + 21:014d}7") == "acme"
+    assert index.owner_of(f"{base + TAC_SPAN - 1:014d}") == "civic"
+    assert index.owner_of(f"{base + TAC_SPAN:014d}") == "delta"
+    assert index.owner_of(f"{base + TAC_SPAN + 1:014d}") is None
+    _naive_check(index, {}, ranges)
+
+
+def test_owners_beyond_the_first_byte_of_their_field():
+    """Owner positions are kept in 16 bits beside each range's start: 600 distributors, some
+    in a crowded TAC, all found (the hypothesis tests draw four)."""
+    base = BASE_TAC * TAC_SPAN
+    ranges = [(base + i * 3_000, base + i * 3_000 + 999, f"d{i:03d}") for i in range(600)]
+    tacs = {f"{BASE_TAC + 10:08d}": "d599", f"{BASE_TAC - 1:08d}": "whole-only"}
+    index = AllocationIndex(dict(tacs), *map(list, zip(*ranges, strict=True)))
+    loaded = AllocationIndex.from_snapshot(index.to_snapshot())
+    for start, end, owner in ranges:
+        for imei in (f"{start:014d}", f"{end:014d}5", f"{(start + end) // 2:014d}"):
+            assert index.owner_of(imei) == loaded.owner_of(imei) == owner
+        assert index.owner_of(f"{end + 1:014d}") is None
+    assert index.owner_of(f"{BASE_TAC - 1:08d}123456") == "whole-only"
+    _naive_check(index, tacs, ranges)
+
+
+def test_the_snapshot_holds_the_arrays_it_was_given():
+    """The snapshot format is unchanged by the bounds array the index keeps instead: the same
+    starts, ends and owner positions, so snapshots of older versions load and older workers
+    read new ones; saving a loaded index gives the same snapshot."""
+    ranges = [
+        (35_387_900_000_000 + 10 * i, 35_387_900_000_000 + 10 * i + 4, f"o{i % 300}")
+        for i in range(900)
+    ]
+    index = AllocationIndex({"01234567": "acme"}, *map(list, zip(*ranges, strict=True)))
+    snapshot = index.to_snapshot()
+    ids = sorted({r[2] for r in ranges})
+    assert snapshot["ids"] == ids
+    assert snapshot["starts"] == b64encode(array("Q", [r[0] for r in ranges]).tobytes()).decode()
+    assert snapshot["ends"] == b64encode(array("Q", [r[1] for r in ranges]).tobytes()).decode()
+    owners = array("I", [ids.index(r[2]) for r in ranges])
+    assert snapshot["owners"] == b64encode(owners.tobytes()).decode()
+    assert AllocationIndex.from_snapshot(snapshot).to_snapshot() == snapshot
+
+
+def test_bounds_built_by_arithmetic_answer_the_same(monkeypatch):
+    """Where words are not little-endian the bounds are computed rather than copied byte by
+    byte: the same array, the same snapshot."""
+    ranges = [
+        (35_387_900_000_000 + 7 * i, 35_387_900_000_000 + 7 * i + 3, f"o{i % 290}")
+        for i in range(400)
+    ]
+    columns = list(map(list, zip(*ranges, strict=True)))
+    copied = AllocationIndex({"01234567": "acme"}, *columns)
+    monkeypatch.setattr(allocation_index, "_BYTEWISE", False)
+    computed = AllocationIndex({"01234567": "acme"}, *columns)
+    assert computed._bounds == copied._bounds
+    assert computed.to_snapshot() == copied.to_snapshot()
+    _naive_check(computed, {"01234567": "acme"}, ranges)
+
+
+def test_limits_of_the_bounds_words():
+    """Bodies must fit 48 bits and owner positions 16 (a bundle allows 10,000 distributors)."""
+    with pytest.raises(ValueError, match="beyond 14 digits"):
+        AllocationIndex({}, [10**14], [10**14], ["acme"])
+    owners = [f"o{i}" for i in range(65_536)]
+    with pytest.raises(ValueError, match="too many distributors"):
+        AllocationIndex({}, list(range(0, 2 * 65_536, 2)), list(range(0, 2 * 65_536, 2)), owners)
