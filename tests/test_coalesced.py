@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import pytest
 import redis as redis_lib
@@ -163,3 +164,26 @@ def test_a_refused_connection_and_a_lost_one_are_connection_errors(tmp_path):
 def test_clients_it_does_not_speak_get_no_connection(tmp_path):
     assert connection_for(redis_lib.Redis(decode_responses=False), 1.0) is None
     assert connection_for(redis_lib.Redis(ssl=True, decode_responses=True), 1.0) is None
+
+
+def test_a_worker_paused_longer_than_the_timeout_fails_no_call_redis_answered(lone):
+    """The loop stuck (a long turn, a descheduled VM) before a call left or after it left:
+    its reply is read before any timer, and a call is timed from when it was sent."""
+    server, client = lone
+    client.set("a", "1")
+
+    async def run():
+        connection = _connection(server.url, timeout_s=0.2)
+        await connection.call("PING")
+        loop = asyncio.get_running_loop()
+        loop.call_soon(time.sleep, 0.5)  # the next turn is stuck before the flush
+        queued_then_stuck = await connection.call("GET", "a")
+        sent = asyncio.ensure_future(connection.call("GET", "a"))
+        await asyncio.sleep(0)  # queued
+        await asyncio.sleep(0)  # flushed
+        time.sleep(0.5)  # stuck while Redis answers
+        sent_then_stuck = await sent
+        connection.close()
+        return queued_then_stuck, sent_then_stuck
+
+    assert asyncio.run(run()) == ("1", "1")

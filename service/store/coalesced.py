@@ -42,6 +42,8 @@ class CoalescedConnection(asyncio.Protocol):
         self._waiting: deque[asyncio.Future] = deque()
         self._queued: list[bytes] = []
         self._flush_at_end_of_turn = False
+        # Commands written and replies read on the current connection (the _connections-th).
+        self._connections = self._sent = self._read = 0
 
     # --- asyncio.Protocol -----------------------------------------------------------
 
@@ -51,11 +53,12 @@ class CoalescedConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
         while (reply := self._reader.gets()) is not False:
+            self._read += 1
             if not self._waiting:
                 self._drop(redis.exceptions.ConnectionError("a reply nobody asked for"))
                 return
             waiter = self._waiting.popleft()
-            if waiter.done():  # its caller gave up (timeout): the connection is being dropped
+            if waiter.done():  # its caller is gone (cancelled): the reply is nobody's
                 continue
             if isinstance(reply, redis.exceptions.ResponseError):
                 waiter.set_exception(BaseParser.parse_error(str(reply)))
@@ -79,14 +82,7 @@ class CoalescedConnection(asyncio.Protocol):
         if not self._flush_at_end_of_turn:
             self._flush_at_end_of_turn = True
             loop.call_soon(self._flush)
-        # A timer that fails the call only if its reply has not come: the loop runs the
-        # replies it has read before the timers that are due, so a worker paused longer than
-        # the timeout (a busy or descheduled machine) does not fail calls answered meanwhile.
-        timer = loop.call_later(self._timeout_s, self._expire, waiter)
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
+        return await waiter
 
     async def evalsha(self, sha: str, source: str, keys: list, args: list) -> Any:
         """EVALSHA of the script SOURCE (SHA its digest), loading it first if Redis lacks it."""
@@ -102,8 +98,10 @@ class CoalescedConnection(asyncio.Protocol):
 
     # --- inside ---------------------------------------------------------------------
 
-    def _expire(self, waiter: asyncio.Future) -> None:
-        if not waiter.done():
+    def _expire(self, connection: int, sent: int) -> None:
+        """The timeout of the commands written up to the SENT-th on the CONNECTION-th
+        connection: when their replies have not all been read, Redis is late."""
+        if connection == self._connections and self._read < sent:
             # Replies can no longer be matched to calls: drop the connection and every call
             # waiting on it (the next call connects anew).
             self._drop(redis.exceptions.TimeoutError("Timeout reading from Redis"))
@@ -112,12 +110,23 @@ class CoalescedConnection(asyncio.Protocol):
         self._flush_at_end_of_turn = False
         if not self._queued:
             return
-        data = b"".join(self._queued)
+        data, commands = b"".join(self._queued), len(self._queued)
         self._queued.clear()
         if self._transport is None or self._transport.is_closing():
             self._fail_all(redis.exceptions.ConnectionError("connection to Redis lost"))
             return
+        self._write(data, commands)
+
+    def _write(self, data: bytes, commands: int) -> None:
+        """Send DATA (COMMANDS commands) and time their replies from now: the loop runs the
+        replies it has read before the timers that are due, so a worker paused longer than the
+        timeout (a busy or descheduled machine) fails no call whose reply came meanwhile, and
+        a call queued during a long turn of the loop is timed from when it left."""
         self._transport.write(data)
+        self._sent += commands
+        asyncio.get_running_loop().call_later(
+            self._timeout_s, self._expire, self._connections, self._sent
+        )
 
     async def _connect(self) -> None:
         if self._connecting is not None:  # another call is connecting: wait for it
@@ -136,10 +145,12 @@ class CoalescedConnection(asyncio.Protocol):
                 self._reader = hiredis.Reader(
                     encoding="utf-8", replyError=redis.exceptions.ResponseError
                 )
+                self._connections += 1
+                self._sent = self._read = 0
                 for command in _handshake(self._options):
                     reply = loop.create_future()
                     self._waiting.append(reply)
-                    self._transport.write(hiredis.pack_command(command))
+                    self._write(hiredis.pack_command(command), 1)
                     await reply
             self._connecting.set_result(None)
         except (OSError, TimeoutError) as exc:
