@@ -331,3 +331,30 @@ def test_simulation_jobs_on_a_cluster(cluster_app, make_app, cluster, redis_url)
     )
     assert JobRunner(context).run(census) == "done"
     assert SimulationStore(client).get(census)["report"]["changes"] == {"allow->lock": 10}
+
+
+def test_the_servers_direct_check_in_on_a_cluster_decides_with_the_blocking_client(
+    cluster, make_app
+):
+    """A cluster's device read spans slots: no coalescing connection, the blocking client."""
+    import asyncio
+
+    import orjson
+
+    from service.api.checkin.fast import DirectCheckin
+
+    fresh = RedisCluster.from_url(cluster.url)  # a new deployment (see cluster_app)
+    for node in fresh.get_primaries():
+        fresh.flushdb(target_nodes=node)
+    fresh.close()
+    app = make_app(redis_url=cluster.url, token_cache_s=0.5)
+    client = app.extensions["regionlock"].redis
+    token = TokenStore(client).create("c-direct", "device")
+    app.extensions["regionlock"].tokens.for_checkin(token)
+    direct = DirectCheckin(app)
+    headers = {"authorization": f"Bearer {token}"}
+    body = orjson.dumps({"imei": UNKNOWN, "sim": {"network": "36801"}})
+    status, _, content = asyncio.run(direct.handle_async(headers, body, "203.186.10.20", False))
+    assert status == 200 and orjson.loads(content)["verdict"] == "lock"
+    assert direct._coalesced is None
+    assert app.extensions["regionlock"].devices.decisions(UNKNOWN)[0]["verdict"] == "lock"
