@@ -421,19 +421,7 @@ class DeviceStore:
         replies = await connection.evalsha(self._batch.sha, batch.BATCH_SCRIPT, script_keys, args)
         return _snapshot_of(pipe.converted(replies), fields, len(counters), widths)
 
-    def record_checkin(
-        self,
-        imei: str,
-        record: DeviceRecord,
-        *,
-        now: float,
-        policy_version: int | None,
-        outcome: str,
-        facts: dict,
-        proof_status: str = "",
-        proof_mac: str | None = None,
-        counts: fleet_stats.CheckinCounts | None = None,
-    ) -> bool:
+    def record_checkin(self, imei: str, record: DeviceRecord, **write: Any) -> bool:
         """Write the outcome of one check-in, in one atomic script call: RECORD's fields replace
         the stored ones (empty ones are removed; an activation of None leaves the stored one,
         and first_seen and history are the script's), OUTCOME (records.encode_outcome) at
@@ -442,12 +430,11 @@ class DeviceStore:
         stream. PROOF_STATUS ("proven", "unproven" or "") is counted in the record (SPEC §13);
         PROOF_MAC, the check-in's proof, is claimed first: False, and nothing written, when it
         was used before (a replay). COUNTS: what the check-in adds to the fleet overview's
-        counters and locked index, written by the same script (None: the counters are off)."""
+        counters and locked index, written by the same script (None: the counters are off).
+        WRITE: those keyword arguments (typed in :meth:`_record_call`)."""
         # One script call (atomic, one reply) instead of a MULTI of many commands: the write
         # half of a check-in is on the hot path.
-        script_keys, args, facts_json = self._record_call(
-            imei, record, now, policy_version, outcome, facts, proof_status, proof_mac, counts
-        )
+        script_keys, args, facts_json = self._record_call(imei, record, **write)
         if self._record(keys=script_keys, args=args) == -1:
             return False
         if self.cluster:
@@ -462,10 +449,10 @@ class DeviceStore:
         return True
 
     async def record_checkin_async(
-        self, connection, imei: str, record: DeviceRecord, **kwargs
+        self, connection, imei: str, record: DeviceRecord, **write: Any
     ) -> bool:
         """:meth:`record_checkin` over CONNECTION (store/coalesced.py; standalone Redis only)."""
-        script_keys, args, _ = self._record_call(imei, record, **kwargs)
+        script_keys, args, _ = self._record_call(imei, record, **write)
         reply = await connection.evalsha(self._record.sha, _RECORD_CHECKIN, script_keys, args)
         return reply != -1
 
@@ -473,6 +460,7 @@ class DeviceStore:
         self,
         imei: str,
         record: DeviceRecord,
+        *,
         now: float,
         policy_version: int | None,
         outcome: str,
