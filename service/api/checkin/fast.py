@@ -1,10 +1,11 @@
 """``POST /v1/checkin`` answered by the server without Flask's request machinery (issue 17).
 
 Routing, the request and response objects, the hooks and the error handlers of Flask took
-about as much of a check-in's time as deciding it did (docs/performance.md). The server's
-RSGI bridge (web/rsgi.py) hands a check-in here first. What is answered here is what the
+about as much of a check-in's time as deciding it did (docs/performance.md, "Check-in speed").
+The server's RSGI bridge (web/rsgi.py) hands a check-in here first, on the worker's event
+loop, where many are in flight at once. What is answered here is what the
 Flask route answers (routes.py, through the same ``signed_verdict``), with the same headers,
-log line and metrics; ``tests/test_checkin_fast.py`` sends the same requests both ways.
+log line and metrics; ``tests/test_checkin_direct.py`` sends the same requests both ways.
 
 Only the ordinary check-in is answered here: a caller whose token the worker's cache holds
 (confirmed in the device read, as on the Flask route) and whose role may check in, with a body
@@ -53,7 +54,8 @@ _REDIS_ERRORS = (redis.exceptions.RedisError, redis.exceptions.RedisClusterExcep
 
 
 class DirectCheckin:
-    """``handle(...)`` answers a check-in, or returns None for Flask to answer it."""
+    """``await handle_async(...)`` (the server, on a worker's event loop) or ``handle(...)``
+    (blocking) answers a check-in, or returns None for Flask to answer it."""
 
     method = "POST"
     path = CHECKIN_PATH
