@@ -187,3 +187,25 @@ def test_a_worker_paused_longer_than_the_timeout_fails_no_call_redis_answered(lo
         return queued_then_stuck, sent_then_stuck
 
     assert asyncio.run(run()) == ("1", "1")
+
+
+def test_the_late_word_of_a_dropped_connection_does_not_fail_the_current_one(lone):
+    """The connection object is the protocol of each connection it makes: a dropped
+    connection's connection_lost may come after a new one is up, and must not touch it."""
+    server, client = lone
+    client.set("a", "1")
+
+    async def run():
+        connection = _connection(server.url)
+        await connection.call("PING")
+        connection.close()  # dropped; its connection_lost is still to come
+        pending = asyncio.ensure_future(connection.call("GET", "a"))  # a new connection
+        while connection._transport is None or connection._connecting is not None:
+            await asyncio.sleep(0)
+        connection.connection_lost(None)  # what a late word from the old one looks like
+        try:
+            return await pending
+        finally:
+            connection.close()
+
+    assert asyncio.run(run()) == "1"

@@ -66,8 +66,11 @@ class CoalescedConnection(asyncio.Protocol):
                 waiter.set_result(reply)
 
     def connection_lost(self, exc) -> None:
-        self._fail_all(redis.exceptions.ConnectionError("connection to Redis lost"))
+        current = self._transport
+        if current is not None and not current.is_closing():
+            return  # the late word of a connection dropped before: the current one is alive
         self._transport = None
+        self._fail_all(redis.exceptions.ConnectionError("connection to Redis lost"))
 
     # --- calls --------------------------------------------------------------------------
 
