@@ -52,7 +52,18 @@ def _use_multiprocess_files(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
     if not getattr(values.ValueClass, "_multiprocess", False):
-        values.ValueClass = values.MultiProcessValue()
+        values.ValueClass = values.MultiProcessValue(process_identifier=_process_id)
+
+
+# prometheus-client asks the process id at every increment, to notice a fork; os.getpid() is a
+# system call (glibc no longer caches it), five a check-in. Kept here instead, renewed in the
+# child of every fork (tests/test_ops.py forks workers and counts their files).
+_PID = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+
+
+def _process_id() -> int:
+    return _PID[0]
 
 
 class _PolicyVersion(Collector):
