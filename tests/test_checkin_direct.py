@@ -219,3 +219,52 @@ def test_a_lost_redis_is_a_503_then_flask_answers_while_the_breaker_is_open(
     assert _direct(direct, token, _body(HK)) is None  # the breaker is open: Flask's 503
     flask = _flask(app, token, _body(HK))
     _same_answer(flask, answer)
+
+
+def test_check_ins_in_flight_together_each_get_their_own_answer(make_app, tmp_path):
+    """Forty check-ins on one event loop at once: their Redis calls share writes (Redis reads
+    far fewer times than it is asked), and each answer is its own device's, decided and
+    recorded as if it had been alone."""
+    import redis as redis_lib
+
+    with EmbeddedRedis(tmp_path / "lone", appendonly=False) as server:
+        client = redis_lib.Redis.from_url(server.url, decode_responses=True)
+        token = TokenStore(client).create("d", "device")
+        app = make_app(redis_url=server.url, token_cache_s=0.5, policy_poll_s=0)
+        direct = DirectCheckin(app)
+        app.extensions["regionlock"].tokens.for_checkin(token)
+        headers = {"authorization": f"Bearer {token}"}
+        # Even: Hong Kong phones at home (allow); odd: unknown phones on a Cuban network (lock).
+        phones = [
+            (imei(("35387923" if i % 2 == 0 else "49015420") + f"{900000 + i:06d}"), i % 2)
+            for i in range(40)
+        ]
+
+        async def run():
+            await direct.handle_async(headers, _body(UNKNOWN2), PEER, False)  # connected
+            before = int(client.info("stats")["total_reads_processed"])
+            answers = await asyncio.gather(
+                *(
+                    direct.handle_async(
+                        headers,
+                        _body(phone, sim={"network": "36801" if cuban else "45400"}),
+                        PEER,
+                        False,
+                    )
+                    for phone, cuban in phones
+                )
+            )
+            return answers, int(client.info("stats")["total_reads_processed"]) - before - 1
+
+        answers, reads = asyncio.run(run())
+        assert reads < 40  # two calls each, one at a time, would be 80
+        keyset = app.test_client().get("/v1/keys", headers=bearer(token)).get_json()
+        jwks = {k["kid"]: k for k in keyset["keys"]}
+        devices = app.extensions["regionlock"].devices
+        for (phone, cuban), (status, _, content) in zip(phones, answers, strict=True):
+            answer = orjson.loads(content)
+            assert status == 200 and answer["imei"] == phone
+            assert answer["verdict"] == ("lock" if cuban else "allow")
+            assert verify_with_jwk(answer, jwks[answer["kid"]])
+            assert devices.decisions(phone)[0]["verdict"] == answer["verdict"]
+        client.close()
