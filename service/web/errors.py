@@ -99,16 +99,10 @@ def error_document(
     return {"error": body}
 
 
-def error_response(
-    status: int,
-    message: str,
-    code: str | None = None,
-    fields: dict | None = None,
-    extra: dict | None = None,
-    headers: dict | None = None,
-):
-    """A Flask response in the one error format."""
-    response = jsonify(error_document(status, message, code, fields, extra))
+def error_response(status: int, message: str, *, headers: dict | None = None, **document):
+    """A Flask response in the one error format (DOCUMENT: ``code``, ``fields``, ``extra`` of
+    :func:`error_document`)."""
+    response = jsonify(error_document(status, message, **document))
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -196,7 +190,14 @@ def exception_headers(exc: HTTPException) -> dict[str, str]:
 
 def api_error_response(exc: ApiError):
     """The one payload for an ApiError."""
-    return error_response(exc.status, exc.message, exc.code, exc.fields, exc.extra, exc.headers)
+    return error_response(
+        exc.status,
+        exc.message,
+        code=exc.code,
+        fields=exc.fields,
+        extra=exc.extra,
+        headers=exc.headers,
+    )
 
 
 def register_error_handlers(app: Flask) -> None:
