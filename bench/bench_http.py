@@ -14,11 +14,14 @@ Prints requests/s, p50/p99/p99.9 (wrk's own histogram), non-2xx and socket error
 two ratios of the issue (check-in / bare Flask under gunicorn; check-in / bare Flask on the
 default server), then checks a sample of answers (verdicts expected from where the sample says
 it is, every signature verified against GET /v1/keys) and prints a per-stage breakdown of a
-check-in's time from an in-process run (bench/checkin_stages.py). Needs `wrk` (Debian
-package `wrk`).
+check-in's time from an in-process run (bench/checkin_stages.py). Also the CPU each request
+cost (the server's processes, redis-server and wrk, from /proc) and the ratios by CPU. With
+``--rounds N`` every server is measured N times in turns and the median ratios and p99 are
+printed last: on a shared machine a single run moves by ±15 %. Needs `wrk` (Debian package
+`wrk`).
 
     python -m bench.bench_http [--seconds 10] [--connections 32] [--workers 2] [--threads 4]
-        [--no-gunicorn-checkin] [--no-stages]
+        [--rounds 1] [--no-gunicorn-checkin] [--no-stages]
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import os
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -280,6 +284,14 @@ def check_answers(port: int, token: str, per_case: int = 40) -> dict:
     return counts
 
 
+NAMES = {
+    "bare_gunicorn": "bare Flask, gunicorn gthread (fixed baseline)",
+    "bare_default": "bare Flask, granian + RSGI bridge (default server)",
+    "checkin_default": "POST /v1/checkin, regionlock serve (default server)",
+    "checkin_gunicorn": "POST /v1/checkin, gunicorn gthread",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -287,6 +299,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every server this many times, in turns, and print the median ratios "
+        "too (a shared machine's noise moves single runs)",
+    )
     parser.add_argument(
         "--no-gunicorn-checkin",
         dest="gunicorn_checkin",
@@ -296,7 +315,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-stages", action="store_true", help="skip the per-stage breakdown")
     parser.add_argument("--stage-requests", type=int, default=3000)
     args = parser.parse_args(argv)
-    load_before = f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     if not shutil.which("wrk"):
         print("bench_http: skipped: wrk is not installed (Debian: apt-get install wrk)")
         return
@@ -304,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from service.store.tokens import TokenStore
 
+    ratios: list[tuple[float, float, float]] = []
     with tempfile.TemporaryDirectory(prefix="regionlock-bench-") as folder:
         with EmbeddedRedis(Path(folder) / "redis") as server:
             client = redis.Redis.from_url(server.url, decode_responses=True)
@@ -316,74 +335,87 @@ def main(argv: list[str] | None = None) -> None:
                 # 10,000 IMEIs however long it runs.
                 "REGIONLOCK_CHECKIN_DEVICE_LIMIT": "1000000/minute",
             }
-            w, t = args.workers, args.threads
-            bare = "bench.bare_app:create_bare_app()"
-            ours = "service.app:create_app()"
-            args.check_answers = None
             args.redis_pids = [server.process.pid]
-            rows = {
-                "bare_gunicorn": measure(
-                    lambda p: gunicorn(bare, p, w, t, env), token, args, folder
-                ),
-                "bare_default": measure(
-                    lambda p: granian(bare.rstrip("()"), p, w, t, env), token, args, folder
-                ),
-            }
-            args.check_answers = lambda port: check_answers(port, token)
-            rows["checkin_default"] = measure(
-                lambda p: regionlock_serve(p, w, t, env), token, args, folder
-            )
-            if args.gunicorn_checkin:
-                args.check_answers = None
-                rows["checkin_gunicorn"] = measure(
-                    lambda p: gunicorn(ours, p, w, t, env), token, args, folder
-                )
-            devices = len(list(client.scan_iter("rl:dev:{*}", count=10_000)))
-    print(
-        f"HTTP check-in, wrk {args.connections} connections, {args.seconds}s each, "
-        f"{w} workers x {t} threads; load average before the run {load_before}"
-    )
-    names = {
-        "bare_gunicorn": "bare Flask, gunicorn gthread (fixed baseline)",
-        "bare_default": "bare Flask, granian + RSGI bridge (default server)",
-        "checkin_default": "POST /v1/checkin, regionlock serve (default server)",
-        "checkin_gunicorn": "POST /v1/checkin, gunicorn gthread",
-    }
-    for key, row in rows.items():
-        print(
-            f"  {names[key]:53s} {row['rps']:7.0f} req/s  p50 {row['p50_ms']:6.2f}  "
-            f"p99 {row['p99_ms']:6.2f}  p99.9 {row.get('p999_ms', float('nan')):6.2f} ms  "
-            f"non-2xx {row['non_2xx']}  socket errors {row['socket_errors']}  "
-            f"cpu {row['cpu_us']:5.0f} µs/req"
+            for number in range(1, args.rounds + 1):
+                load_before = f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+                rows = _round(args, token, env, folder)
+                devices = len(list(client.scan_iter("rl:dev:{*}", count=10_000)))
+                label = f"round {number} of {args.rounds}, " if args.rounds > 1 else ""
+                ratios.append(_report(args, rows, devices, label, load_before))
+    if args.rounds > 1:
+        gunicorn_ratio, p99, default_ratio = (
+            statistics.median(column) for column in zip(*ratios, strict=True)
         )
-    ours_rps = rows["checkin_default"]["rps"]
-    print(
-        f"  ratio check-in / bare Flask under gunicorn gthread: "
-        f"{ours_rps / rows['bare_gunicorn']['rps']:.2f} (target >= 0.5, p99 < 25 ms)"
-    )
-    print(
-        f"  ratio check-in / bare Flask on the default server:  "
-        f"{ours_rps / rows['bare_default']['rps']:.2f} (target >= 0.25)"
-    )
-    ours_cpu = rows["checkin_default"]["cpu_us"]
-    print(
-        "  the same ratios by CPU (µs of server + Redis + wrk CPU per request, which other "
-        f"jobs on the machine disturb less): {rows['bare_gunicorn']['cpu_us'] / ours_cpu:.2f} "
-        f"and {rows['bare_default']['cpu_us'] / ours_cpu:.2f}"
-    )
-    checked = rows["checkin_default"]["checked"]
-    print(
-        f"  sample of answers after the load: {checked['answers']} check-ins of fresh devices, "
-        f"{checked['non_2xx']} non-2xx, {checked['wrong_verdict']} wrong verdicts, "
-        f"{checked['bad_signature']} signatures that do not verify; devices recorded: {devices}"
-    )
-    load_after = os.getloadavg()[0]
-    print(f"  load average after the run: {load_after:.1f} on {os.cpu_count()} cores")
+        print(
+            f"median of {args.rounds} rounds: check-in / bare Flask under gunicorn "
+            f"{gunicorn_ratio:.2f} (target >= 0.5), check-in p99 {p99:.2f} ms (target < 25), "
+            f"check-in / bare Flask on the default server {default_ratio:.2f} (target >= 0.25)"
+        )
     if not args.no_stages:
         from bench.checkin_stages import measure as stages
         from bench.checkin_stages import report
 
         print(report(stages(args.stage_requests)))
+
+
+def _round(args, token: str, env: dict, folder: str) -> dict:
+    """One measurement of every server, one after the other."""
+    w, t = args.workers, args.threads
+    bare = "bench.bare_app:create_bare_app()"
+    ours = "service.app:create_app()"
+    args.check_answers = None
+    rows = {
+        "bare_gunicorn": measure(lambda p: gunicorn(bare, p, w, t, env), token, args, folder),
+        "bare_default": measure(
+            lambda p: granian(bare.rstrip("()"), p, w, t, env), token, args, folder
+        ),
+    }
+    args.check_answers = lambda port: check_answers(port, token)
+    rows["checkin_default"] = measure(lambda p: regionlock_serve(p, w, t, env), token, args, folder)
+    if args.gunicorn_checkin:
+        args.check_answers = None
+        rows["checkin_gunicorn"] = measure(
+            lambda p: gunicorn(ours, p, w, t, env), token, args, folder
+        )
+    return rows
+
+
+def _report(args, rows: dict, devices: int, label: str, load_before: str):
+    """Print one round; its (ratio to gunicorn, check-in p99, ratio to the default server)."""
+    print(
+        f"HTTP check-in, {label}wrk {args.connections} connections, {args.seconds}s each, "
+        f"{args.workers} workers x {args.threads} threads; load average before {load_before}"
+    )
+    for key, row in rows.items():
+        print(
+            f"  {NAMES[key]:53s} {row['rps']:7.0f} req/s  p50 {row['p50_ms']:6.2f}  "
+            f"p99 {row['p99_ms']:6.2f}  p99.9 {row.get('p999_ms', float('nan')):6.2f} ms  "
+            f"non-2xx {row['non_2xx']}  socket errors {row['socket_errors']}  "
+            f"cpu {row['cpu_us']:5.0f} µs/req"
+        )
+    ours = rows["checkin_default"]
+    to_gunicorn = ours["rps"] / rows["bare_gunicorn"]["rps"]
+    to_default = ours["rps"] / rows["bare_default"]["rps"]
+    print(
+        f"  ratio check-in / bare Flask under gunicorn gthread: {to_gunicorn:.2f} "
+        "(target >= 0.5, p99 < 25 ms)"
+    )
+    print(
+        f"  ratio check-in / bare Flask on the default server:  {to_default:.2f} (target >= 0.25)"
+    )
+    by_cpu = [rows[key]["cpu_us"] / ours["cpu_us"] for key in ("bare_gunicorn", "bare_default")]
+    print(
+        "  the same ratios by CPU (µs of server + Redis + wrk CPU per request, which other "
+        f"jobs on the machine disturb less): {by_cpu[0]:.2f} and {by_cpu[1]:.2f}"
+    )
+    checked = ours["checked"]
+    print(
+        f"  sample of answers after the load: {checked['answers']} check-ins of fresh devices, "
+        f"{checked['non_2xx']} non-2xx, {checked['wrong_verdict']} wrong verdicts, "
+        f"{checked['bad_signature']} signatures that do not verify; devices recorded: {devices}"
+    )
+    print(f"  load average after the round: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    return to_gunicorn, ours["p99_ms"], to_default
 
 
 if __name__ == "__main__":
