@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pycountry
+from stdnum import luhn
 
 from service.engine.compiler import compile_bundle
 from service.engine.loading import load_bundle_dir
@@ -215,15 +216,9 @@ def staged(bundle: dict, exceptions: int = 10_000) -> dict:
             entries.append({"from": f"{low:014d}", "to": f"{low + 500:014d}", "note": "bench"})
         else:
             body = f"{60_000_000_000_000 + i:014d}"
-            entries.append({"imei": body + _luhn_digit(body), "note": "bench"})
+            entries.append({"imei": body + luhn.calc_check_digit(body), "note": "bench"})
     out["exceptions"] = entries
     return out
-
-
-def _luhn_digit(body: str) -> str:
-    from stdnum import luhn
-
-    return luhn.calc_check_digit(body)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import orjson
 import redis as redis_lib
+from stdnum import luhn
 
 from service.engine.compiler import compile_bundle
 from service.engine.loading import load_bundle_dir
@@ -55,17 +56,6 @@ PLACE_SETS = (
 )
 
 
-def luhn_digit(body: str) -> str:
-    """The Luhn check digit of a 14-digit IMEI body."""
-    total = 0
-    for i, ch in enumerate(reversed(body)):
-        d = int(ch)
-        if i % 2 == 0:  # doubled: the check digit will sit to the right of this one
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return str((10 - total % 10) % 10)
-
-
 def generate(client, count: int, seed: int = 1, batch: int = 10_000) -> None:
     """Write COUNT device records and ~1% overrides, as check-ins under the seed bundle would
     have left them."""
@@ -75,7 +65,7 @@ def generate(client, count: int, seed: int = 1, batch: int = 10_000) -> None:
     pipe = client.pipeline(transaction=False)
     for i in range(count):
         body = f"{TACS[i % len(TACS)]}{i // len(TACS):06d}"
-        imei = body + luhn_digit(body)
+        imei = body + luhn.calc_check_digit(body)
         labels = PLACE_SETS[rng.randrange(len(PLACE_SETS))]
         at = now - rng.randrange(90 * 86_400)
         places = {signal: Place.parse(label) for signal, label in labels.items()}

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import orjson
 import redis as redis_lib
+from stdnum import luhn
 
 from service.engine.compiler import compile_bundle
 from service.engine.loading import load_bundle_dir
@@ -86,7 +87,7 @@ def fleet(count: int, seed: int, exact: dict[str, int]):
         raise SystemExit(f"at most {len(TACS) * 1_000_000:,} devices")
     for i in range(count):
         body = f"{TACS[i % len(TACS)]}{i // len(TACS):06d}"
-        imei = body + _luhn(body)
+        imei = body + luhn.calc_check_digit(body)
         which = rng.choices(range(len(labels)), weights)[0]
         # Staged rollouts and exceptions (SPEC §12.1, §12.2) read the IMEI itself.
         key = (
@@ -127,16 +128,6 @@ def fleet(count: int, seed: int, exact: dict[str, int]):
         if change is not None:
             exact[change] = exact.get(change, 0) + 1
         yield imei, record
-
-
-def _luhn(body: str) -> str:
-    total = 0
-    for i, ch in enumerate(reversed(body)):
-        d = int(ch)
-        if i % 2 == 0:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return str((10 - total % 10) % 10)
 
 
 def run(count: int, sample: int, seed: int, skip_full: bool) -> dict[str, float]:

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import redis as redis_lib
+from stdnum import luhn
 
 from service.devices.checkin import CheckinLimits, CheckinService
 from service.devices.stats import StatsService
@@ -56,20 +57,9 @@ PLACE_SETS = (
 )
 
 
-def luhn_digit(body: str) -> str:
-    """The Luhn check digit of a 14-digit IMEI body."""
-    total = 0
-    for i, ch in enumerate(reversed(body)):
-        d = int(ch)
-        if i % 2 == 0:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return str((10 - total % 10) % 10)
-
-
 def imei_of(i: int) -> str:
     body = f"{TACS[i % len(TACS)]}{i // len(TACS):06d}"
-    return body + luhn_digit(body)
+    return body + luhn.calc_check_digit(body)
 
 
 class FixedEvidence:
