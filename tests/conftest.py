@@ -108,6 +108,21 @@ def bearer(token: str) -> dict:
 
 
 @pytest.fixture
+def checkin(client, tokens):
+    """``checkin(imei, **body)``: a device token's check-in through the app; its answer
+    (asserted 200). Test modules that check in otherwise define their own."""
+
+    def run(imei_, **body):
+        response = client.post(
+            "/v1/checkin", json={"imei": imei_, **body}, headers=bearer(tokens["device"])
+        )
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()
+
+    return run
+
+
+@pytest.fixture
 def captured_logs():
     """Every log line (DEBUG and up), formatted as the server writes it."""
     import io

@@ -83,18 +83,6 @@ def as_role(app, tokens):
     return make
 
 
-@pytest.fixture
-def checkin(client, tokens):
-    def run(imei, **body):
-        response = client.post(
-            "/v1/checkin", json={"imei": imei, **body}, headers=bearer(tokens["device"])
-        )
-        assert response.status_code == 200, response.get_json()
-        return response.get_json()
-
-    return run
-
-
 def text(response) -> str:
     return response.get_data(as_text=True)
 

@@ -25,18 +25,6 @@ HK_NETWORK = {"sim": {"network": "45400"}}
 
 
 @pytest.fixture
-def checkin(client, tokens):
-    def run(imei, **body):
-        response = client.post(
-            "/v1/checkin", json={"imei": imei, **body}, headers=bearer(tokens["device"])
-        )
-        assert response.status_code == 200, response.get_json()
-        return response.get_json()
-
-    return run
-
-
-@pytest.fixture
 def as_role(client, tokens):
     def call(role, method, path, body=None):
         return client.open(path, method=method, json=body, headers=bearer(tokens[role]))

@@ -423,18 +423,6 @@ def as_role(client, tokens):
     return call
 
 
-@pytest.fixture
-def checkin(client, tokens):
-    def run(imei_, **body):
-        response = client.post(
-            "/v1/checkin", json={"imei": imei_, **body}, headers=bearer(tokens["device"])
-        )
-        assert response.status_code == 200, response.get_json()
-        return response.get_json()
-
-    return run
-
-
 def test_checkin_with_a_foreign_sim_is_warned_and_recorded(checkin, as_role):
     free_sim = {"imsi": "208150123456789", "network": "20815"}
     body = checkin(ORANGE, sim=free_sim, locale="fr-FR")

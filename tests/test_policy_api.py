@@ -47,18 +47,6 @@ def as_role(client, tokens):
     return call
 
 
-@pytest.fixture
-def checkin(client, tokens):
-    def run(imei_, **body):
-        response = client.post(
-            "/v1/checkin", json={"imei": imei_, **body}, headers=bearer(tokens["device"])
-        )
-        assert response.status_code == 200, response.get_json()
-        return response.get_json()
-
-    return run
-
-
 def served(app, version: int) -> None:
     """Wait (up to the 1 s SPEC §6 allows) until APP's worker serves VERSION."""
     policies = app.extensions["regionlock"].policies

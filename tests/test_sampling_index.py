@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from service.store import keys
 from service.store.sampling import SamplingIndex, shard_key
 from service.store.shards import all_tags, slot_of
-from tests.conftest import bearer
 from tests.imeis import imei
 
 RUSSIA = {"sim": {"network": "25001"}}
@@ -15,18 +12,6 @@ RUSSIA = {"sim": {"network": "25001"}}
 
 def device(n: int) -> str:
     return imei(f"49015420{n:06d}")
-
-
-@pytest.fixture
-def checkin(client, tokens):
-    def run(imei_, **body):
-        response = client.post(
-            "/v1/checkin", json={"imei": imei_, **body}, headers=bearer(tokens["device"])
-        )
-        assert response.status_code == 200, response.get_json()
-        return response.get_json()
-
-    return run
 
 
 def test_a_device_is_indexed_once_when_first_recorded(checkin, redis):

@@ -36,18 +36,6 @@ COMPLIANCE = Principal("co-cleo", "compliance")
 
 
 @pytest.fixture
-def checkin(client, tokens):
-    def run(imei, **body):
-        response = client.post(
-            "/v1/checkin", json={"imei": imei, **body}, headers=bearer(tokens["device"])
-        )
-        assert response.status_code == 200, response.get_json()
-        return response.get_json()
-
-    return run
-
-
-@pytest.fixture
 def overrides(redis):
     return OverrideService(DeviceStore(redis), AuditStore(redis))
 
