@@ -171,13 +171,7 @@ def run(count: int, sample: int, seed: int, skip_full: bool) -> dict[str, float]
                     "done": 0,
                 }
             )
-            context = WorkerContext(
-                devices=DeviceStore(client),
-                index=index,
-                jobs=jobs,
-                policies=policies,
-                queue=None,
-            )
+            context = WorkerContext.on(client)
             started = time.perf_counter()
             state = JobRunner(context).run(job_id)
             job_s = time.perf_counter() - started

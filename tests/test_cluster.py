@@ -276,8 +276,6 @@ def test_simulation_jobs_on_a_cluster(cluster_app, make_app, cluster, redis_url)
     """SPEC §12.5 on a Cluster: the check-in writes the sampling index in the device's slot;
     jobs are refused without a jobs Redis, and with one they sample the cluster's devices."""
     from service.policy.simulation_jobs import JobRunner, WorkerContext
-    from service.store.devices import DeviceStore
-    from service.store.policy import PolicyStore
     from service.store.sampling import SamplingIndex
     from service.store.simulations import SimulationStore
     from tests.fleet import sanctioning_russia
@@ -312,14 +310,7 @@ def test_simulation_jobs_on_a_cluster(cluster_app, make_app, cluster, redis_url)
         headers=bearer(tokens["editor"]),
     )
     assert started.status_code == 202
-    context = WorkerContext(
-        devices=DeviceStore(client),
-        index=index,
-        jobs=SimulationStore(client),
-        policies=PolicyStore(client),
-        queue=None,
-        batch=7,
-    )
+    context = WorkerContext.on(client, batch=7)
     job_id = started.get_json()["id"]
     assert JobRunner(context).run(job_id) == "done"
     report = SimulationStore(client).get(job_id)["report"]

@@ -8,9 +8,7 @@ import pytest
 
 from service.engine.compiler import compile_bundle
 from service.policy.simulation_jobs import JobRunner, WorkerContext
-from service.store.devices import DeviceStore
 from service.store.policy import PolicyStore
-from service.store.sampling import SamplingIndex
 from service.store.simulations import SimulationStore
 from tests.conftest import audit_entries, bearer
 from tests.fleet import SEED, load_fleet, sanctioning_russia
@@ -27,13 +25,7 @@ def as_role(client, tokens):
 def run_jobs(redis):
     """Run the queued jobs here (the worker's code, without its process)."""
     jobs = SimulationStore(redis)
-    context = WorkerContext(
-        devices=DeviceStore(redis),
-        index=SamplingIndex(redis),
-        jobs=jobs,
-        policies=PolicyStore(redis),
-        queue=None,
-    )
+    context = WorkerContext.on(redis)
     for job_id in jobs.ids():
         JobRunner(context).run(job_id)
 
@@ -160,18 +152,6 @@ def test_a_small_fleet_is_replayed_whole_in_the_request(as_role, redis):
     assert report["evaluated"] == 200 and report["changes"] == {"allow->lock": 20}
     assert "fleet" not in report  # the exact replay of §6, no sample
     assert compile_bundle(SEED)  # the seed is unchanged
-
-
-@pytest.fixture
-def checkin(client, tokens):
-    def run(imei_, **body):
-        answer = client.post(
-            "/v1/checkin", json={"imei": imei_, **body}, headers=bearer(tokens["device"])
-        )
-        assert answer.status_code == 200, answer.get_json()
-        return answer.get_json()
-
-    return run
 
 
 def test_a_job_judges_sims_and_rollouts_as_simulate_does(as_role, redis, checkin):

@@ -14,9 +14,6 @@ import pytest
 from service.engine.compiler import compile_bundle
 from service.policy.simulation_jobs import JobRunner, WorkerContext
 from service.store import keys
-from service.store.devices import DeviceStore
-from service.store.policy import PolicyStore
-from service.store.sampling import SamplingIndex
 from service.store.simulations import JOB_TTL_S, SimulationStore
 from tests.conftest import ROOT, bearer
 from tests.fleet import SEED, load_fleet, sanctioning_russia
@@ -201,13 +198,7 @@ def test_a_killed_worker_is_resumed_from_its_checkpoint(as_role, redis, redis_ur
             "done": 0,
         }
     )
-    context = WorkerContext(
-        devices=DeviceStore(redis),
-        index=SamplingIndex(redis),
-        jobs=jobs,
-        policies=PolicyStore(redis),
-        queue=None,
-    )
+    context = WorkerContext.on(redis)
     assert JobRunner(context).run(fresh) == "done"
     assert jobs.get(fresh)["report"] == done["report"]
     assert done["report"]["evaluated"] == 30_000

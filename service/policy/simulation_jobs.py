@@ -281,6 +281,19 @@ class WorkerContext:
     lease_s: float = LEASE_S
     batch: int = BATCH
 
+    @classmethod
+    def on(cls, client, queue: JobQueue | None = None, **options) -> WorkerContext:
+        """The stores of the Redis CLIENT (OPTIONS: ``lease_s``, ``batch``); QUEUE None for
+        jobs run in this process (tests, benchmarks)."""
+        return cls(
+            devices=DeviceStore(client),
+            index=SamplingIndex(client),
+            jobs=SimulationStore(client),
+            policies=PolicyStore(client),
+            queue=queue,
+            **options,
+        )
+
 
 _context: WorkerContext | None = None
 
@@ -436,12 +449,9 @@ def build_worker_context(settings, client, url: str) -> WorkerContext:
     from service.store.simulations import connect_jobs_redis
 
     connection = connect_jobs_redis(settings.jobs_redis_url, url, is_cluster(client), settings)
-    return WorkerContext(
-        devices=DeviceStore(client),
-        index=SamplingIndex(client),
-        jobs=SimulationStore(client),
-        policies=PolicyStore(client),
-        queue=JobQueue(connection) if connection else None,
+    return WorkerContext.on(
+        client,
+        JobQueue(connection) if connection else None,
         lease_s=settings.simulation_lease_s,
         batch=settings.simulation_batch,
     )
