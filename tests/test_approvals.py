@@ -47,6 +47,12 @@ def request_weakening(as_role, role="editor", bundle=None, expected=1, note="dro
     return response.get_json()["approval"]
 
 
+def publish_strengthening(as_role):
+    """Version 2, sanctioning Russia too (no approval needed), published by the editor."""
+    body = {"bundle": with_sanctioned("RU"), "note": "RU", "expected_version": 1}
+    assert as_role("editor", "POST", "/v1/policy", body).status_code == 201
+
+
 def actions(redis):
     return [e["action"] for e in audit_entries(redis) if e["action"].startswith("policy.")]
 
@@ -154,15 +160,7 @@ def test_the_same_key_sent_again_answers_the_same_request(as_role, redis):
 def test_the_list_shows_each_request_with_its_diff_against_the_active_version(as_role):
     approval = request_weakening(as_role, note="Cuba is no longer sanctioned")
     # Another (strengthening) version is published meanwhile: the diff is against it.
-    assert (
-        as_role(
-            "editor",
-            "POST",
-            "/v1/policy",
-            {"bundle": with_sanctioned("RU"), "note": "RU", "expected_version": 1},
-        ).status_code
-        == 201
-    )
+    publish_strengthening(as_role)
     listing = as_role("compliance", "GET", "/v1/policy/approvals").get_json()["approvals"]
     assert [a["id"] for a in listing] == [approval["id"]]
     row = listing[0]
@@ -248,15 +246,7 @@ def test_nobody_approves_their_own_request(as_role, second_admin, redis):
 
 def test_the_active_version_moved_so_the_request_is_stale(as_role, redis):
     approval = request_weakening(as_role)
-    assert (
-        as_role(
-            "editor",
-            "POST",
-            "/v1/policy",
-            {"bundle": with_sanctioned("RU"), "note": "RU", "expected_version": 1},
-        ).status_code
-        == 201
-    )
+    publish_strengthening(as_role)
     response = as_role(
         "compliance", "POST", f"/v1/policy/approvals/{approval['id']}", {"decision": "approve"}
     )
