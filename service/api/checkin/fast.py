@@ -66,6 +66,10 @@ class DirectCheckin:
         self.roles = PERMISSIONS["checkin"]
         self._loop = None
         self._coalesced: CoalescedConnection | None = None
+        # The headers every answer carries, over plain HTTP and over TLS.
+        self._headers = {
+            secure: (_JSON, *security_header_pairs(self.path, secure)) for secure in (False, True)
+        }
 
     def handle(
         self, headers: Mapping[str, str], body: bytes, peer: str | None, secure: bool
@@ -125,12 +129,7 @@ class DirectCheckin:
 
     def _answer(self, accepted: _Accepted, secure: bool, status: int, extra, content) -> Answer:
         """The response, counted and logged as the app's hooks would."""
-        answer_headers = [
-            _JSON,
-            *extra,
-            *security_header_pairs(self.path, secure),
-            ("X-Request-Id", accepted.request_id),
-        ]
+        answer_headers = [*self._headers[secure], *extra, ("X-Request-Id", accepted.request_id)]
         self.rl.metrics.observe_request(self.path, self.method, status)
         duration_ms = round((time.perf_counter() - accepted.started) * 1000, 2)
         log_request(accepted.request_id, self.method, self.path, status, duration_ms)
