@@ -13,7 +13,7 @@ import pytest
 from service.console import overview
 from tests.conftest import audit_entries
 from tests.imeis import HK, UNKNOWN
-from tests.test_console import as_role, checkin, text  # noqa: F401  (fixtures)
+from tests.test_console import as_role, text  # noqa: F401  (fixtures)
 
 TODAY = date(2026, 11, 27)
 
